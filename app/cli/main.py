@@ -1,0 +1,170 @@
+"""The `ragserver` command line: ingest, search, docs, stats, serve, bench, eval."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
+from app.cli.bench_ingest import bench_ingest
+
+app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
+docs_app = typer.Typer(help="List or delete documents.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+eval_app = typer.Typer(help="Offline evaluation runs.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+app.add_typer(bench_app, name="bench")
+app.add_typer(eval_app, name="eval")
+bench_app.command("ingest")(bench_ingest)
+
+console = Console(stderr=True)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders (recursively) or .jsonl corpora.")],
+    collection: CollectionOpt = None,
+    metadata: Annotated[str | None, typer.Option(help="JSON object added to every document's metadata.")] = None,
+    prune: Annotated[
+        bool, typer.Option(help="Delete documents previously ingested from these folders whose files are gone.")
+    ] = False,
+) -> None:
+    """Ingest documents; unchanged ones are skipped, changed ones replaced. Exit code 1 if any file failed."""
+    from ingest.loaders import iter_documents
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        fail(f"no such file or directory: {', '.join(missing)}")
+    extra = parse_json_option(metadata, "--metadata")
+    container, name = container_for(collection)
+    pipeline = container.pipeline
+    from tqdm import tqdm
+
+    bar = tqdm(desc="ingest", unit="doc", file=sys.stderr, disable=None)
+
+    def progress(doc: str, status: str, error: str | None) -> None:
+        bar.update(1)
+        if error:
+            bar.write(f"FAILED {doc}: {error}", file=sys.stderr)
+
+    report = pipeline.ingest(iter_documents(paths, metadata=extra), name, on_document=progress)
+    bar.close()
+    if prune:
+        report.deleted = _prune(container, name, paths, set(report.documents))
+    typer.echo(json.dumps({"collection": name, **report.to_dict()}))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _prune(container: Any, collection: str, paths: list[Path], seen: set[str]) -> int:
+    roots = [str(p.resolve()) for p in paths if p.is_dir()]
+    gone = [
+        r.doc_id
+        for r in container.store.iter_documents(collection)
+        if r.doc_id not in seen and any(r.source.startswith(root + "/") for root in roots)
+    ]
+    return container.pipeline.delete(collection, gone) if gone else 0
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: CollectionOpt = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=200, help="How many chunks.")] = 10,
+    mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default from settings).")] = None,
+    filters: Annotated[str | None, typer.Option("--filter", help='JSON filters, e.g. {"source": "a.pdf"}.')] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Search a collection and print ranked chunks with scores and sources."""
+    container, name = container_for(collection, must_exist=True)
+    hits = container.retriever.retrieve(
+        name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
+    )
+    rows = [
+        {
+            "rank": i,
+            "score": round(h.score, 4),
+            "document_id": h.doc_id,
+            "chunk_id": h.chunk_id,
+            "source": h.metadata.get("source"),
+            "page": h.metadata.get("page"),
+            "text": h.text,
+        }
+        for i, h in enumerate(hits, start=1)
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("#", "score", "source", "text")
+    for r in rows:
+        where = f"{r['source']}" + (f" p.{r['page']}" if r["page"] else "")
+        table.add_row(str(r["rank"]), f"{r['score']:.4f}", where, " ".join(str(r["text"]).split())[:160])
+    Console().print(table)
+
+
+@docs_app.command("list")
+def docs_list(
+    collection: CollectionOpt = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """List documents of a collection as JSON lines."""
+    container, name = container_for(collection, must_exist=True)
+    for record in container.store.list_documents(name, limit=limit, offset=offset):
+        typer.echo(json.dumps(record.to_dict(), ensure_ascii=False))
+
+
+@docs_app.command("delete")
+def docs_delete(
+    document_ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
+    collection: CollectionOpt = None,
+) -> None:
+    """Delete documents and all their chunks."""
+    container, name = container_for(collection, must_exist=True)
+    existed = container.pipeline.delete(name, document_ids)
+    typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))
+    if existed < len(document_ids):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def stats(collection: CollectionOpt = None) -> None:
+    """Document and chunk counts; the last line is a JSON object."""
+    container, name = container_for(collection, must_exist=True)
+    docs, chunks = container.store.count_documents(name), container.store.count_chunks(name)
+    typer.echo(f"collection {name}: {docs} documents, {chunks} chunks")
+    typer.echo(json.dumps({"collection": name, "documents": docs, "chunks": chunks}))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+) -> None:
+    """Start the HTTP API."""
+    import uvicorn
+
+    from app.factory import create_app
+    from app.settings import Settings
+
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_level="info",
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

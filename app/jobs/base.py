@@ -1,0 +1,183 @@
+"""Ingestion job records: `JobFile`, `Job`, `final_status` and the `JobStore` protocol.
+
+An upload becomes a job with one `JobFile` per uploaded file. The store is the job's durable record:
+a job is written before the upload is acknowledged, and jobs still queued or running at start-up are
+resumed (`list_unfinished`), so an accepted upload is never lost and no job stays stuck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+FILE_STATUSES = ("queued", "running", "succeeded", "skipped", "failed")
+FINAL_FILE_STATUSES = frozenset({"succeeded", "skipped", "failed"})
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "partial")
+UNFINISHED_JOB_STATUSES = frozenset({"queued", "running"})
+
+
+def check_file_status(status: str) -> str:
+    """Return `status`, or raise ValueError when it is not a `JobFile` status."""
+    if status not in FILE_STATUSES:
+        raise ValueError(f"file status must be one of {FILE_STATUSES}, got {status!r}")
+    return status
+
+
+def check_job_status(status: str) -> str:
+    """Return `status`, or raise ValueError when it is not a `Job` status."""
+    if status not in JOB_STATUSES:
+        raise ValueError(f"job status must be one of {JOB_STATUSES}, got {status!r}")
+    return status
+
+
+@dataclass
+class JobFile:
+    """One uploaded file of a job; `chunks` is how many chunks it produced once ingested."""
+
+    document_id: str
+    filename: str
+    stored_path: str
+    status: str = "queued"
+    error: str | None = None
+    chunks: int = 0
+
+    def __post_init__(self) -> None:
+        check_file_status(self.status)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_FILE_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobFile:
+        return cls(
+            document_id=data["document_id"],
+            filename=data["filename"],
+            stored_path=data["stored_path"],
+            status=data.get("status", "queued"),
+            error=data.get("error"),
+            chunks=int(data.get("chunks", 0)),
+        )
+
+
+@dataclass
+class Job:
+    """An ingestion job: files to load into `collection`, with per-file and overall status."""
+
+    job_id: str
+    collection: str
+    status: str
+    files: list[JobFile]
+    metadata: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+    def __post_init__(self) -> None:
+        check_job_status(self.status)
+        ids = [f.document_id for f in self.files]
+        # Files are addressed by document_id (update_file), so two files with one id would be ambiguous;
+        # the upload layer must mark a duplicate upload 'skipped' under its own id or drop it.
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"job {self.job_id}: document_ids must be unique within a job")
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in UNFINISHED_JOB_STATUSES
+
+    @property
+    def progress(self) -> dict[str, int]:
+        """`{"done": files in a final state, "total": files}`."""
+        return {"done": sum(f.is_final for f in self.files), "total": len(self.files)}
+
+    def file(self, document_id: str) -> JobFile:
+        """The file with this document_id; KeyError when the job has none."""
+        for f in self.files:
+            if f.document_id == document_id:
+                return f
+        raise KeyError(f"job {self.job_id} has no file with document_id {document_id!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view for the API (and storage); includes the derived `progress`."""
+        return {
+            "job_id": self.job_id,
+            "collection": self.collection,
+            "status": self.status,
+            "files": [f.to_dict() for f in self.files],
+            "metadata": self.metadata,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "progress": self.progress,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        """Inverse of `to_dict` (`progress` is derived, so it is ignored)."""
+        return cls(
+            job_id=data["job_id"],
+            collection=data["collection"],
+            status=data["status"],
+            files=[JobFile.from_dict(f) for f in data.get("files", [])],
+            metadata=data.get("metadata") or {},
+            created_at=float(data["created_at"]),
+            updated_at=float(data["updated_at"]),
+        )
+
+
+def final_status(files: Iterable[JobFile]) -> str:
+    """The job status once every file is final: all succeeded/skipped -> 'succeeded', all failed ->
+    'failed', a mix -> 'partial'. A job without files has nothing left to do: 'succeeded'.
+
+    Raises ValueError while a file is still queued or running: calling it then is a bug that would mark
+    a job finished too early (and it would never be resumed).
+    """
+    statuses = [f.status for f in files]
+    pending = [s for s in statuses if s not in FINAL_FILE_STATUSES]
+    if pending:
+        raise ValueError(f"final_status needs every file final; {len(pending)} still {sorted(set(pending))}")
+    if statuses and all(s == "failed" for s in statuses):
+        return "failed"
+    if all(s in ("succeeded", "skipped") for s in statuses):
+        return "succeeded"
+    return "partial"
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Durable job records: every write is persisted before the call returns."""
+
+    async def create(self, job: Job) -> None:
+        """Store a new job; ValueError when `job.job_id` already exists."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job, files in their original order; None when unknown."""
+        ...
+
+    async def update_file(
+        self, job_id: str, document_id: str, status: str, error: str | None = None, chunks: int = 0
+    ) -> None:
+        """Set one file's status/error/chunks and bump `updated_at`; KeyError for an unknown job or file.
+
+        Concurrent updates of different files of one job never overwrite each other.
+        """
+        ...
+
+    async def set_status(self, job_id: str, status: str) -> None:
+        """Set the job status and bump `updated_at`; KeyError for an unknown job."""
+        ...
+
+    async def list_unfinished(self) -> list[Job]:
+        """Jobs whose status is queued or running, oldest first (resumed at start-up)."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the backend answers (for health checks); never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        ...

@@ -1,0 +1,56 @@
+"""Map `settings.llm` to an LLM backend."""
+
+from __future__ import annotations
+
+from app.llm.base import LLM
+from app.settings import LLMSettings
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+def build_llm(settings: LLMSettings) -> LLM:
+    """Build the configured LLM: "local" (SmolLM2 in-process) or "openai" (any OpenAI-compatible
+    server), wrapped in a FallbackLLM when `fallback_base_url` is set.
+
+    The local model is not loaded here; call `LocalLLM.load()` at start-up.
+    """
+    primary: LLM
+    if settings.provider == "local":
+        from app.llm.local_provider import LocalLLM
+
+        primary = LocalLLM(
+            model_dir=settings.local_model_dir,
+            gguf_file=settings.local_gguf_file,
+            default_max_tokens=settings.max_tokens,
+            default_temperature=settings.temperature,
+        )
+    elif settings.provider == "openai":
+        primary = _openai(settings.base_url or OPENAI_BASE_URL, settings.api_key, settings.model, settings)
+    else:
+        raise ValueError(f"unknown llm.provider {settings.provider!r}; expected 'local' or 'openai'")
+
+    if not settings.fallback_base_url:
+        return primary
+    from app.llm.fallback import FallbackLLM
+
+    fallback = _openai(
+        settings.fallback_base_url,
+        settings.fallback_api_key,
+        settings.fallback_model or settings.model,
+        settings,
+    )
+    return FallbackLLM(primary, fallback)
+
+
+def _openai(base_url: str, api_key: str, model: str, settings: LLMSettings) -> LLM:
+    from app.llm.openai_provider import OpenAICompatibleLLM
+
+    return OpenAICompatibleLLM(
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        timeout_s=settings.timeout_s,
+        max_retries=settings.max_retries,
+        default_max_tokens=settings.max_tokens,
+        default_temperature=settings.temperature,
+    )

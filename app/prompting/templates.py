@@ -1,0 +1,271 @@
+"""Versioned prompt templates loaded from YAML files, rendered to OpenAI-style chat messages.
+
+A prompt directory holds one folder per prompt and one file per version::
+
+    prompts/answer/v1.yaml
+    prompts/answer/v2.yaml
+    prompts/condense/v1.yaml
+
+Each file declares its variables; a template that uses an undeclared variable, or declares one it never
+uses, is refused when the registry loads, so a typo fails at startup rather than on the first request.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Role = Literal["system", "user", "assistant"]
+
+# Names and versions become refs ("answer@v2") and folder/file names, so keep them plain.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PromptError(Exception):
+    """Base class for every prompt loading or rendering error."""
+
+
+class UnknownPrompt(PromptError):
+    """A ref that is malformed or names no loaded template."""
+
+
+class MissingVariables(PromptError):
+    """Render was called without one or more required variables."""
+
+    def __init__(self, ref: str, missing: Iterable[str]) -> None:
+        self.ref = ref
+        self.missing = sorted(missing)
+        super().__init__(f"prompt {ref!r} is missing required variables: {', '.join(self.missing)}")
+
+
+class UnexpectedVariables(PromptError):
+    """Render was called with variables the template does not declare."""
+
+    def __init__(self, ref: str, unexpected: Iterable[str], declared: Iterable[str]) -> None:
+        self.ref = ref
+        self.unexpected = sorted(unexpected)
+        super().__init__(
+            f"prompt {ref!r} got unknown variables: {', '.join(self.unexpected)} "
+            f"(declared: {', '.join(sorted(declared)) or 'none'})"
+        )
+
+
+class InvalidTemplate(PromptError):
+    """A prompt file or template that cannot be loaded."""
+
+
+def make_environment() -> SandboxedEnvironment:
+    """The Jinja environment prompts render in: sandboxed, strict about undefined names, no escaping."""
+    return SandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass(frozen=True)
+class PromptVariable:
+    name: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    role: Role
+    template: str
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One version of one prompt. Templates are compiled and checked against the declared variables
+    when the object is built."""
+
+    name: str
+    version: str
+    description: str
+    variables: tuple[PromptVariable, ...]
+    messages: tuple[PromptMessage, ...]
+    environment: SandboxedEnvironment = field(default_factory=make_environment, repr=False, compare=False)
+    _compiled: tuple[Template, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for label, value in (("name", self.name), ("version", self.version)):
+            if not _NAME_RE.match(value):
+                raise InvalidTemplate(f"invalid prompt {label} {value!r}: use letters, digits, '_', '-', '.'")
+        if not self.messages:
+            raise InvalidTemplate(f"prompt {self.ref!r} has no messages")
+        names = [v.name for v in self.variables]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise InvalidTemplate(f"prompt {self.ref!r} declares variables twice: {', '.join(duplicated)}")
+
+        compiled: list[Template] = []
+        used: set[str] = set()
+        for index, message in enumerate(self.messages, start=1):
+            try:
+                ast = self.environment.parse(message.template)
+            except TemplateSyntaxError as exc:
+                raise InvalidTemplate(
+                    f"prompt {self.ref!r} message {index} ({message.role}): template syntax error "
+                    f"on line {exc.lineno}: {exc.message}"
+                ) from exc
+            used |= meta.find_undeclared_variables(ast) - set(self.environment.globals)
+            compiled.append(self.environment.from_string(ast))
+
+        undeclared = used - set(names)
+        if undeclared:
+            raise InvalidTemplate(
+                f"prompt {self.ref!r} uses undeclared variables: {', '.join(sorted(undeclared))}"
+            )
+        unused = set(names) - used
+        if unused:
+            raise InvalidTemplate(
+                f"prompt {self.ref!r} declares variables it never uses: {', '.join(sorted(unused))}"
+            )
+        object.__setattr__(self, "_compiled", tuple(compiled))
+
+    @property
+    def ref(self) -> str:
+        """The pinned reference to this template, "name@version"."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def required_variables(self) -> frozenset[str]:
+        return frozenset(v.name for v in self.variables if v.required)
+
+    def render(self, **variables: Any) -> list[dict[str, str]]:
+        """Render to chat messages ``[{"role", "content"}]``; messages that render empty are dropped.
+
+        Raises MissingVariables / UnexpectedVariables when the arguments do not match the declaration,
+        and jinja2's SecurityError when a template reaches for something the sandbox forbids.
+        """
+        declared = {v.name for v in self.variables}
+        unexpected = set(variables) - declared
+        if unexpected:
+            raise UnexpectedVariables(self.ref, unexpected, declared)
+        missing = self.required_variables - set(variables)
+        if missing:
+            raise MissingVariables(self.ref, missing)
+        # Optional variables left out render as None, so templates test them with `{% if name %}`.
+        context = {name: None for name in declared} | variables
+
+        rendered: list[dict[str, str]] = []
+        for index, (message, template) in enumerate(zip(self.messages, self._compiled, strict=True), 1):
+            try:
+                content = template.render(context).strip()
+            except UndefinedError as exc:
+                # A declared variable whose value lacks a field the template reads (a source with no title).
+                raise PromptError(f"prompt {self.ref!r} message {index} ({message.role}): {exc}") from exc
+            if content:
+                rendered.append({"role": message.role, "content": content})
+        return rendered
+
+
+class _VariableSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    required: bool = True
+
+
+class _MessageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    template: str
+
+
+class _PromptFile(BaseModel):
+    """The shape of one YAML prompt file."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str
+    variables: list[_VariableSpec | str] = Field(default_factory=list)
+    messages: list[_MessageSpec] = Field(min_length=1)
+
+
+def load_template(path: Path, environment: SandboxedEnvironment | None = None) -> PromptTemplate:
+    """Load ``<dir>/<name>/<version>.yaml``; every problem is raised as InvalidTemplate naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InvalidTemplate(f"{path}: cannot read prompt file: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise InvalidTemplate(f"{path}: a prompt file must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        spec = _PromptFile.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidTemplate(f"{path}: invalid prompt file: {exc}") from exc
+    variables = tuple(
+        PromptVariable(v) if isinstance(v, str) else PromptVariable(v.name, v.required)
+        for v in spec.variables
+    )
+    try:
+        return PromptTemplate(
+            name=path.parent.name,
+            version=path.stem,
+            description=spec.description.strip(),
+            variables=variables,
+            messages=tuple(PromptMessage(m.role, m.template) for m in spec.messages),
+            environment=environment or make_environment(),
+        )
+    except InvalidTemplate as exc:
+        raise InvalidTemplate(f"{path}: {exc}") from exc
+
+
+def _natural_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key under which v2 < v10 (digit runs compare as numbers)."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", version) if part
+    )
+
+
+class PromptRegistry:
+    """Every template under a prompt directory, loaded and validated at construction (fail fast)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise PromptError(f"prompt directory not found: {self.directory}")
+        environment = make_environment()
+        self._templates: dict[str, dict[str, PromptTemplate]] = {}
+        for path in sorted(self.directory.glob("*/*.yaml")):
+            template = load_template(path, environment)
+            self._templates.setdefault(template.name, {})[template.version] = template
+        if not self._templates:
+            raise PromptError(f"no prompt templates (<name>/<version>.yaml) found in {self.directory}")
+
+    def get(self, ref: str) -> PromptTemplate:
+        """Resolve "name@version", or "name" for its latest version (v1 < v2 < v10)."""
+        name, sep, version = ref.partition("@")
+        if not name or (sep and not version) or "@" in version:
+            raise UnknownPrompt(
+                f"malformed prompt ref {ref!r}: use 'name' or 'name@version'. {self._available()}"
+            )
+        versions = self._templates.get(name)
+        if versions is None:
+            raise UnknownPrompt(f"unknown prompt {name!r}. {self._available()}")
+        if not sep:
+            return versions[max(versions, key=_natural_key)]
+        if version not in versions:
+            raise UnknownPrompt(f"unknown version {version!r} of prompt {name!r}. {self._available()}")
+        return versions[version]
+
+    def _available(self) -> str:
+        return f"Available: {', '.join(self.list())}"
+
+    def list(self) -> builtins.list[str]:
+        """All refs, "name@version", sorted by name then version."""
+        return [
+            f"{name}@{version}"
+            for name in sorted(self._templates)
+            for version in sorted(self._templates[name], key=_natural_key)
+        ]

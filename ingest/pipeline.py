@@ -1,0 +1,251 @@
+"""The ingestion pipeline: load -> chunk -> embed -> upsert, streaming and idempotent.
+
+Three stages run at once so embedding (the expensive part) never waits: a reader thread loads,
+checks versions and chunks; the calling thread embeds; a writer thread upserts into the store.
+
+Idempotence and crash safety: a document's version is (content hash, chunking and embedding setup).
+A document whose stored record has that version is skipped without re-embedding. Otherwise its new
+chunks are upserted under ids derived from (doc_id, version, position), chunks of any other version
+are deleted, and only then is its document record written. A run killed at any point and run again
+therefore ends with each document present once, at one version.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ingest.chunking import Chunker, document_version, embedding_text
+from ingest.embedder import Embedder
+from ingest.types import Chunk, LoadFailure, SourceDocument
+from ingest.vector_store import ChromaIndex, DocumentRecord
+
+_DONE = object()
+
+
+class IndexListener(Protocol):
+    """Something kept in step with the vector store (the BM25 index)."""
+
+    def apply(self, collection: str, upserted: list[Chunk], deleted_ids: list[str]) -> None: ...
+
+    def flush(self, collection: str) -> None: ...
+
+
+@dataclass
+class IngestReport:
+    """What a run did; `failed` lists per-file errors."""
+
+    added: int = 0
+    replaced: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    chunks_written: int = 0
+    failed: list[LoadFailure] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "added": self.added,
+            "replaced": self.replaced,
+            "skipped": self.skipped,
+            "deleted": self.deleted,
+            "chunks_written": self.chunks_written,
+            "failed": [{"source": f.source, "error": f.error} for f in self.failed],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Work:
+    """A document that needs (re)indexing, with its chunks."""
+
+    record: DocumentRecord
+    chunks: list[Chunk]
+    replacing: bool
+
+
+class IngestPipeline:
+    """Indexes documents into a collection of a `ChromaIndex`."""
+
+    def __init__(
+        self,
+        store: ChromaIndex,
+        embedder: Embedder,
+        chunker: Chunker,
+        *,
+        listeners: Iterable[IndexListener] = (),
+        embed_window: int = 512,
+        lookup_batch: int = 128,
+        write_batch: int = 256,
+    ):
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self.listeners = list(listeners)
+        self.embed_window = embed_window
+        self.lookup_batch = lookup_batch
+        self.write_batch = write_batch
+
+    @property
+    def signature(self) -> str:
+        return f"{self.chunker.signature}|{self.embedder.model_id}"
+
+    def ingest(
+        self,
+        items: Iterable[SourceDocument | LoadFailure],
+        collection: str,
+        *,
+        on_document: Callable[[str, str, str | None], None] | None = None,
+    ) -> IngestReport:
+        """Index every document of `items` into `collection`.
+
+        `on_document(doc_id_or_source, status, error)` is called as each document finishes, with status
+        added | replaced | skipped | failed (the CLI's progress bar and the job runner use it).
+        """
+        started = time.perf_counter()
+        self.store.ensure_collection(collection)
+        report = IngestReport()
+        notify = on_document or (lambda *_: None)
+        work_q: queue.Queue[object] = queue.Queue(maxsize=4)
+        write_q: queue.Queue[object] = queue.Queue(maxsize=4)
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                batch: list[SourceDocument] = []
+                for item in items:
+                    if isinstance(item, LoadFailure):
+                        report.failed.append(item)
+                        notify(item.source, "failed", item.error)
+                        continue
+                    batch.append(item)
+                    if len(batch) >= self.lookup_batch:
+                        work_q.put(self._prepare(batch, collection, report, notify))
+                        batch = []
+                if batch:
+                    work_q.put(self._prepare(batch, collection, report, notify))
+            except BaseException as exc:  # surfaced in the calling thread
+                errors.append(exc)
+            finally:
+                work_q.put(_DONE)
+
+        def writer() -> None:
+            try:
+                while (item := write_q.get()) is not _DONE:
+                    works, vectors = item  # type: ignore[misc]
+                    self._write(works, vectors, collection, report, notify)
+            except BaseException as exc:
+                errors.append(exc)
+                # Keep draining so the embedding thread never blocks on a dead writer.
+                while write_q.get() is not _DONE:
+                    pass
+
+        threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            pending: list[_Work] = []
+            pending_chunks = 0
+            while (got := work_q.get()) is not _DONE:
+                for work in got:  # type: ignore[attr-defined]
+                    pending.append(work)
+                    pending_chunks += len(work.chunks)
+                    if pending_chunks >= self.embed_window:
+                        write_q.put((pending, self._embed(pending)))
+                        pending, pending_chunks = [], 0
+                if errors:
+                    break
+            if pending and not errors:
+                write_q.put((pending, self._embed(pending)))
+        finally:
+            write_q.put(_DONE)
+            for t in threads:
+                t.join(timeout=None if not errors else 5)
+        if errors:
+            raise errors[0]
+        for listener in self.listeners:
+            listener.flush(collection)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def delete(self, collection: str, doc_ids: list[str]) -> int:
+        """Delete documents and every chunk of theirs; returns how many documents existed."""
+        existing = self.store.get_documents(collection, doc_ids)
+        removed = self.store.delete_documents(collection, doc_ids)
+        for listener in self.listeners:
+            listener.apply(collection, [], removed)
+            listener.flush(collection)
+        return len(existing)
+
+    def _prepare(
+        self,
+        docs: list[SourceDocument],
+        collection: str,
+        report: IngestReport,
+        notify: Callable[[str, str, str | None], None],
+    ) -> list[_Work]:
+        # The same doc_id twice in one batch: the later one wins, as a second run would make it.
+        unique = {d.doc_id: d for d in docs}
+        known = self.store.get_documents(collection, list(unique))
+        works: list[_Work] = []
+        now = time.time()
+        for doc in unique.values():
+            version = document_version(doc.content_hash, self.signature)
+            old = known.get(doc.doc_id)
+            if old is not None and old.version == version:
+                report.skipped += 1
+                report.documents.append(doc.doc_id)
+                notify(doc.doc_id, "skipped", None)
+                continue
+            chunks = self.chunker.chunk(doc, version=version, ingested_at=now)
+            record = DocumentRecord(
+                doc_id=doc.doc_id,
+                source=doc.source,
+                title=doc.title,
+                content_hash=doc.content_hash,
+                version=version,
+                chunks=len(chunks),
+                ingested_at=now,
+                metadata=doc.metadata,
+            )
+            works.append(_Work(record, chunks, replacing=old is not None))
+        return works
+
+    def _embed(self, works: list[_Work]) -> np.ndarray:
+        texts = [embedding_text(c) for w in works for c in w.chunks]
+        return self.embedder.embed(texts)
+
+    def _write(
+        self,
+        works: list[_Work],
+        vectors: np.ndarray,
+        collection: str,
+        report: IngestReport,
+        notify: Callable[[str, str, str | None], None],
+    ) -> None:
+        chunks = [c for w in works for c in w.chunks]
+        self.store.upsert_chunks(collection, chunks, vectors)
+        # Always look for stale chunks: a doc with no record may still have chunks from a killed run.
+        stale = self.store.delete_stale_chunks(collection, {w.record.doc_id: w.record.version for w in works})
+        self.store.put_documents(collection, [w.record for w in works])
+        for listener in self.listeners:
+            listener.apply(collection, chunks, stale)
+        report.chunks_written += len(chunks)
+        for w in works:
+            if w.replacing:
+                report.replaced += 1
+            else:
+                report.added += 1
+            report.documents.append(w.record.doc_id)
+            notify(w.record.doc_id, "replaced" if w.replacing else "added", None)

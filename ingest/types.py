@@ -1,0 +1,79 @@
+"""Data shapes shared by the ingestion pipeline, the retrievers and the server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a document's text with where it came from (a PDF page, a markdown section)."""
+
+    text: str
+    page: int | None = None
+    section: str | None = None
+
+
+@dataclass
+class SourceDocument:
+    """One document as a loader read it, before chunking.
+
+    `doc_id` is the document's identity inside a collection (with the collection, it decides whether a
+    re-ingest skips, replaces or adds). `source` is where it came from (a path, an upload's file name,
+    `corpus.jsonl#id`).
+    """
+
+    doc_id: str
+    source: str
+    title: str
+    segments: list[Segment]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.segments)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over everything that ends up in the index: title, segments and user metadata."""
+        h = hashlib.sha256()
+        h.update(self.title.encode("utf-8"))
+        for seg in self.segments:
+            h.update(b"\x00")
+            h.update(f"{seg.page}|{seg.section}|".encode())
+            h.update(seg.text.encode("utf-8"))
+        h.update(b"\x01")
+        h.update(json.dumps(self.metadata, sort_keys=True, default=str).encode("utf-8"))
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A file that could not be read; the rest of the batch goes on."""
+
+    source: str
+    error: str
+
+
+@dataclass
+class Chunk:
+    """A piece of a document as stored in the vector index (and the BM25 index)."""
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass
+class ScoredChunk:
+    """A retrieval hit."""
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]

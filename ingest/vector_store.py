@@ -1,0 +1,315 @@
+"""Chroma as the vector index: embedded PersistentClient by default, a Chroma server when configured.
+
+Each ragserver collection is two Chroma collections: `<name>` holds chunks with their embeddings and
+metadata, `<name>__docs` holds one record per document (its version, chunk count and metadata). The
+document record is written last, after the chunks, so it doubles as the commit marker that makes
+ingestion crash-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ingest.types import Chunk, ScoredChunk
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_DOCS_SUFFIX = "__docs"
+_CHUNK_PREFIX = "rs_"
+# Chroma needs a vector for every record; document records are looked up by id only.
+_PLACEHOLDER = [1.0]
+
+
+class InvalidCollectionName(ValueError):
+    """A collection name that is not 1-63 letters, digits, '-' or '_' (starting alphanumeric)."""
+
+
+class CollectionNotFound(LookupError):
+    """No such collection."""
+
+
+def validate_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.match(name):
+        raise InvalidCollectionName(
+            f"invalid collection name {name!r}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class DocumentRecord:
+    """What the index knows about one document."""
+
+    doc_id: str
+    source: str
+    title: str
+    content_hash: str
+    version: str
+    chunks: int
+    ingested_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_chroma(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "title": self.title,
+            "content_hash": self.content_hash,
+            "version": self.version,
+            "chunks": self.chunks,
+            "ingested_at": self.ingested_at,
+            "metadata_json": json.dumps(self.metadata, sort_keys=True, default=str),
+        }
+
+    @classmethod
+    def from_chroma(cls, doc_id: str, meta: dict[str, Any]) -> DocumentRecord:
+        return cls(
+            doc_id=doc_id,
+            source=str(meta.get("source", "")),
+            title=str(meta.get("title", "")),
+            content_hash=str(meta.get("content_hash", "")),
+            version=str(meta.get("version", "")),
+            chunks=int(meta.get("chunks", 0)),
+            ingested_at=float(meta.get("ingested_at", 0.0)),
+            metadata=json.loads(str(meta.get("metadata_json") or "{}")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "document_id": self.doc_id,
+            "source": self.source,
+            "title": self.title,
+            "content_hash": self.content_hash,
+            "chunks": self.chunks,
+            "ingested_at": self.ingested_at,
+            "metadata": self.metadata,
+        }
+
+
+class ChromaIndex:
+    """Chunk and document storage for all collections in one Chroma (embedded or server)."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        self._collections: dict[str, Any] = {}
+        self.max_batch = int(client.get_max_batch_size()) if hasattr(client, "get_max_batch_size") else 5000
+
+    @classmethod
+    def open(cls, *, url: str | None, path: str | None) -> ChromaIndex:
+        """An embedded store at `path`, or the Chroma server at `url` (http://host:port)."""
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        if url:
+            parsed = urlparse(url)
+            client = chromadb.HttpClient(
+                host=parsed.hostname or "127.0.0.1",
+                port=parsed.port or 8000,
+                ssl=parsed.scheme == "https",
+                settings=chroma_settings,
+            )
+        else:
+            if not path:
+                raise ValueError("an embedded Chroma needs a path")
+            client = chromadb.PersistentClient(path=path, settings=chroma_settings)
+        return cls(client)
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def _chroma(self, name: str, suffix: str = "", create: bool = True) -> Any:
+        key = f"{_CHUNK_PREFIX}{validate_collection_name(name)}{suffix}"
+        coll = self._collections.get(key)
+        if coll is None:
+            if create:
+                coll = self.client.get_or_create_collection(
+                    key, metadata={"hnsw:space": "cosine"}, embedding_function=None
+                )
+            else:
+                try:
+                    coll = self.client.get_collection(key, embedding_function=None)
+                except Exception as exc:  # chromadb raises NotFoundError or ValueError by version
+                    raise CollectionNotFound(f"collection {name!r} not found") from exc
+            self._collections[key] = coll
+        return coll
+
+    def chunks_of(self, name: str, create: bool = False) -> Any:
+        return self._chroma(name, create=create)
+
+    def docs_of(self, name: str, create: bool = False) -> Any:
+        return self._chroma(name, _DOCS_SUFFIX, create=create)
+
+    def ensure_collection(self, name: str) -> None:
+        self._chroma(name)
+        self._chroma(name, _DOCS_SUFFIX)
+
+    def has_collection(self, name: str) -> bool:
+        try:
+            self.docs_of(name)
+            return True
+        except CollectionNotFound:
+            return False
+
+    def list_collections(self) -> list[str]:
+        names = []
+        for coll in self.client.list_collections():
+            cname = coll if isinstance(coll, str) else coll.name
+            if cname.startswith(_CHUNK_PREFIX) and cname.endswith(_DOCS_SUFFIX):
+                names.append(cname[len(_CHUNK_PREFIX) : -len(_DOCS_SUFFIX)])
+        return sorted(names)
+
+    def drop_collection(self, name: str) -> None:
+        for suffix in ("", _DOCS_SUFFIX):
+            key = f"{_CHUNK_PREFIX}{validate_collection_name(name)}{suffix}"
+            self._collections.pop(key, None)
+            try:
+                self.client.delete_collection(key)
+            except Exception:  # already gone
+                pass
+
+    # -- documents -------------------------------------------------------------------------------
+
+    def get_documents(self, name: str, doc_ids: list[str]) -> dict[str, DocumentRecord]:
+        if not doc_ids:
+            return {}
+        result = self.docs_of(name, create=True).get(ids=doc_ids, include=["metadatas"])
+        return {i: DocumentRecord.from_chroma(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)}
+
+    def put_documents(self, name: str, records: list[DocumentRecord]) -> None:
+        if not records:
+            return
+        self.docs_of(name, create=True).upsert(
+            ids=[r.doc_id for r in records],
+            embeddings=[_PLACEHOLDER] * len(records),
+            metadatas=[r.to_chroma() for r in records],
+        )
+
+    def list_documents(self, name: str, *, limit: int = 100, offset: int = 0) -> list[DocumentRecord]:
+        result = self.docs_of(name).get(include=["metadatas"], limit=limit, offset=offset)
+        records = [DocumentRecord.from_chroma(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)]
+        return records
+
+    def iter_documents(self, name: str, page: int = 1000) -> Iterator[DocumentRecord]:
+        offset = 0
+        while True:
+            batch = self.list_documents(name, limit=page, offset=offset)
+            yield from batch
+            if len(batch) < page:
+                return
+            offset += page
+
+    def count_documents(self, name: str) -> int:
+        return int(self.docs_of(name).count())
+
+    def count_chunks(self, name: str) -> int:
+        return int(self.chunks_of(name).count())
+
+    def delete_documents(self, name: str, doc_ids: list[str]) -> list[str]:
+        """Delete documents and all their chunks; returns the chunk ids removed."""
+        removed: list[str] = []
+        chunks = self.chunks_of(name)
+        for start in range(0, len(doc_ids), 500):
+            batch = doc_ids[start : start + 500]
+            found = chunks.get(where={"doc_id": {"$in": batch}}, include=[])
+            if found["ids"]:
+                self._delete_ids(chunks, found["ids"])
+                removed.extend(found["ids"])
+            self.docs_of(name).delete(ids=batch)
+        return removed
+
+    # -- chunks ------------------------------------------------------------------------------------
+
+    def upsert_chunks(self, name: str, chunks: list[Chunk], embeddings: np.ndarray) -> None:
+        coll = self.chunks_of(name, create=True)
+        for start in range(0, len(chunks), self.max_batch):
+            part = chunks[start : start + self.max_batch]
+            coll.upsert(
+                ids=[c.chunk_id for c in part],
+                embeddings=embeddings[start : start + self.max_batch],
+                documents=[c.text for c in part],
+                metadatas=[c.metadata for c in part],
+            )
+
+    def delete_stale_chunks(self, name: str, current: dict[str, str]) -> list[str]:
+        """Remove chunks of the given documents whose version is not the current one.
+
+        `current` maps doc_id -> the version just written. Returns the removed chunk ids.
+        """
+        if not current:
+            return []
+        coll = self.chunks_of(name, create=True)
+        stale: list[str] = []
+        doc_ids = list(current)
+        for start in range(0, len(doc_ids), 500):
+            batch = doc_ids[start : start + 500]
+            found = coll.get(where={"doc_id": {"$in": batch}}, include=["metadatas"])
+            stale.extend(
+                cid
+                for cid, meta in zip(found["ids"], found["metadatas"], strict=True)
+                if meta.get("version") != current.get(str(meta.get("doc_id")))
+            )
+        self._delete_ids(coll, stale)
+        return stale
+
+    def _delete_ids(self, coll: Any, ids: list[str]) -> None:
+        for start in range(0, len(ids), self.max_batch):
+            coll.delete(ids=ids[start : start + self.max_batch])
+
+    def iter_chunks(self, name: str, page: int = 2000) -> Iterator[Chunk]:
+        """Every chunk of a collection (text and metadata, no vectors), page by page."""
+        coll = self.chunks_of(name)
+        offset = 0
+        while True:
+            got = coll.get(include=["documents", "metadatas"], limit=page, offset=offset)
+            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                yield Chunk(chunk_id=cid, doc_id=str(meta.get("doc_id")), text=text or "", metadata=dict(meta))
+            if len(got["ids"]) < page:
+                return
+            offset += page
+
+    def get_chunks(self, name: str, chunk_ids: list[str]) -> list[Chunk]:
+        got = self.chunks_of(name).get(ids=chunk_ids, include=["documents", "metadatas"])
+        by_id = {
+            cid: Chunk(chunk_id=cid, doc_id=str(meta.get("doc_id")), text=text or "", metadata=dict(meta))
+            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+        }
+        return [by_id[c] for c in chunk_ids if c in by_id]
+
+    def query(
+        self, name: str, embedding: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[ScoredChunk]:
+        """The k nearest chunks by cosine similarity (score = 1 - cosine distance)."""
+        coll = self.chunks_of(name)
+        count = coll.count()
+        if count == 0:
+            return []
+        result = coll.query(
+            query_embeddings=[np.asarray(embedding, dtype=np.float32)],
+            n_results=min(k, count),
+            where=where or None,
+            include=["documents", "metadatas", "distances"],
+        )
+        return [
+            ScoredChunk(
+                chunk_id=cid,
+                doc_id=str(meta.get("doc_id")),
+                text=text or "",
+                score=1.0 - float(dist),
+                metadata=dict(meta),
+            )
+            for cid, text, meta, dist in zip(
+                result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0], strict=True
+            )
+        ]
+
+    def heartbeat(self) -> bool:
+        try:
+            self.client.heartbeat()
+            return True
+        except Exception:
+            return False

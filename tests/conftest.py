@@ -1,0 +1,89 @@
+"""Shared fixtures: the real packaged embedder (loaded once), containers on a temp data dir, services."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest_services import *  # noqa: F403  (redis_url, redis_key_prefix, require_service)
+from tests.conftest_services import require_service
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never read the developer's .env or environment overrides.
+for _key in [k for k in os.environ if k.startswith("RAGSERVER_") and k != "RAGSERVER_TEST_REDIS_URL"]:
+    del os.environ[_key]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real packaged all-MiniLM-L6-v2, loaded once per test session."""
+    from ingest.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder()
+
+
+@pytest.fixture
+def make_container(tmp_path: Path, embedder) -> Callable[..., object]:
+    """Build a Container on a fresh data dir, sharing the session's embedder."""
+    from app.container import Container
+    from app.settings import Settings
+
+    def build(**overrides: object) -> Container:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        container = Container(Settings(_env_file=None, **overrides))  # type: ignore[call-arg]
+        container.__dict__["embedder"] = embedder  # cached_property slot
+        return container
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def chroma_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Chroma server (`chroma run`) on a free loopback port for the session."""
+    chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
+    require_service("chroma CLI", Path(chroma).exists(), "the chromadb package provides it")
+    port = free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    log = open(path / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [chroma, "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 60
+    up = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                up = True
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    if not up:
+        proc.kill()
+        require_service("Chroma server", False, (path / "server.log").read_text(errors="replace")[-500:])
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

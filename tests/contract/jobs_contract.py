@@ -1,0 +1,149 @@
+"""What every `JobStore` must do, as a mixin of tests (haystack's document-store test style).
+
+A test class inherits `JobStoreContract` and provides `make_store()`, a fixture returning a factory
+whose stores all share one backend (same SQLite file, same Redis prefix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from uuid import uuid4
+
+import pytest
+
+from app.jobs.base import Job, JobFile, JobStore, final_status
+
+StoreFactory = Callable[[], Awaitable[JobStore]]
+
+
+def make_job(n_files: int = 3, status: str = "queued", created_at: float | None = None) -> Job:
+    now = time.time() if created_at is None else created_at
+    return Job(
+        job_id=uuid4().hex,
+        collection="default",
+        status=status,
+        files=[JobFile(f"doc-{i}", f"file-{i}.pdf", f"/uploads/{i}/file-{i}.pdf") for i in range(n_files)],
+        metadata={"uploader": "Zoë", "tags": ["a", "ß"], "nested": {"k": [1, 2.5, None]}},
+        created_at=now,
+        updated_at=now,
+    )
+
+
+class JobStoreContract:
+    @pytest.fixture
+    async def store(self, make_store: StoreFactory) -> JobStore:
+        return await make_store()
+
+    async def test_is_a_job_store(self, store: JobStore) -> None:
+        assert isinstance(store, JobStore)
+
+    async def test_ping(self, store: JobStore) -> None:
+        assert await store.ping() is True
+
+    async def test_create_then_get_round_trips(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        stored = await store.get(job.job_id)
+        assert stored == job
+        assert stored is not None and stored.to_dict() == job.to_dict()
+        assert stored.progress == {"done": 0, "total": 3}
+
+    async def test_unknown_job_is_none(self, store: JobStore) -> None:
+        assert await store.get("never-seen") is None
+
+    async def test_create_twice_is_refused(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        with pytest.raises(ValueError):
+            await store.create(job)
+
+    async def test_update_file(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        await store.update_file(job.job_id, "doc-1", "failed", error="unreadable PDF: ✗")
+        await store.update_file(job.job_id, "doc-2", "succeeded", chunks=12)
+        stored = await store.get(job.job_id)
+        assert stored is not None
+        assert [(f.status, f.error, f.chunks) for f in stored.files] == [
+            ("queued", None, 0),
+            ("failed", "unreadable PDF: ✗", 0),
+            ("succeeded", None, 12),
+        ]
+        assert stored.updated_at >= job.updated_at
+        assert stored.progress == {"done": 2, "total": 3}
+
+    async def test_update_unknown_job_or_file(self, store: JobStore) -> None:
+        with pytest.raises(KeyError):
+            await store.update_file("never-seen", "doc-0", "running")
+        job = make_job()
+        await store.create(job)
+        with pytest.raises(KeyError):
+            await store.update_file(job.job_id, "no-such-doc", "running")
+        with pytest.raises(KeyError):
+            await store.set_status("never-seen", "running")
+
+    async def test_invalid_status_is_refused(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        with pytest.raises(ValueError):
+            await store.update_file(job.job_id, "doc-0", "done")
+        with pytest.raises(ValueError):
+            await store.set_status(job.job_id, "partial-ish")
+
+    async def test_lifecycle_to_final_status(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        await store.set_status(job.job_id, "running")
+        for doc_id, status in [("doc-0", "succeeded"), ("doc-1", "skipped"), ("doc-2", "failed")]:
+            await store.update_file(job.job_id, doc_id, status)
+        stored = await store.get(job.job_id)
+        assert stored is not None
+        await store.set_status(job.job_id, final_status(stored.files))
+        stored = await store.get(job.job_id)
+        assert stored is not None and stored.status == "partial" and stored.is_finished
+
+    async def test_list_unfinished(self, store: JobStore) -> None:
+        queued = make_job(created_at=1000.0)
+        running = make_job(created_at=2000.0, status="running")
+        done = make_job(created_at=500.0, status="succeeded")
+        for job in (running, done, queued):
+            await store.create(job)
+        assert [j.job_id for j in await store.list_unfinished()] == [queued.job_id, running.job_id]
+        await store.set_status(queued.job_id, "failed")
+        assert [j.job_id for j in await store.list_unfinished()] == [running.job_id]
+        await store.set_status(done.job_id, "queued")  # re-queued by hand: resumed again
+        unfinished = await store.list_unfinished()
+        assert [j.job_id for j in unfinished] == [done.job_id, running.job_id]
+        assert unfinished[1] == await store.get(running.job_id)
+
+    async def test_concurrent_file_updates_lose_nothing(self, store: JobStore) -> None:
+        job = make_job(n_files=30)
+        await store.create(job)
+        await asyncio.gather(
+            *(
+                store.update_file(job.job_id, f.document_id, "succeeded", chunks=i)
+                for i, f in enumerate(job.files)
+            )
+        )
+        stored = await store.get(job.job_id)
+        assert stored is not None
+        assert [(f.status, f.chunks) for f in stored.files] == [("succeeded", i) for i in range(30)]
+        assert final_status(stored.files) == "succeeded"
+
+    async def test_job_without_files(self, store: JobStore) -> None:
+        job = make_job(n_files=0)
+        await store.create(job)
+        assert await store.get(job.job_id) == job
+
+    async def test_new_instance_sees_data(self, make_store: StoreFactory) -> None:
+        first = await make_store()
+        job = make_job()
+        await first.create(job)
+        await first.update_file(job.job_id, "doc-0", "running")
+        await first.aclose()
+        second = await make_store()
+        stored = await second.get(job.job_id)
+        assert stored is not None and stored.files[0].status == "running"
+        assert [j.job_id for j in await second.list_unfinished()] == [job.job_id]

@@ -1,0 +1,68 @@
+"""Snapshots of every shipped prompt rendered with fixed inputs, so a wording change shows up in review.
+
+Update after an intended change with: pytest tests/unit/test_prompt_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from syrupy.assertion import SnapshotAssertion
+
+from app.prompting import PromptRegistry
+
+pytestmark = pytest.mark.unit
+
+REGISTRY = PromptRegistry(Path(__file__).parents[2] / "prompts")
+
+SOURCES = [
+    {
+        "n": 1,
+        "title": "Installation guide",
+        "source": "docs/install.md",
+        "text": "Install ragserver with `pip install ragserver`.\nPython 3.11 or newer is required.",
+    },
+    {
+        "n": 2,
+        "title": "release-notes.pdf",
+        "source": "release-notes.pdf",
+        "text": "Version 0.1 adds hybrid retrieval (BM25 + dense) with reciprocal rank fusion.",
+    },
+]
+HISTORY = [
+    {"role": "user", "content": "How do I install ragserver?"},
+    {"role": "assistant", "content": "Run `pip install ragserver` [1]."},
+]
+
+INPUTS: dict[str, dict[str, dict[str, Any]]] = {
+    "answer": {
+        "with_history": {
+            "sources": SOURCES,
+            "history": HISTORY,
+            "question": "Which Python version do I need?",
+        },
+        "first_turn": {"sources": SOURCES, "question": "What retrieval does version 0.1 add?"},
+        "no_sources": {"sources": [], "history": [], "question": "Who wrote ragserver?"},
+    },
+    "condense": {
+        "follow_up": {"history": HISTORY, "question": "And which Python version?"},
+    },
+}
+
+CASES = [
+    pytest.param(ref, case, id=f"{ref}-{case}")
+    for ref in REGISTRY.list()
+    for case in INPUTS.get(REGISTRY.get(ref).name, {})
+]
+
+
+def test_every_shipped_prompt_has_sample_inputs() -> None:
+    assert {REGISTRY.get(ref).name for ref in REGISTRY.list()} <= set(INPUTS)
+
+
+@pytest.mark.parametrize(("ref", "case"), CASES)
+def test_rendered_prompt_snapshot(ref: str, case: str, snapshot: SnapshotAssertion) -> None:
+    template = REGISTRY.get(ref)
+    assert template.render(**INPUTS[template.name][case]) == snapshot

@@ -1,0 +1,203 @@
+"""The prompt registry: loading, ref resolution, variable checks, sandboxing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+from app.prompting import (
+    InvalidTemplate,
+    MissingVariables,
+    PromptError,
+    PromptRegistry,
+    UnexpectedVariables,
+    UnknownPrompt,
+)
+
+pytestmark = pytest.mark.unit
+
+PROMPTS_DIR = Path(__file__).parents[2] / "prompts"
+
+SOURCES = [{"n": 1, "title": "Intro", "source": "docs/intro.md", "text": "Ragserver answers with citations."}]
+
+
+@pytest.fixture(scope="module")
+def registry() -> PromptRegistry:
+    return PromptRegistry(PROMPTS_DIR)
+
+
+def write_prompt(directory: Path, name: str, version: str, text: str) -> Path:
+    path = directory / name / f"{version}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SIMPLE = """\
+description: greet
+variables:
+  - name: who
+messages:
+  - role: user
+    template: "Hello {{ who }}"
+"""
+
+
+def test_loads_shipped_prompts(registry: PromptRegistry) -> None:
+    refs = registry.list()
+    assert {"answer@v1", "answer@v2", "condense@v1"} <= set(refs)
+    for ref in refs:
+        assert registry.get(ref).ref == ref
+
+
+def test_get_by_name_and_by_ref(registry: PromptRegistry) -> None:
+    pinned = registry.get("answer@v1")
+    assert (pinned.name, pinned.version) == ("answer", "v1")
+    assert registry.get("condense").ref == "condense@v1"
+
+
+def test_name_alone_resolves_to_latest_version_naturally(tmp_path: Path) -> None:
+    for version in ("v1", "v2", "v10", "v9"):
+        write_prompt(tmp_path, "greet", version, SIMPLE)
+    registry = PromptRegistry(tmp_path)
+    assert registry.get("greet").version == "v10"
+    assert registry.list() == ["greet@v1", "greet@v2", "greet@v9", "greet@v10"]
+
+
+@pytest.mark.parametrize("ref", ["nope", "answer@v99", "answer@", "@v1", "a@b@c"])
+def test_unknown_ref_lists_available(registry: PromptRegistry, ref: str) -> None:
+    with pytest.raises(UnknownPrompt, match="answer@v1") as info:
+        registry.get(ref)
+    assert isinstance(info.value, PromptError)
+
+
+def test_missing_required_variable(registry: PromptRegistry) -> None:
+    with pytest.raises(MissingVariables, match="question") as info:
+        registry.get("answer@v1").render(sources=SOURCES)
+    assert info.value.missing == ["question"]
+
+
+def test_optional_variable_may_be_left_out(registry: PromptRegistry) -> None:
+    messages = registry.get("answer@v1").render(sources=SOURCES, question="What?")
+    assert "Conversation" not in messages[-1]["content"]
+
+
+def test_unknown_extra_variable(registry: PromptRegistry) -> None:
+    with pytest.raises(UnexpectedVariables, match="temperature"):
+        registry.get("answer@v1").render(sources=SOURCES, question="What?", temperature=0.2)
+
+
+def test_render_returns_openai_messages(registry: PromptRegistry) -> None:
+    messages = registry.get("answer@v1").render(sources=SOURCES, question="What does it do?", history=[])
+    assert [m["role"] for m in messages] == ["system", "user"]
+    user = messages[-1]["content"]
+    assert "[1] Intro (docs/intro.md)" in user
+    assert user.index("[1]") < user.index("What does it do?")
+
+
+def test_answer_order_is_sources_then_history_then_question(registry: PromptRegistry) -> None:
+    history = [{"role": "user", "content": "earlier turn"}, {"role": "assistant", "content": "earlier reply"}]
+    for ref in ("answer@v1", "answer@v2"):
+        messages = registry.get(ref).render(sources=SOURCES, history=history, question="the question")
+        user = messages[-1]["content"]
+        assert user.index("Ragserver answers") < user.index("earlier turn") < user.index("the question")
+
+
+def test_answer_system_message_is_static(registry: PromptRegistry) -> None:
+    """The first message must not depend on the request, so the server's prefix cache is reused."""
+    other_sources = [{"n": 1, "title": "Other", "source": "b.txt", "text": "Something else entirely."}]
+    for ref in ("answer@v1", "answer@v2"):
+        template = registry.get(ref)
+        first = template.render(sources=SOURCES, question="What?")
+        second = template.render(
+            sources=other_sources, question="Why?", history=[{"role": "user", "content": "hi"}]
+        )
+        assert first[0]["role"] == "system"
+        assert first[0] == second[0]
+
+
+def test_empty_messages_are_dropped(tmp_path: Path) -> None:
+    write_prompt(
+        tmp_path,
+        "maybe",
+        "v1",
+        """\
+description: optional system message
+variables:
+  - name: rules
+    required: false
+  - name: q
+messages:
+  - role: system
+    template: "{% if rules %}{{ rules }}{% endif %}"
+  - role: user
+    template: "{{ q }}"
+""",
+    )
+    template = PromptRegistry(tmp_path).get("maybe")
+    assert template.render(q="hi") == [{"role": "user", "content": "hi"}]
+    assert len(template.render(q="hi", rules="be brief")) == 2
+
+
+def test_undeclared_variable_is_rejected_at_load(tmp_path: Path) -> None:
+    write_prompt(tmp_path, "greet", "v1", SIMPLE.replace("{{ who }}", "{{ who }} from {{ place }}"))
+    with pytest.raises(InvalidTemplate, match=r"greet/v1\.yaml.*undeclared variables: place"):
+        PromptRegistry(tmp_path)
+
+
+def test_declared_but_unused_variable_is_rejected(tmp_path: Path) -> None:
+    write_prompt(
+        tmp_path, "greet", "v1", SIMPLE.replace("  - name: who\n", "  - name: who\n  - name: spare\n")
+    )
+    with pytest.raises(InvalidTemplate, match=r"greet/v1\.yaml.*never uses: spare"):
+        PromptRegistry(tmp_path)
+
+
+def test_invalid_yaml_is_rejected(tmp_path: Path) -> None:
+    write_prompt(tmp_path, "broken", "v1", "description: [unclosed\nmessages: {")
+    with pytest.raises(InvalidTemplate, match=r"broken/v1\.yaml"):
+        PromptRegistry(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        (SIMPLE.replace("role: user", "role: narrator"), "role"),
+        (SIMPLE.replace("description: greet\n", ""), "description"),
+        (SIMPLE + "temprature: 0.1\n", "temprature"),
+        ("description: x\nvariables: []\nmessages: []\n", "messages"),
+    ],
+)
+def test_bad_file_shape_is_rejected(tmp_path: Path, text: str, problem: str) -> None:
+    write_prompt(tmp_path, "bad", "v1", text)
+    with pytest.raises(InvalidTemplate, match=r"bad/v1\.yaml") as info:
+        PromptRegistry(tmp_path)
+    assert problem in str(info.value)
+
+
+def test_template_syntax_error_is_rejected(tmp_path: Path) -> None:
+    write_prompt(tmp_path, "greet", "v1", SIMPLE.replace("{{ who }}", "{% if who %}{{ who }}"))
+    with pytest.raises(InvalidTemplate, match=r"greet/v1\.yaml.*syntax error"):
+        PromptRegistry(tmp_path)
+
+
+def test_sandbox_blocks_attribute_escape(tmp_path: Path) -> None:
+    write_prompt(tmp_path, "evil", "v1", SIMPLE.replace("{{ who }}", "{{ who }}{{ ''.__class__.__mro__ }}"))
+    template = PromptRegistry(tmp_path).get("evil")
+    with pytest.raises(SecurityError):
+        template.render(who="x")
+
+
+def test_missing_directory_and_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(PromptError, match="not found"):
+        PromptRegistry(tmp_path / "absent")
+    with pytest.raises(PromptError, match="no prompt templates"):
+        PromptRegistry(tmp_path)
+
+
+def test_value_missing_a_field_names_the_prompt(registry: PromptRegistry) -> None:
+    with pytest.raises(PromptError, match="answer@v1.*title"):
+        registry.get("answer@v1").render(sources=[{"n": 1, "text": "no title"}], question="q")
