@@ -4,7 +4,6 @@ OpenAI-compatible /v1/embeddings server. Vectors are L2-normalised float32 in bo
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,7 +36,7 @@ def packaged_model_dir() -> Path:
 
 
 class SentenceTransformerEmbedder:
-    """A local sentence-transformers model, loaded once; thread-safe for concurrent callers."""
+    """A local sentence-transformers model, loaded once; callers may share it across threads."""
 
     def __init__(self, model_path: str | Path | None = None, batch_size: int = 32, device: str = "cpu"):
         # Weights come from a pip package or a local path: never from a hub at run time.
@@ -62,20 +61,17 @@ class SentenceTransformerEmbedder:
         self._tokenizer = Tokenizer.from_str(self.model.tokenizer.backend_tokenizer.to_str())
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        # torch already uses every core; serialising callers avoids oversubscription.
-        with self._lock:
-            vectors = self.model.encode(
-                texts,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.asarray(vectors, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
@@ -113,3 +109,56 @@ def build_embedder(settings: EmbeddingSettings) -> Embedder:
     if settings.provider == "openai":
         return OpenAIEmbedder(settings.base_url, settings.api_key, settings.model, batch_size=settings.batch_size)
     return SentenceTransformerEmbedder(settings.model_path, settings.batch_size, settings.device)
+
+
+class MicroBatchingEmbedder:
+    """Coalesces concurrent single-query embeddings into one batch (the model is far cheaper per text
+    in a batch). A dedicated thread drains the queue: whatever arrived while the previous batch was
+    encoding goes into the next one, so a lone request waits for nothing."""
+
+    def __init__(self, inner: Embedder, max_batch: int = 64):
+        import queue
+        import threading
+
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self.max_batch = max_batch
+        self._queue: queue.Queue[tuple[list[str], object]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="query-embedder", daemon=True)
+        self._thread.start()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        from concurrent.futures import Future
+
+        future: Future[np.ndarray] = Future()
+        self._queue.put((texts, future))
+        return future.result()
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            batch = [self._queue.get()]
+            size = len(batch[0][0])
+            while size < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+                size += len(item[0])
+            texts = [t for item, _ in batch for t in item]
+            try:
+                vectors = self.inner.embed(texts)
+            except Exception as exc:  # every waiter gets the error
+                for _, future in batch:
+                    future.set_exception(exc)  # type: ignore[attr-defined]
+                continue
+            offset = 0
+            for item, future in batch:
+                future.set_result(vectors[offset : offset + len(item)])  # type: ignore[attr-defined]
+                offset += len(item)

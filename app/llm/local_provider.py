@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,9 @@ class LocalLLM:
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
-        # A threading lock, taken inside worker threads: it serializes generations without tying
-        # the object to one event loop.
-        self._generate_lock = threading.Lock()
+        # One worker serializes generations (one model, CPU); waiting requests queue here instead of
+        # each holding a thread of the loop's default executor.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smollm2-generate")
 
     @property
     def _provider(self) -> str:
@@ -109,7 +110,7 @@ class LocalLLM:
     def _prepare(
         self, messages: Messages, max_tokens: int | None, temperature: float | None
     ) -> dict[str, Any]:
-        """Chat-template the messages and build generate() kwargs (the prompt cut from the left if too long)."""
+        """Chat-template the messages; build generate() kwargs, cutting an over-long prompt from the left."""
         max_new = max_tokens if max_tokens is not None else self.default_max_tokens
         max_new = max(1, min(max_new, self.context_window // 2))
         temp = temperature if temperature is not None else self.default_temperature
@@ -121,7 +122,11 @@ class LocalLLM:
             "input_ids": input_ids,
             "attention_mask": encoded["attention_mask"][:, -input_ids.shape[1] :],
             "max_new_tokens": max_new,
-            "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+            "pad_token_id": (
+                self._tokenizer.pad_token_id
+                if self._tokenizer.pad_token_id is not None
+                else self._tokenizer.eos_token_id
+            ),
         }
         if temp > 0:
             kwargs.update(do_sample=True, temperature=temp)
@@ -137,7 +142,7 @@ class LocalLLM:
         stop: threading.Event,
         streamer: Any = None,
     ) -> tuple[str, Usage, str]:
-        """Blocking generation in the calling thread: (text, usage, finish reason)."""
+        """Blocking generation, run on the executor's thread: (text, usage, finish reason)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -148,9 +153,9 @@ class LocalLLM:
 
         kwargs = self._prepare(messages, max_tokens, temperature)
         prompt_len = kwargs["input_ids"].shape[1]
-        with self._generate_lock, torch.inference_mode():
-            if stop.is_set():
-                return "", Usage(prompt_len, 0), "cancelled"
+        if stop.is_set():  # the caller left while this waited its turn
+            return "", Usage(prompt_len, 0), "cancelled"
+        with torch.inference_mode():
             output = self._model.generate(
                 **kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet()])
             )
@@ -161,8 +166,14 @@ class LocalLLM:
         return text, Usage(prompt_len, len(new_ids)), finish
 
     async def _ensure_loaded(self) -> None:
-        if self._model is None:
+        if self._model is not None:
+            return
+        try:
             await asyncio.to_thread(self.load)
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise LLMError(f"loading failed: {exc!r}", provider=self._provider) from exc
 
     async def complete(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
@@ -170,9 +181,10 @@ class LocalLLM:
         """Generate the whole answer in a worker thread."""
         await self._ensure_loaded()
         stop = threading.Event()
+        loop = asyncio.get_running_loop()
         try:
-            text, usage, finish = await asyncio.to_thread(
-                self._generate, messages, max_tokens, temperature, stop
+            text, usage, finish = await loop.run_in_executor(
+                self._executor, self._generate, messages, max_tokens, temperature, stop
             )
         except asyncio.CancelledError:
             stop.set()
@@ -214,7 +226,10 @@ class LocalLLM:
                 result = exc
             post((_DONE, result))
 
-        threading.Thread(target=run, name="smollm2-generate", daemon=True).start()
+        try:
+            self._executor.submit(run)
+        except RuntimeError as exc:  # executor shut down by aclose()
+            raise LLMError("closed", provider=self._provider) from exc
         try:
             while True:
                 item = await queue.get()
@@ -235,4 +250,5 @@ class LocalLLM:
         return self._model is not None
 
     async def aclose(self) -> None:
-        """Nothing to release; the model lives as long as the process."""
+        """Drop queued generations and stop the worker thread (after its current generation)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

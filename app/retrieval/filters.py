@@ -111,7 +111,10 @@ def _condition(name: str, key: str, value: Any) -> Condition:
             raise FilterError(f"filter {name!r}: the list of values is empty")
         if len(value) > _MAX_VALUES:
             raise FilterError(f"filter {name!r}: at most {_MAX_VALUES} values")
-        return Condition(key, values=tuple(_scalar(name, v) for v in value))
+        values = tuple(_scalar(name, v) for v in value)
+        if len({_kind(v) for v in values}) > 1:
+            raise FilterError(f"filter {name!r}: list values must all be of the same type")
+        return Condition(key, values=values)
     return Condition(key, values=(_scalar(name, value),))
 
 
@@ -147,6 +150,10 @@ def _scalar(name: str, value: Any) -> Scalar:
     if isinstance(value, str | bool | int | float) and value is not None:
         return value
     raise FilterError(f"filter {name!r}: values must be strings, numbers or booleans, got {value!r}")
+
+
+def _kind(value: Scalar) -> str:
+    return "bool" if isinstance(value, bool) else "number" if _is_number(value) else "str"
 
 
 def _is_number(value: Any) -> bool:

@@ -53,8 +53,8 @@ def test_kill_9_midway_then_rerun_leaves_each_document_once(tmp_path: Path) -> N
     """A real `ragserver ingest` killed with SIGKILL mid-run, then run again."""
     corpus = tmp_path / "big.jsonl"
     rows = [
-        {"_id": f"doc{i}", "title": f"T{i}", "text": " ".join(f"word{i}-{j} sentence." for j in range(60))}
-        for i in range(600)
+        {"_id": f"doc{i}", "title": f"T{i}", "text": f"Short document {i} about item {i % 97}."}
+        for i in range(3000)
     ]
     corpus.write_text("\n".join(json.dumps(r) for r in rows))
     env = dict(os.environ, RAGSERVER_DATA_DIR=str(tmp_path / "data"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -84,3 +85,14 @@ async def test_abandoned_stream_frees_the_model(llm: LocalLLM) -> None:
     # Had the abandoned generation kept the model for its 1000 tokens, this would wait for a minute.
     result = await asyncio.wait_for(llm.complete(MESSAGES, max_tokens=8), timeout=20)
     assert result.text.strip()
+
+
+async def test_concurrent_calls_are_serialized_and_both_answer(llm: LocalLLM) -> None:
+    streamed, completed = await asyncio.gather(
+        _join(llm.stream(MESSAGES, max_tokens=12)), llm.complete(MESSAGES, max_tokens=12)
+    )
+    assert streamed == completed.text
+
+
+async def _join(deltas: AsyncIterator[LLMDelta]) -> str:
+    return "".join([d.text async for d in deltas])

@@ -1,0 +1,55 @@
+"""Request/response shapes of the chat API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ChatRequest(BaseModel):
+    message: str = Field(min_length=1, description="The user's question.")
+    conversation_id: str | None = Field(None, description="Continue this conversation (server-side history).")
+    collection: str | None = Field(None, description="Collection to answer from (default from settings).")
+    stream: bool = Field(False, description="Answer as Server-Sent Events: token..., citations, done.")
+    prompt: str | None = Field(None, description='Prompt template "name@version" (default from settings).')
+    filters: dict[str, Any] | None = Field(None, description="Metadata filters for retrieval.")
+    top_k: int | None = Field(None, ge=1, le=50, description="How many chunks to give the model.")
+    mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="Retrieval mode.")
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+
+class CitationOut(BaseModel):
+    n: int
+    document_id: str
+    source: str
+    chunk_id: str
+    page: int | None = None
+    score: float
+    title: str = ""
+    text: str
+
+
+class ChatResponse(BaseModel):
+    conversation_id: str
+    response_id: str
+    answer: str
+    citations: list[CitationOut]
+    prompt: str
+    model: str
+    usage: dict[str, int]
+    collection: str
+    retrieval: dict[str, Any]
+
+
+class TurnOut(BaseModel):
+    role: str
+    content: str
+    created_at: float
+    metadata: dict[str, Any] = {}
+
+
+class ConversationOut(BaseModel):
+    conversation_id: str
+    turns: list[TurnOut]

@@ -1,0 +1,52 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import StateDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    """Vector store, history store, job store and LLM reachable; 503 naming what is down."""
+
+    async def check(coro) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            return bool(await asyncio.wait_for(coro, timeout=5))
+        except Exception:
+            return False
+
+    checks = {
+        "vector_store": await check(asyncio.to_thread(state.container.store.heartbeat)),
+        "history_store": await check(state.history.ping()),
+        "job_store": await check(state.jobs.ping()),
+        "llm": await check(state.llm.health()),
+    }
+    down = [name for name, ok in checks.items() if not ok]
+    if down:
+        body = {
+            "status": "unavailable",
+            "checks": checks,
+            "error": {"code": "not_ready", "message": f"not ready: {', '.join(down)} unreachable"},
+        }
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,35 @@
+"""Prometheus metrics, one registry per app instance (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """The server's metrics: requests, retrieval, LLM, tokens, ingestion jobs."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ragserver_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "ragserver_http_request_seconds", "HTTP request latency", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.retrieval_latency = Histogram(
+            "ragserver_retrieval_seconds", "Retrieval latency", ["mode"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.llm_latency = Histogram(
+            "ragserver_llm_seconds", "LLM generation latency", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.llm_ttft = Histogram(
+            "ragserver_llm_time_to_first_token_seconds", "LLM time to first token", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.tokens = Counter("ragserver_llm_tokens_total", "LLM tokens", ["kind"], registry=r)
+        self.jobs = Counter("ragserver_ingest_jobs_total", "Ingestion jobs finished", ["status"], registry=r)
+        self.documents = Counter(
+            "ragserver_ingest_documents_total", "Documents processed by ingestion", ["status"], registry=r
+        )

@@ -1,0 +1,55 @@
+"""Retrieval for the server: async, off the event loop, with collection checks and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from app.retrieval.retriever import Retriever
+from app.services.metrics import Metrics
+from app.settings import Settings
+from ingest.types import ScoredChunk
+from ingest.vector_store import ChromaIndex, CollectionNotFound, validate_collection_name
+
+
+class RetrievalService:
+    """Runs the (blocking) retriever in its own thread pool so concurrent requests overlap and
+    their query embeddings can be micro-batched."""
+
+    def __init__(self, settings: Settings, store: ChromaIndex, retriever: Retriever, metrics: Metrics):
+        self.settings = settings
+        self.store = store
+        self.retriever = retriever
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="retrieve")
+
+    def resolve_collection(self, name: str | None) -> str:
+        """The collection to use; raises CollectionNotFound for an unknown one."""
+        name = validate_collection_name(name or self.settings.server.default_collection)
+        if not self.store.has_collection(name):
+            raise CollectionNotFound(f"collection {name!r} not found")
+        return name
+
+    async def retrieve(
+        self,
+        collection: str,
+        query: str,
+        *,
+        top_k: int,
+        mode: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[ScoredChunk]:
+        mode = mode or self.settings.retrieval.mode
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        hits = await loop.run_in_executor(
+            self._pool,
+            lambda: self.retriever.retrieve(collection, query, top_k=top_k, mode=mode, filters=filters),
+        )
+        self.metrics.retrieval_latency.labels(mode=mode).observe(time.perf_counter() - started)
+        return hits
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,91 @@
+"""The OpenAI-compatible API, driven by the official `openai` client against a running server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+from tests.live_server import live_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(make_container, llm_server) -> Iterator[str]:
+    from app.factory import create_app
+
+    container = make_container(
+        llm={"provider": "openai", "base_url": llm_server.base_url, "model": llm_server.model, "max_retries": 0},
+        server={"default_collection": "kb"},
+    )
+    with live_server(create_app(container=container), free_port()) as url:
+        files = [("files", ("etna.txt", b"Mount Etna is an active volcano on the east coast of Sicily."))]
+        job = httpx.post(f"{url}/v1/collections/kb/documents", files=files).json()
+        for _ in range(300):
+            if httpx.get(f"{url}/v1/jobs/{job['job_id']}").json()["status"] == "succeeded":
+                break
+            import time
+
+            time.sleep(0.2)
+        yield url
+
+
+@pytest.fixture
+def llm_server():
+    from tests.fakes.openai_server import ScriptedOpenAIServer
+
+    with ScriptedOpenAIServer(default_reply="Etna is in Sicily [1].") as s:
+        yield s
+
+
+def test_models_lists_collections(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["kb"]
+
+
+def test_completion_carries_citations_both_ways(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    completion = client.chat.completions.create(
+        model="kb", messages=[{"role": "user", "content": "Where is Etna?"}]
+    )
+    content = completion.choices[0].message.content
+    assert content.startswith("Etna is in Sicily [1].")
+    assert "Sources:\n[1] etna" in content  # for clients that drop unknown fields
+    extra = completion.model_extra or {}
+    assert extra["citations"][0]["source"] == "etna.txt"
+    assert completion.usage.completion_tokens > 0
+
+
+def test_streaming_completion(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="ragserver",  # the default collection
+        messages=[
+            {"role": "system", "content": "ignored: ragserver's prompt template decides"},
+            {"role": "user", "content": "Where is Etna?"},
+        ],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, citations, usage = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            citations = (chunk.model_extra or {}).get("citations") or citations
+        if chunk.usage:
+            usage = chunk.usage
+    assert text.startswith("Etna is in Sicily [1].") and "Sources:" in text
+    assert citations and citations[0]["source"] == "etna.txt"
+    assert usage is not None and usage.total_tokens > 0
+
+
+def test_errors_reach_the_client(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="kb", messages=[{"role": "assistant", "content": "hi"}])
