@@ -1,0 +1,193 @@
+"""`ragserver bench serve`: time to first token through the real server versus the LLM's own.
+
+Starts an instant scripted OpenAI-compatible LLM and the real server, each in its own process on
+loopback, ingests a small corpus, then fires streaming `/v1/chat` requests at a fixed concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+REPO = Path(__file__).resolve().parents[2]
+QUESTIONS = [
+    "What is known about the effect of vitamin D on bone density?",
+    "Which genes are associated with breast cancer risk?",
+    "How does exercise affect insulin sensitivity?",
+    "What causes antibiotic resistance in bacteria?",
+    "Does smoking increase the risk of lung cancer?",
+    "What is the role of microRNA in gene regulation?",
+    "How do vaccines produce immunity?",
+    "What are the side effects of statins?",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise typer.Exit(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise typer.Exit(f"{url} did not come up in {timeout:.0f}s")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _is_token(line: str, chat: bool) -> bool:
+    """Whether an SSE line carries answer text (ragserver's `token` event, or an OpenAI delta)."""
+    if chat:
+        return line.startswith("event: token")
+    if not line.startswith("data: {"):
+        return False
+    choices = json.loads(line[len("data: ") :]).get("choices") or []
+    return bool(choices and (choices[0].get("delta") or {}).get("content"))
+
+
+async def _fire(url: str, concurrency: int, requests: int, chat: bool) -> tuple[list[float], int]:
+    """Streaming requests; returns the times to first token (ms) and the error count."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    ttfts: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        nonlocal errors
+        question = QUESTIONS[i % len(QUESTIONS)]
+        if chat:
+            path, body = "/v1/chat", {"message": question, "collection": "bench", "stream": True}
+        else:
+            path = "/v1/chat/completions"
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": question}]}
+        started = time.perf_counter()
+        first: float | None = None
+        try:
+            async with client.stream("POST", url + path, json=body, timeout=60) as response:
+                if response.status_code != 200:
+                    errors += 1
+                    return
+                async for line in response.aiter_lines():
+                    if first is None and _is_token(line, chat):
+                        first = time.perf_counter()
+            if first is None:
+                errors += 1
+            else:
+                ttfts.append((first - started) * 1000)
+        except httpx.HTTPError:
+            errors += 1
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            await one(client, i)
+
+    async with httpx.AsyncClient(limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return ttfts, errors
+
+
+def bench_serve(
+    concurrency: Annotated[int, typer.Option(min=1, max=512, help="Requests in flight at once.")] = 64,
+    requests: Annotated[int, typer.Option(min=1, help="Total streaming chat requests.")] = 2000,
+    corpus: Annotated[
+        Path | None, typer.Option(help="A .jsonl corpus to ingest (default: SciFact's first --docs rows).")
+    ] = None,
+    docs: Annotated[int, typer.Option(min=1, help="How many corpus documents to ingest.")] = 500,
+    mode: Annotated[str | None, typer.Option(help="Retrieval mode for the server (default from settings).")] = None,
+) -> None:
+    """Streaming /v1/chat TTFT and throughput against an instant scripted LLM. Last line: JSON."""
+    corpus = corpus or REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+    if not corpus.exists():
+        raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="ragserver-bench-serve-") as tmp:
+        try:
+            subset = Path(tmp) / "corpus.jsonl"
+            with corpus.open() as src, subset.open("w") as dst:
+                for i, line in enumerate(src):
+                    if i >= docs:
+                        break
+                    dst.write(line)
+            llm_port, port = _free_port(), _free_port()
+            env = dict(os.environ, RAGSERVER_DATA_DIR=str(Path(tmp) / "data"), PYTHONUNBUFFERED="1")
+            env.update(
+                RAGSERVER_LLM_PROVIDER="openai",
+                RAGSERVER_LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
+                RAGSERVER_LLM_MODEL="scripted-model",
+            )
+            if mode:
+                env["RAGSERVER_RETRIEVAL_MODE"] = mode
+            env.pop("RAGSERVER_CHROMA_URL", None)
+            env.pop("RAGSERVER_REDIS_URL", None)
+            typer.echo(f"ingesting {docs} documents ...", err=True)
+            subprocess.run(
+                [sys.executable, "-m", "app.cli.main", "ingest", str(subset), "--collection", "bench"],
+                env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+            )
+            log = open(Path(tmp) / "llm.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(llm_port), "--instant"],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            ))
+            _wait_http(f"http://127.0.0.1:{llm_port}/v1/models", procs[-1])
+            server_log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
+                env=env, cwd=REPO, stdout=server_log, stderr=subprocess.STDOUT,
+            ))
+            _wait_http(f"http://127.0.0.1:{port}/readyz", procs[-1])
+            base = f"http://127.0.0.1:{port}"
+            warm = min(requests, max(20, concurrency))
+            asyncio.run(_fire(base, concurrency, warm, chat=True))
+            typer.echo(f"firing {requests} requests at concurrency {concurrency} ...", err=True)
+            started = time.perf_counter()
+            ttfts, errors = asyncio.run(_fire(base, concurrency, requests, chat=True))
+            elapsed = time.perf_counter() - started
+            llm_ttfts, _ = asyncio.run(
+                _fire(f"http://127.0.0.1:{llm_port}", concurrency, min(requests, 500), chat=False)
+            )
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    result = {
+        "requests": requests,
+        "concurrency": concurrency,
+        "errors": errors,
+        "rps": round(requests / elapsed, 2),
+        "ttft_p50_ms": round(_percentile(ttfts, 50), 2),
+        "ttft_p99_ms": round(_percentile(ttfts, 99), 2),
+        "llm_ttft_p50_ms": round(_percentile(llm_ttfts, 50), 2),
+    }
+    typer.echo(json.dumps(result))
