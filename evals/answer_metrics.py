@@ -135,7 +135,10 @@ class AnswerScorer:
             keep("string_presence", found.value if ref else 0.0)
             keep("token_f1", token_f1(ref, norm))
             if self.string_similarity is not None:
-                keep("string_similarity", (await self.string_similarity.ascore(reference=ref, response=norm)).value)
+                keep(
+                    "string_similarity",
+                    (await self.string_similarity.ascore(reference=ref, response=norm)).value,
+                )
             similar = await self.semantic_similarity.ascore(reference=raw, response=text)
             keep("answer_similarity", similar.value)
         for name in ANSWER_METRICS:

@@ -67,8 +67,17 @@ def parse_row(row: dict[str, Any], lineno: int) -> EvalQuestion:
         references = _strings(row.get("reference", row.get("references")))
         gold = _strings(row.get("gold_document_id", row.get("gold_document_ids")))
         contexts = _strings(row.get("reference_contexts"))
-        known = {"id", "_id", "question_id", "question", "reference", "references", "reference_contexts",
-                 "gold_document_id", "gold_document_ids"}
+        known = {
+            "id",
+            "_id",
+            "question_id",
+            "question",
+            "reference",
+            "references",
+            "reference_contexts",
+            "gold_document_id",
+            "gold_document_ids",
+        }
     metadata = {k: v for k, v in row.items() if k not in known}
     return EvalQuestion(qid, question, references, contexts, gold, metadata)
 

@@ -34,7 +34,7 @@ class JudgeConfig:
 
     def describe(self) -> dict[str, Any]:
         """What a run records about its judge (never the key)."""
-        return {"base_url": self.base_url, "model": self.model, "concurrency": self.concurrency}
+        return {"base_url": self.base_url, "model": self.model}
 
 
 @dataclass
@@ -78,7 +78,12 @@ class RagasJudge:
     def __init__(self, config: JudgeConfig, embeddings: Any, *, llm: Any = None) -> None:
         """`embeddings`: ragas embeddings for ResponseRelevancy; `llm`: a ragas LLM instead of the URL's."""
         prepare_ragas()
-        from ragas.metrics.collections import AnswerRelevancy, ContextPrecisionWithReference, ContextRecall, Faithfulness
+        from ragas.metrics.collections import (
+            AnswerRelevancy,
+            ContextPrecisionWithReference,
+            ContextRecall,
+            Faithfulness,
+        )
 
         self.config = config
         self._client = None

@@ -38,7 +38,16 @@ RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 # run.json keys that must match for a directory to be resumed.
-IDENTITY_KEYS = ("questions_path", "collection", "prompt", "llm", "retrieval", "max_tokens", "temperature", "judge")
+IDENTITY_KEYS = (
+    "questions_path",
+    "collection",
+    "prompt",
+    "llm",
+    "retrieval",
+    "max_tokens",
+    "temperature",
+    "judge",
+)
 
 
 class RunMismatch(RuntimeError):
@@ -125,13 +134,17 @@ def _base_row(q: EvalQuestion) -> dict[str, Any]:
     }
 
 
-def answered_row(q: EvalQuestion, result: ChatResult, scores: MetricScores, judge_model: str | None) -> dict[str, Any]:
+def answered_row(
+    q: EvalQuestion, result: ChatResult, scores: MetricScores, judge_model: str | None
+) -> dict[str, Any]:
     """A question's row: what was asked, answered and retrieved, what produced it, and every score."""
     return {
         **_base_row(q),
         "answer": result.answer,
         "contexts": [_context(c) for c in result.contexts],
-        "citations": [{"n": c.n, "document_id": c.document_id, "chunk_id": c.chunk_id} for c in result.citations],
+        "citations": [
+            {"n": c.n, "document_id": c.document_id, "chunk_id": c.chunk_id} for c in result.citations
+        ],
         "scores": {name: scores.values.get(name) for name in METRIC_NAMES},
         "not_computed": scores.not_computed,
         "errors": scores.errors,
@@ -187,7 +200,11 @@ async def run_rag_eval(
                 reference=q.reference,
             )
             assert judge is not None
-            scores.merge(await judge.score(sample))
+            try:
+                scores.merge(await judge.score(sample))
+            except Exception as exc:  # judge.score records per-metric failures; this is anything else
+                for name in JUDGE_METRICS:
+                    scores.fail(name, error_text(exc))
             finish(answered_row(q, result, scores, judge_model))
         finally:
             waiting.release()
@@ -212,7 +229,13 @@ async def run_rag_eval(
         try:
             scores.merge(await scorer.score(result.answer, q.references))
         except Exception as exc:
-            for name in ("exact_match", "string_presence", "token_f1", "string_similarity", "answer_similarity"):
+            for name in (
+                "exact_match",
+                "string_presence",
+                "token_f1",
+                "string_similarity",
+                "answer_similarity",
+            ):
                 scores.fail(name, error_text(exc))
         if judge is None:
             for name in JUDGE_METRICS:
@@ -230,7 +253,9 @@ async def run_rag_eval(
     return summarize(rows, run_info, planned=len(questions))
 
 
-def summarize(rows: Sequence[dict[str, Any]], run_info: dict[str, Any], *, planned: int | None = None) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], run_info: dict[str, Any], *, planned: int | None = None
+) -> dict[str, Any]:
     """summary.json: per-metric mean, 95% bootstrap CI, how many computed / not computed / failed."""
     answered = [r for r in rows if not r.get("pipeline_error")]
     metrics: dict[str, Any] = {}
@@ -239,9 +264,15 @@ def summarize(rows: Sequence[dict[str, Any]], run_info: dict[str, Any], *, plann
         estimate = bootstrap_mean(values)
         errors = sum(1 for r in answered if name in r.get("errors", {}))
         reasons = Counter(r["not_computed"][name] for r in answered if name in r.get("not_computed", {}))
-        entry: dict[str, Any] = {**estimate.to_dict(), "errors": errors, "not_computed": sum(reasons.values())}
+        entry: dict[str, Any] = {
+            **estimate.to_dict(),
+            "errors": errors,
+            "not_computed": sum(reasons.values()),
+        }
         if estimate.mean is None:
-            entry["note"] = reasons.most_common(1)[0][0] if reasons else ("failed" if errors else "no answers")
+            entry["note"] = (
+                reasons.most_common(1)[0][0] if reasons else ("failed" if errors else "no answers")
+            )
         metrics[name] = entry
     latencies = [float(r["latency_ms"]) for r in answered if "latency_ms" in r]
     return {

@@ -22,13 +22,23 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("hit_rate", "retrieval", "a gold document is among the retrieved contexts"),
     MetricSpec("mrr", "retrieval", "1 / rank of the first gold document among the retrieved documents"),
     MetricSpec("exact_match", "answer", "ragas ExactMatch on normalised text, best reference"),
-    MetricSpec("string_presence", "answer", "ragas StringPresence: a reference occurs in the answer (normalised)"),
+    MetricSpec(
+        "string_presence", "answer", "ragas StringPresence: a reference occurs in the answer (normalised)"
+    ),
     MetricSpec("token_f1", "answer", "SQuAD token F1 of answer vs best reference"),
     MetricSpec("string_similarity", "answer", "ragas NonLLMStringSimilarity (Levenshtein), best reference"),
-    MetricSpec("answer_similarity", "answer", "ragas SemanticSimilarity with the local embedder, best reference"),
+    MetricSpec(
+        "answer_similarity", "answer", "ragas SemanticSimilarity with the local embedder, best reference"
+    ),
     MetricSpec("faithfulness", "judge", "ragas Faithfulness: answer claims supported by the contexts"),
-    MetricSpec("answer_relevancy", "judge", "ragas ResponseRelevancy (AnswerRelevancy): answer addresses the question"),
-    MetricSpec("context_precision", "judge", "ragas ContextPrecision (with reference): useful contexts ranked first"),
+    MetricSpec(
+        "answer_relevancy",
+        "judge",
+        "ragas ResponseRelevancy (AnswerRelevancy): answer addresses the question",
+    ),
+    MetricSpec(
+        "context_precision", "judge", "ragas ContextPrecision (with reference): useful contexts ranked first"
+    ),
     MetricSpec("context_recall", "judge", "ragas ContextRecall: reference claims found in the contexts"),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)

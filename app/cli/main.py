@@ -14,6 +14,7 @@ from rich.table import Table
 from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
 from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_serve import bench_serve
+from app.cli.eval_rag import compare as eval_compare, rag as eval_rag
 from app.cli.eval_retrieval import retrieval
 
 app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
@@ -26,6 +27,8 @@ app.add_typer(eval_app, name="eval")
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
 eval_app.command("retrieval")(retrieval)
+eval_app.command("rag")(eval_rag)
+eval_app.command("compare")(eval_compare)
 
 console = Console(stderr=True)
 

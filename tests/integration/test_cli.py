@@ -1,0 +1,76 @@
+"""The `ragserver` CLI as a user runs it: ingest, search, docs, stats, prune, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli.main import app
+from tests.samples import make_corpus_folder
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, embedder):
+    monkeypatch.setenv("RAGSERVER_DATA_DIR", str(tmp_path / "data"))
+    # Reuse the session's loaded model instead of loading it per command.
+    monkeypatch.setattr("ingest.embedder.SentenceTransformerEmbedder", lambda *a, **k: embedder)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_cli_round_trip(run, tmp_path: Path) -> None:
+    files = make_corpus_folder(tmp_path / "corpus")
+    (tmp_path / "corpus" / "broken.pdf").write_bytes(b"%PDF-1.4 broken")
+
+    first = run("ingest", str(tmp_path / "corpus"), "--collection", "kb", "--metadata", '{"team": "docs"}')
+    assert first.exit_code == 1  # one file failed, the rest ingested
+    report = last_json(first.stdout)
+    assert report["added"] == 5 and report["failed"][0]["source"].endswith("broken.pdf")
+
+    (tmp_path / "corpus" / "broken.pdf").unlink()
+    again = run("ingest", str(tmp_path / "corpus"), "--collection", "kb", "--metadata", '{"team": "docs"}')
+    assert again.exit_code == 0 and last_json(again.stdout)["skipped"] == 5
+
+    stats = run("stats", "--collection", "kb")
+    assert last_json(stats.stdout)["documents"] == 5
+
+    found = run("search", "where do emperor penguins breed", "-c", "kb", "-k", "2", "--json", "--mode", "dense")
+    hits = json.loads(found.stdout)
+    assert hits[0]["source"] == str(files["html"].resolve()) and len(hits) == 2
+
+    listed = [json.loads(line) for line in run("docs", "list", "-c", "kb").stdout.splitlines()]
+    assert len(listed) == 5 and all(d["metadata"]["team"] == "docs" for d in listed)
+
+    files["txt"].unlink()
+    pruned = run("ingest", str(tmp_path / "corpus"), "-c", "kb", "--metadata", '{"team": "docs"}', "--prune")
+    assert last_json(pruned.stdout)["deleted"] == 1
+    assert last_json(run("stats", "-c", "kb").stdout)["documents"] == 4
+
+    remaining = [json.loads(line)["document_id"] for line in run("docs", "list", "-c", "kb").stdout.splitlines()]
+    assert run("docs", "delete", remaining[0], "-c", "kb").exit_code == 0
+    assert last_json(run("stats", "-c", "kb").stdout)["documents"] == 3
+    assert run("docs", "delete", "no-such-doc", "-c", "kb").exit_code == 1
+
+
+def test_cli_errors(run, tmp_path: Path) -> None:
+    missing = run("stats", "--collection", "nope")
+    assert missing.exit_code == 2 and "not found" in missing.stderr
+    bad_name = run("ingest", str(tmp_path), "--collection", "no spaces!")
+    assert bad_name.exit_code == 2 and "invalid collection name" in bad_name.stderr
+    no_path = run("ingest", str(tmp_path / "absent"))
+    assert no_path.exit_code == 2 and "no such file" in no_path.stderr
+    bad_json = run("ingest", str(tmp_path), "--metadata", "{oops")
+    assert bad_json.exit_code == 2 and "not valid JSON" in bad_json.stderr
