@@ -76,6 +76,9 @@ class HistorySettings(BaseModel):
 class RetrievalSettings(BaseModel):
     mode: RetrievalMode = "hybrid"
     top_k: int = Field(5, ge=1, le=200)
+    # How hybrid fuses the two stages: weighted reciprocal rank fusion (rrf_k, weights), or a weighted sum
+    # of z-score-normalised scores (convex; weights only).
+    fusion: Literal["rrf", "convex"] = "convex"
     rrf_k: int = Field(60, ge=1)
     dense_weight: float = Field(1.0, ge=0.0)
     bm25_weight: float = Field(1.0, ge=0.0)
@@ -88,7 +91,10 @@ class RetrievalSettings(BaseModel):
     # title terms count (field weighting). Changing them re-indexes on next load.
     bm25_k1: float = Field(1.2, gt=0.0)
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)
-    bm25_title_weight: int = Field(1, ge=0, le=5)
+    bm25_title_weight: int = Field(2, ge=0, le=5)
+    # Intra-op threads for embedding a query, on a thread of its own (0: the process default). One short
+    # input gains little from more, and on a shared CPU more oversubscribe it.
+    query_threads: int = Field(1, ge=0)
 
 
 class PromptSettings(BaseModel):

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from evals.datasets import EvalQuestion
 from evals.judge import JudgeSample, error_text
-from evals.rag_metrics import JUDGE_METRICS, METRIC_NAMES, NO_JUDGE, MetricScores, retrieval_scores
+from evals.rag_metrics import (
+    ANSWER_METRICS,
+    JUDGE_METRICS,
+    METRIC_NAMES,
+    NO_JUDGE,
+    MetricScores,
+    retrieval_scores,
+)
 from evals.stats import bootstrap_mean, percentile
 
 if TYPE_CHECKING:
@@ -229,13 +236,7 @@ async def run_rag_eval(
         try:
             scores.merge(await scorer.score(result.answer, q.references))
         except Exception as exc:
-            for name in (
-                "exact_match",
-                "string_presence",
-                "token_f1",
-                "string_similarity",
-                "answer_similarity",
-            ):
+            for name in ANSWER_METRICS:
                 scores.fail(name, error_text(exc))
         if judge is None:
             for name in JUDGE_METRICS:

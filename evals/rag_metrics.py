@@ -1,8 +1,8 @@
 """The metrics a RAG eval reports, in display order, and the retrieval ones (no model needed).
 
-Every metric is a per-question score in [0, 1], higher is better; a run's figure is the mean over the
-questions where it was computed. A score that could not be computed is `None` with a reason, never a
-made-up number.
+Every metric is a per-question score, higher is better, in [0, 1] (a cosine similarity may dip just below
+0); a run's figure is the mean over the questions where it was computed. A score that could not be
+computed is `None` with a reason, never a made-up number.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("context_recall", "judge", "ragas ContextRecall: reference claims found in the contexts"),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+ANSWER_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.group == "answer")
 JUDGE_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.group == "judge")
 NO_JUDGE = "not computed: no judge configured"
 

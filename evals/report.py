@@ -243,8 +243,8 @@ def deltas_plot(deltas: Sequence[dict[str, Any]]) -> str | None:
         for d, m in zip(items, means, strict=True)
     ]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1))
-    ax.errorbar(means, range(len(names)), xerr=[lo, hi], fmt="none", ecolor=colors, capsize=3)
-    ax.scatter(means, range(len(names)), color=colors, zorder=3)
+    for y, (m, low, high, color) in enumerate(zip(means, lo, hi, colors, strict=True)):
+        ax.errorbar([m], [y], xerr=[[low], [high]], fmt="o", color=color, ecolor=color, capsize=3)
     ax.axvline(0, color="#333", linewidth=0.8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()

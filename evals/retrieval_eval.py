@@ -74,7 +74,9 @@ def judged_queries(
     queries: dict[str, str], qrels: dict[str, dict[str, int]], limit: int | None = None
 ) -> list[tuple[str, str]]:
     """(id, text) of the queries that have at least one positive judgement, in qrels order."""
-    picked = [(qid, queries[qid]) for qid, judged in qrels.items() if qid in queries and max(judged.values()) > 0]
+    picked = [
+        (qid, queries[qid]) for qid, judged in qrels.items() if qid in queries and max(judged.values()) > 0
+    ]
     return picked[:limit] if limit else picked
 
 
@@ -155,7 +157,13 @@ def ensure_corpus_collection(
     documents = store.count_documents(collection)
     marker_path.parent.mkdir(parents=True, exist_ok=True)
     marker_path.write_text(json.dumps({**wanted, "documents": documents}))
-    return {"collection": collection, "reused": False, **report.to_dict(), "deleted": deleted, "documents": documents}
+    return {
+        "collection": collection,
+        "reused": False,
+        **report.to_dict(),
+        "deleted": deleted,
+        "documents": documents,
+    }
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -179,8 +187,11 @@ class ModeResult:
         return percentile_ms(self.latencies_s, 99)
 
     def summary(self) -> dict[str, float]:
-        return {**{m: round(v, 4) for m, v in self.metrics.items()}, "p50_ms": round(self.p50_ms, 2),
-                "p99_ms": round(self.p99_ms, 2)}
+        return {
+            **{m: round(v, 4) for m, v in self.metrics.items()},
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+        }
 
 
 def evaluate_mode(
@@ -198,7 +209,9 @@ def evaluate_mode(
     """Run every query through `retriever.retrieve_documents` (timed, one at a time) and score the run."""
 
     def search(text: str) -> list[ScoredDocument]:
-        return retriever.retrieve_documents(collection, text, top_k=top_k, mode=mode, filters=filters, rerank=rerank)
+        return retriever.retrieve_documents(
+            collection, text, top_k=top_k, mode=mode, filters=filters, rerank=rerank
+        )
 
     for _, text in queries[:_WARMUP_QUERIES]:  # first calls load indexes and warm caches: not timed
         search(text)

@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.llm.base import LLMError
 from app.prompting import PromptError, UnknownPrompt
+from app.retrieval.filters import FilterError
+from app.retrieval.retriever import RetrievalError
 from app.services.chat_service import ConversationNotFound
 from app.services.document_service import DocumentNotFound, JobNotFound, UnsupportedUpload, UploadTooLarge
 from ingest.vector_store import CollectionNotFound, InvalidCollectionName
@@ -33,15 +35,6 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def _filter_error() -> type[Exception]:
-    try:
-        from app.retrieval.filters import FilterError
-
-        return FilterError
-    except ImportError:  # pragma: no cover - filters module always present once retrieval lands
-        return ValueError
-
-
 # exception type -> (status, code)
 _MAPPED: list[tuple[type[Exception], int, str]] = [
     (CollectionNotFound, 404, "collection_not_found"),
@@ -54,7 +47,8 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (UploadTooLarge, 413, "upload_too_large"),
     (UnsupportedUpload, 415, "unsupported_media_type"),
     (LLMError, 502, "llm_unavailable"),
-    (_filter_error(), 400, "invalid_filter"),
+    (FilterError, 400, "invalid_filter"),
+    (RetrievalError, 400, "invalid_retrieval"),
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 REPO = Path(__file__).resolve().parents[2]
-QUESTIONS = [
+FALLBACK_QUESTIONS = [
     "What is known about the effect of vitamin D on bone density?",
     "Which genes are associated with breast cancer risk?",
     "How does exercise affect insulin sensitivity?",
@@ -70,7 +70,19 @@ def _is_token(line: str, chat: bool) -> bool:
     return bool(choices and (choices[0].get("delta") or {}).get("content"))
 
 
-async def _fire(url: str, concurrency: int, requests: int, chat: bool) -> tuple[list[float], int]:
+def _questions(corpus: Path) -> list[str]:
+    """Distinct questions (a queries.jsonl beside the corpus, e.g. SciFact's claims), so no request
+    benefits from a repeated query."""
+    queries = corpus.parent / "queries.jsonl"
+    if queries.exists():
+        with queries.open() as handle:
+            return [json.loads(line)["text"] for line in handle if line.strip()]
+    return FALLBACK_QUESTIONS
+
+
+async def _fire(
+    url: str, concurrency: int, requests: int, chat: bool, questions: list[str]
+) -> tuple[list[float], int]:
     """Streaming requests; returns the times to first token (ms) and the error count."""
     import httpx
 
@@ -81,7 +93,7 @@ async def _fire(url: str, concurrency: int, requests: int, chat: bool) -> tuple[
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
         nonlocal errors
-        question = QUESTIONS[i % len(QUESTIONS)]
+        question = questions[i % len(questions)]
         if chat:
             path, body = "/v1/chat", {"message": question, "collection": "bench", "stream": True}
         else:
@@ -165,13 +177,14 @@ def bench_serve(
             _wait_http(f"http://127.0.0.1:{port}/readyz", procs[-1])
             base = f"http://127.0.0.1:{port}"
             warm = min(requests, max(20, concurrency))
-            asyncio.run(_fire(base, concurrency, warm, chat=True))
+            questions = _questions(corpus)
+            asyncio.run(_fire(base, concurrency, warm, chat=True, questions=questions[::-1]))
             typer.echo(f"firing {requests} requests at concurrency {concurrency} ...", err=True)
             started = time.perf_counter()
-            ttfts, errors = asyncio.run(_fire(base, concurrency, requests, chat=True))
+            ttfts, errors = asyncio.run(_fire(base, concurrency, requests, chat=True, questions=questions))
             elapsed = time.perf_counter() - started
             llm_ttfts, _ = asyncio.run(
-                _fire(f"http://127.0.0.1:{llm_port}", concurrency, min(requests, 500), chat=False)
+                _fire(f"http://127.0.0.1:{llm_port}", concurrency, min(requests, 500), chat=False, questions=questions)
             )
         finally:
             for proc in procs:

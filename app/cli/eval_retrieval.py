@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,17 +16,26 @@ from app.cli.common import fail, parse_json_option
 def retrieval(
     corpus: Annotated[Path, typer.Option(help="BEIR corpus.jsonl ({_id, title, text} rows).")],
     queries: Annotated[Path, typer.Option(help="BEIR queries.jsonl ({_id, text} rows).")],
-    qrels: Annotated[Path, typer.Option(help="Judgements .tsv: query-id, corpus-id, score (header optional).")],
+    qrels: Annotated[
+        Path, typer.Option(help="Judgements .tsv: query-id, corpus-id, score (header optional).")
+    ],
     mode: Annotated[
-        list[str] | None, typer.Option("--mode", "-m", help="dense | bm25 | hybrid; repeat for several (default: all).")
+        list[str] | None,
+        typer.Option("--mode", "-m", help="dense | bm25 | hybrid; repeat for several (default: all)."),
     ] = None,
     limit_queries: Annotated[int | None, typer.Option(min=1, help="Only the first N judged queries.")] = None,
     collection: Annotated[
-        str | None, typer.Option("--collection", "-c", help="Collection to use (default: eval-<dataset name>).")
+        str | None,
+        typer.Option("--collection", "-c", help="Collection to use (default: eval-<dataset name>)."),
     ] = None,
     top_k: Annotated[int, typer.Option(min=10, max=1000, help="Documents retrieved per query.")] = 100,
     rerank: Annotated[bool, typer.Option(help="Rerank with the configured cross-encoder.")] = False,
-    filters: Annotated[str | None, typer.Option("--filter", help="JSON filters applied to every query.")] = None,
+    fusion: Annotated[
+        str | None, typer.Option(help="Hybrid fusion: rrf | convex (default from settings).")
+    ] = None,
+    filters: Annotated[
+        str | None, typer.Option("--filter", help="JSON filters applied to every query.")
+    ] = None,
 ) -> None:
     """Ingest the corpus into its own collection (reused when unchanged), run every judged query per mode,
     and print nDCG@10, recall@100, MRR@10 and latency p50/p99; the last line is a JSON object per mode."""
@@ -33,7 +43,7 @@ def retrieval(
 
     from app.cli.common import container_for
     from app.retrieval.filters import FilterError, parse_filters
-    from app.retrieval.retriever import MODES, RetrievalError
+    from app.retrieval.retriever import FUSION_METHODS, MODES, RetrievalError
     from evals.retrieval_eval import (
         ensure_corpus_collection,
         eval_collection_name,
@@ -51,6 +61,8 @@ def retrieval(
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         fail(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
+    if fusion is not None and fusion not in FUSION_METHODS:
+        fail(f"unknown fusion {fusion!r}; use {', '.join(FUSION_METHODS)}")
     try:
         flt = parse_filters(parse_json_option(filters, "--filter"))
     except FilterError as exc:
@@ -67,8 +79,15 @@ def retrieval(
     if not picked:
         fail("no query in the queries file has a judgement in the qrels file")
     retriever = container.retriever
+    if fusion:
+        retriever = retriever.with_fusion(method=fusion)
     summary: dict[str, dict[str, float]] = {}
-    typer.echo(f"{len(picked)} judged queries, collection {name}, top {top_k} documents per query")
+    f = retriever.fusion
+    typer.echo(
+        f"{len(picked)} judged queries, collection {name}, top {top_k} documents per query; "
+        f"hybrid fusion {f.method} (dense {f.dense_weight}, bm25 {f.bm25_weight}"
+        + (f", k {f.rrf_k:g})" if f.method == "rrf" else ")")
+    )
     for m in modes:
         try:
             result = evaluate_mode(
@@ -80,7 +99,7 @@ def retrieval(
                 top_k=top_k,
                 rerank=rerank,
                 filters=flt,
-                progress=lambda it, m=m: tqdm(it, desc=m, unit="q", file=sys.stderr, disable=None),
+                progress=partial(tqdm, desc=m, unit="q", file=sys.stderr, disable=None),
             )
         except RetrievalError as exc:
             fail(str(exc))

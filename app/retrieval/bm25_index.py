@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from app.retrieval.bm25_text import Analyzer
 from app.retrieval.filters import MetadataFilter
+from app.retrieval.metadata_mask import MetadataColumns
 from ingest.types import Chunk, ScoredChunk
 from ingest.vector_store import ChromaIndex, CollectionNotFound, validate_collection_name
 
@@ -59,6 +61,14 @@ class _Snapshot:
     texts: list[str]
     metadatas: list[dict[str, Any]]
     model: Any  # bm25s.BM25, None for an empty collection
+
+    @cached_property
+    def positions(self) -> dict[str, int]:
+        return {cid: i for i, cid in enumerate(self.chunk_ids)}
+
+    @cached_property
+    def columns(self) -> MetadataColumns:
+        return MetadataColumns(self.metadatas)
 
 
 class BM25Index:
@@ -103,35 +113,46 @@ class BM25Index:
             db.execute("COMMIT")
 
     def flush(self, collection: str) -> None:
-        """Re-index the collection if its table changed since the last snapshot."""
+        """Re-index the collection if its table changed since the last snapshot.
+
+        Also a cheap drift check: a table whose chunk count differs from the vector store's (a
+        collection dropped and re-created behind this index, a write lost to a crash) is rebuilt.
+        """
         with self._lock(collection), self._file_lock(collection):
+            if self.store is not None and self._table_count(collection) != self._chroma_count(collection):
+                self._rebuild_locked(collection, self._chroma_chunks(collection))
+                return
             current = self._read_current(collection)
-            if current is None or current["generation"] != self._generation(collection) or (
-                current.get("signature") != self.signature
+            if (
+                current is None
+                or current["generation"] != self._generation(collection)
+                or (current.get("signature") != self.signature)
             ):
                 self._write_snapshot(collection)
-            self._snapshots.pop(collection, None)
 
     # -- maintenance ---------------------------------------------------------------------------
 
     def rebuild(self, collection: str, chunks: Iterable[Chunk] | None = None) -> int:
         """Replace the table with `chunks` (default: every chunk in the vector store) and re-index."""
         with self._lock(collection), self._file_lock(collection):
-            if chunks is None:
-                chunks = self._chroma_chunks(collection)
-            with self._db(collection) as db:
-                # Held while reading Chroma: a concurrent apply() waits, then re-applies its batch on top.
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("DELETE FROM chunks")
-                count = 0
-                for batch in _batched((self._row(c.chunk_id, c.doc_id, c.text, c.metadata) for c in chunks), 1000):
-                    db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", batch)
-                    count += len(batch)
-                self._bump(db)
-                db.execute("COMMIT")
-            self._write_snapshot(collection)
-            self._snapshots.pop(collection, None)
-            return count
+            return self._rebuild_locked(
+                collection, self._chroma_chunks(collection) if chunks is None else chunks
+            )
+
+    def _rebuild_locked(self, collection: str, chunks: Iterable[Chunk]) -> int:
+        with self._db(collection) as db:
+            # Held while reading Chroma: a concurrent apply() waits, then re-applies its batch on top.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM chunks")
+            count = 0
+            rows = (self._row(c.chunk_id, c.doc_id, c.text, c.metadata) for c in chunks)
+            for batch in _batched(rows, 1000):
+                db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", batch)
+                count += len(batch)
+            self._bump(db)
+            db.execute("COMMIT")
+        self._write_snapshot(collection)
+        return count
 
     def ensure_consistent(self, collection: str) -> bool:
         """Check the table against the vector store; rebuild when they differ. True if it rebuilt."""
@@ -172,20 +193,14 @@ class BM25Index:
         if not ids:
             return []
         scores = snap.model.get_scores_from_ids(ids)
-        hits = np.flatnonzero(scores > 0)
+        matching = scores > 0
         if filters:
-            # The same predicate as the dense stage's Chroma `where`, tested best-first until k pass.
-            picked = []
-            for i in hits[np.argsort(-scores[hits], kind="stable")]:
-                if filters.matches(snap.metadatas[i]):
-                    picked.append(int(i))
-                    if len(picked) == k:
-                        break
-        elif len(hits) > k:
-            top = hits[np.argpartition(-scores[hits], k - 1)[:k]]
-            picked = [int(i) for i in top[np.argsort(-scores[top], kind="stable")]]
-        else:
-            picked = [int(i) for i in hits[np.argsort(-scores[hits], kind="stable")]]
+            # The same predicate as the dense stage's Chroma `where`, over the whole table at once.
+            matching &= snap.columns.mask(filters)
+        hits = np.flatnonzero(matching)
+        if len(hits) > k:
+            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+        picked = [int(i) for i in hits[np.argsort(-scores[hits], kind="stable")]]
         return [
             ScoredChunk(
                 chunk_id=snap.chunk_ids[i],
@@ -196,6 +211,19 @@ class BM25Index:
             )
             for i in picked
         ]
+
+    def lookup(self, collection: str, chunk_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Text and metadata of the given chunks that this index holds (the dense stage's payload).
+
+        Chunk ids name one version of a chunk, so a hit here is the same text Chroma stores.
+        """
+        snap = self._snapshot(collection)
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        for cid in chunk_ids:
+            i = snap.positions.get(cid)
+            if i is not None:
+                found[cid] = (snap.texts[i], snap.metadatas[i])
+        return found
 
     def load(self, collection: str) -> None:
         """Load (and on first use in this process, verify) a collection's index now."""
@@ -212,14 +240,20 @@ class BM25Index:
             if snap is not None and snap.marker == self._marker(collection):
                 return snap
             if collection not in self._verified:
+                if self.store is not None and not self.store.has_collection(collection):
+                    raise CollectionNotFound(f"collection {collection!r} not found")
                 self.ensure_consistent(collection)
             current = self._read_current(collection)
-            if current is None or current.get("signature") != self.signature or (
-                current["generation"] != self._generation(collection)
+            if (
+                current is None
+                or current.get("signature") != self.signature
+                or (current["generation"] != self._generation(collection))
             ):
                 self.flush(collection)
-            snap = self._load_snapshot(collection)
-            self._snapshots[collection] = snap
+            snap = self._snapshots.get(collection)
+            if snap is None or snap.marker != self._marker(collection):
+                snap = self._load_snapshot(collection)
+                self._snapshots[collection] = snap
             return snap
 
     def _load_snapshot(self, collection: str) -> _Snapshot:
@@ -265,6 +299,7 @@ class BM25Index:
         name = f"snap-{generation}-{time.time_ns()}"
         target = folder / name
         target.mkdir()
+        model = None
         if ids:
             model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
             model.index(corpus, show_progress=False)
@@ -280,6 +315,10 @@ class BM25Index:
         for old in folder.glob("snap-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+        # This process already holds everything the snapshot has: no need to read it back.
+        self._snapshots[collection] = _Snapshot(
+            generation, self._marker(collection), ids, texts, [json.loads(m) for m in metas], model
+        )
 
     def _reanalyze_stale(self, collection: str) -> None:
         """Re-analyze rows stored under another analyzer (its settings changed)."""
@@ -293,7 +332,10 @@ class BM25Index:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "UPDATE chunks SET terms = ?, signature = ? WHERE chunk_id = ?",
-                [(" ".join(self.analyzer.chunk_terms(t, json.loads(m))), signature, cid) for cid, t, m in stale],
+                [
+                    (" ".join(self.analyzer.chunk_terms(t, json.loads(m))), signature, cid)
+                    for cid, t, m in stale
+                ],
             )
             db.execute("COMMIT")
 
@@ -323,6 +365,17 @@ class BM25Index:
             if len(got) < page:
                 return
             offset += page
+
+    def _chroma_count(self, collection: str) -> int:
+        assert self.store is not None
+        try:
+            return self.store.count_chunks(collection)
+        except CollectionNotFound:
+            return 0
+
+    def _table_count(self, collection: str) -> int:
+        with self._db(collection) as db:
+            return int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
     def _table_ids(self, collection: str) -> list[str]:
         with self._db(collection) as db:

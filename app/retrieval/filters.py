@@ -7,14 +7,17 @@ A filter is a JSON object; every key must match (AND):
      "ingested_at": {"gte": 1700000000, "lt": "2024-06-01T00:00:00Z"},
      "<user metadata key>": value | [values] | {"gt": .., "gte": .., "lt": .., "lte": ..}}
 
-A scalar means equality, a list means "any of", an object is a range (its bounds AND-ed). Values are
-strings, numbers or booleans. `ingested_at` bounds may be epoch seconds or ISO-8601 (a time without a
-zone is UTC). `parse_filters` checks the object once and returns a `MetadataFilter` that gives the
-same predicate two ways: a Chroma `where` for the dense stage and `matches(metadata)` for BM25.
+A scalar means equality, a list means "any of" (all of one type), an object is a range (its bounds
+AND-ed). Values are strings, numbers or booleans. `ingested_at` bounds may be epoch seconds or ISO-8601
+(a time without a zone is UTC). `parse_filters` checks the object once and returns a `MetadataFilter`
+that gives the same predicate two ways: a Chroma `where` for the dense stage and `matches(metadata)` for
+BM25. `matches` follows Chroma's rules exactly, quirks included: a boolean never equals a number, and
+an integer field is compared with a fractional bound's integer part (Chroma truncates it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +42,7 @@ class Condition:
 
     key: str
     values: tuple[Scalar, ...] = ()
-    ops: tuple[tuple[str, float], ...] = ()
+    ops: tuple[tuple[str, int | float], ...] = ()
 
     def to_where(self) -> dict[str, Any]:
         if self.ops:
@@ -56,7 +59,7 @@ class Condition:
         if self.ops:
             if not _is_number(actual):
                 return False
-            return all(_compare(op, float(actual), bound) for op, bound in self.ops)
+            return all(_compare(op, actual, _as_chroma_compares(actual, bound)) for op, bound in self.ops)
         return any(_same_value(actual, v) for v in self.values)
 
 
@@ -113,23 +116,26 @@ def _condition(name: str, key: str, value: Any) -> Condition:
             raise FilterError(f"filter {name!r}: at most {_MAX_VALUES} values")
         values = tuple(_scalar(name, v) for v in value)
         if len({_kind(v) for v in values}) > 1:
-            raise FilterError(f"filter {name!r}: list values must all be of the same type")
+            raise FilterError(
+                f"filter {name!r}: list values must all be of one type (integers and decimals are two types)"
+            )
         return Condition(key, values=values)
     return Condition(key, values=(_scalar(name, value),))
 
 
-def _range(name: str, key: str, bounds: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+def _range(name: str, key: str, bounds: Mapping[str, Any]) -> tuple[tuple[str, int | float], ...]:
     if not bounds:
         raise FilterError(f"filter {name!r}: the range object is empty")
     unknown = sorted(set(bounds) - set(_RANGE_OPS))
     if unknown:
         raise FilterError(f"filter {name!r}: unknown range operator(s) {unknown}; use gt, gte, lt, lte")
-    ops = []
+    ops: list[tuple[str, int | float]] = []
     for op, bound in bounds.items():
+        number: int | float
         if key == "ingested_at" and isinstance(bound, str):
             number = _parse_time(name, bound)
         elif _is_number(bound):
-            number = float(bound)
+            number = bound
         else:
             raise FilterError(f"filter {name!r}: range bound {op!r} must be a number, got {bound!r}")
         ops.append((op, number))
@@ -152,8 +158,8 @@ def _scalar(name: str, value: Any) -> Scalar:
     raise FilterError(f"filter {name!r}: values must be strings, numbers or booleans, got {value!r}")
 
 
-def _kind(value: Scalar) -> str:
-    return "bool" if isinstance(value, bool) else "number" if _is_number(value) else "str"
+def _kind(value: Scalar) -> type:
+    return type(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -164,12 +170,19 @@ def _same_value(actual: Any, wanted: Scalar) -> bool:
     # As in Chroma: a boolean never equals a number, a string never equals a number.
     if isinstance(wanted, bool) or isinstance(actual, bool):
         return isinstance(wanted, bool) and isinstance(actual, bool) and actual == wanted
-    if _is_number(wanted):
-        return _is_number(actual) and float(actual) == float(wanted)
+    if isinstance(wanted, int | float):
+        return _is_number(actual) and actual == _as_chroma_compares(actual, wanted)
     return actual == wanted
 
 
-def _compare(op: str, actual: float, bound: float) -> bool:
+def _as_chroma_compares(actual: int | float, bound: int | float) -> int | float:
+    """The bound as Chroma applies it to this field: an integer field sees a decimal bound truncated."""
+    if isinstance(actual, int) and isinstance(bound, float):
+        return math.trunc(bound)
+    return bound
+
+
+def _compare(op: str, actual: int | float, bound: int | float) -> bool:
     if op == "gt":
         return actual > bound
     if op == "gte":

@@ -24,7 +24,9 @@ class Reranker(Protocol):
 class CrossEncoderReranker:
     """A local CrossEncoder, loaded once; callers are serialised (torch already uses every core)."""
 
-    def __init__(self, model_path: str | Path, *, batch_size: int = 32, max_length: int = 512, device: str = "cpu"):
+    def __init__(
+        self, model_path: str | Path, *, batch_size: int = 32, max_length: int = 512, device: str = "cpu"
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = Path(model_path)
         if not path.is_dir():
@@ -34,7 +36,9 @@ class CrossEncoderReranker:
         self.model = CrossEncoder(str(path), max_length=max_length, device=device, local_files_only=True)
         labels = int(self.model.num_labels or 1)
         if labels != 1:
-            raise ValueError(f"rerank model {path} has {labels} output labels; a relevance cross-encoder has 1")
+            raise ValueError(
+                f"rerank model {path} has {labels} output labels; a relevance cross-encoder has 1"
+            )
         self.model_id = f"cross-encoder:{path.name}"
         self.batch_size = batch_size
         self._lock = threading.Lock()
@@ -46,7 +50,9 @@ class CrossEncoderReranker:
         with self._lock:
             scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
         rescored = [
-            ScoredChunk(chunk_id=h.chunk_id, doc_id=h.doc_id, text=h.text, score=float(s), metadata=h.metadata)
+            ScoredChunk(
+                chunk_id=h.chunk_id, doc_id=h.doc_id, text=h.text, score=float(s), metadata=h.metadata
+            )
             for h, s in zip(hits, scores, strict=True)
         ]
         return sorted(rescored, key=lambda h: -h.score)
@@ -54,4 +60,6 @@ class CrossEncoderReranker:
 
 def passage_text(hit: ScoredChunk) -> str:
     """The passage a reranker reads: the same title-prefixed text the embedder saw."""
-    return embedding_text(Chunk(chunk_id=hit.chunk_id, doc_id=hit.doc_id, text=hit.text, metadata=hit.metadata))
+    return embedding_text(
+        Chunk(chunk_id=hit.chunk_id, doc_id=hit.doc_id, text=hit.text, metadata=hit.metadata)
+    )

@@ -4,12 +4,18 @@ chunk-level results, or document-level ones where a document ranks by its best c
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import sys
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from app.retrieval.filters import MetadataFilter, parse_filters
-from app.retrieval.fusion import best_chunk_per_document, fuse_chunks, reciprocal_rank_fusion
+from app.retrieval.fusion import best_chunk_per_document, fuse_hits
 from ingest.embedder import Embedder
 from ingest.types import ScoredChunk
 from ingest.vector_store import ChromaIndex
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
     from app.settings import RetrievalSettings
 
 MODES = ("dense", "bm25", "hybrid")
+FUSION_METHODS = ("rrf", "convex")
 # Chunks fetched per wanted document in document-level retrieval (SciFact abstracts: ~2 chunks each).
 _CHUNKS_PER_DOCUMENT = 3
 
@@ -45,6 +52,7 @@ class ScoredDocument:
 class FusionConfig:
     """How candidates are gathered and fused (defaults mirror RetrievalSettings)."""
 
+    method: str = "rrf"
     rrf_k: float = 60.0
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
@@ -53,7 +61,13 @@ class FusionConfig:
 
     @classmethod
     def from_settings(cls, s: RetrievalSettings) -> FusionConfig:
-        return cls(s.rrf_k, s.dense_weight, s.bm25_weight, s.candidates, s.rerank_top_n)
+        return cls(s.fusion, s.rrf_k, s.dense_weight, s.bm25_weight, s.candidates, s.rerank_top_n)
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSION_METHODS:
+            raise RetrievalError(
+                f"unknown fusion method {self.method!r}; use one of {', '.join(FUSION_METHODS)}"
+            )
 
 
 class Retriever:
@@ -68,6 +82,7 @@ class Retriever:
         bm25: BM25Index | None = None,
         fusion: FusionConfig | None = None,
         reranker: Reranker | None = None,
+        query_threads: int = 1,
     ):
         self.store = store
         self.embedder = embedder
@@ -75,6 +90,21 @@ class Retriever:
         self.fusion = fusion or FusionConfig()
         self.reranker = reranker
         self.default_mode = self._mode(default_mode)
+        # Queries are embedded on their own thread with few intra-op threads: one short input gains
+        # little from parallelism, and on a busy CPU extra threads oversubscribe it (10x slower here).
+        self._query_pool = (
+            ThreadPoolExecutor(
+                1, "ragserver-query", initializer=_limit_torch_threads, initargs=(query_threads,)
+            )
+            if query_threads > 0
+            else None
+        )
+
+    def with_fusion(self, **changes: Any) -> Retriever:
+        """A retriever sharing this one's backends with other fusion settings (evals compare them)."""
+        other = copy.copy(self)
+        other.fusion = dataclasses.replace(self.fusion, **changes)
+        return other
 
     def retrieve(
         self,
@@ -90,7 +120,7 @@ class Retriever:
 
         `mode` is dense | bm25 | hybrid (default from settings); `filters` uses the language of
         `app.retrieval.filters` (FilterError when invalid); `rerank` None means "if configured".
-        Scores are cosine similarity (dense), BM25 (bm25), RRF (hybrid) or the reranker's.
+        Scores are cosine similarity (dense), BM25 (bm25), the fused score (hybrid) or the reranker's.
         """
         ranking = self._chunks(collection, query, self._mode(mode), parse_filters(filters), max(top_k, 1))
         ranking = self._rerank(query, ranking, rerank)
@@ -115,21 +145,22 @@ class Retriever:
         resolved = self._mode(mode)
         flt = parse_filters(filters)
         wanted = max(self.fusion.candidates, top_k * _CHUNKS_PER_DOCUMENT)
-        use_rerank = self._use_rerank(rerank)
-        if resolved == "hybrid" and not use_rerank:
+        if resolved == "hybrid" and not self._use_rerank(rerank):
             dense, bm25 = self._stage_rankings(collection, query, flt, wanted)
-            docs_dense, docs_bm25 = best_chunk_per_document(dense), best_chunk_per_document(bm25)
-            fused = reciprocal_rank_fusion(
-                [[h.doc_id for h in docs_dense], [h.doc_id for h in docs_bm25]],
-                [self.fusion.dense_weight, self.fusion.bm25_weight],
-                self.fusion.rrf_k,
+            fused = self._fuse(
+                [best_chunk_per_document(dense), best_chunk_per_document(bm25)], by_document=True
             )
-            by_doc: dict[str, list[ScoredChunk]] = {}
+            by_doc: dict[str, dict[str, ScoredChunk]] = {}
             for hit in [*dense, *bm25]:
-                chunks = by_doc.setdefault(hit.doc_id, [])
-                if all(c.chunk_id != hit.chunk_id for c in chunks):
-                    chunks.append(hit)
-            return [ScoredDocument(doc_id, score, by_doc[doc_id]) for doc_id, score in fused[:top_k]]
+                by_doc.setdefault(hit.doc_id, {}).setdefault(hit.chunk_id, hit)
+            return [
+                ScoredDocument(
+                    best.doc_id,
+                    best.score,
+                    [best, *(c for c in by_doc[best.doc_id].values() if c.chunk_id != best.chunk_id)],
+                )
+                for best in fused[:top_k]
+            ]
         ranking = self._chunks(collection, query, resolved, flt, wanted)
         ranking = self._rerank(query, ranking, rerank)
         return group_by_document(ranking)[:top_k]
@@ -144,17 +175,65 @@ class Retriever:
             return self._dense(collection, query, flt, n)
         if mode == "bm25":
             return self._bm25(collection, query, flt, n)
-        dense, bm25 = self._stage_rankings(collection, query, flt, n)
-        return fuse_chunks([dense, bm25], [self.fusion.dense_weight, self.fusion.bm25_weight], self.fusion.rrf_k)
+        return self._fuse(list(self._stage_rankings(collection, query, flt, n)))
+
+    def _fuse(self, rankings: list[list[ScoredChunk]], by_document: bool = False) -> list[ScoredChunk]:
+        f = self.fusion
+        return fuse_hits(
+            rankings,
+            method=f.method,
+            weights=[f.dense_weight, f.bm25_weight],
+            k=f.rrf_k,
+            by=(lambda h: h.doc_id) if by_document else (lambda h: h.chunk_id),
+        )
 
     def _stage_rankings(
         self, collection: str, query: str, flt: MetadataFilter | None, n: int
     ) -> tuple[list[ScoredChunk], list[ScoredChunk]]:
-        return self._dense(collection, query, flt, n), self._bm25(collection, query, flt, n)
+        vector = self._embed_query(query)  # BM25 runs while the query is being embedded
+        bm25 = self._bm25(collection, query, flt, n)
+        return self._dense_ranking(collection, vector.result(), flt, n), bm25
 
     def _dense(self, collection: str, query: str, flt: MetadataFilter | None, n: int) -> list[ScoredChunk]:
-        vector = self.embedder.embed([query])[0]
-        return self.store.query(collection, vector, n, where=flt.where if flt else None)
+        return self._dense_ranking(collection, self._embed_query(query).result(), flt, n)
+
+    def _embed_query(self, query: str) -> Future[np.ndarray]:
+        if self._query_pool is None:
+            done: Future[np.ndarray] = Future()
+            done.set_result(self.embedder.embed([query])[0])
+            return done
+        return self._query_pool.submit(lambda: self.embedder.embed([query])[0])
+
+    def _dense_ranking(
+        self, collection: str, vector: np.ndarray, flt: MetadataFilter | None, n: int
+    ) -> list[ScoredChunk]:
+        """Nearest chunks by cosine similarity. Chroma returns ids and distances only (fetching its
+        payload costs ~0.1 ms a row); text and metadata come from the BM25 index's in-memory table,
+        and from Chroma only for chunks that index does not hold yet (an ingest not flushed)."""
+        result = self.store.chunks_of(collection).query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=n,
+            where=flt.where if flt else None,
+            include=["distances"],
+        )
+        ids, distances = result["ids"][0], result["distances"][0]
+        payload = self.bm25.lookup(collection, ids) if self.bm25 is not None else {}
+        missing = [cid for cid in ids if cid not in payload]
+        if missing:
+            payload.update(
+                (c.chunk_id, (c.text, c.metadata)) for c in self.store.get_chunks(collection, missing)
+            )
+        return [
+            ScoredChunk(
+                cid,
+                str(payload[cid][1].get("doc_id")),
+                payload[cid][0],
+                1.0 - float(d),
+                dict(payload[cid][1]),
+            )
+            for cid, d in zip(ids, distances, strict=True)
+            if cid in payload
+        ]
 
     def _bm25(self, collection: str, query: str, flt: MetadataFilter | None, n: int) -> list[ScoredChunk]:
         if self.bm25 is None:
@@ -163,7 +242,9 @@ class Retriever:
 
     def _use_rerank(self, rerank: bool | None) -> bool:
         if rerank and self.reranker is None:
-            raise RetrievalError("rerank requested but no rerank model is configured (retrieval.rerank_model_path)")
+            raise RetrievalError(
+                "rerank requested but no rerank model is configured (retrieval.rerank_model_path)"
+            )
         return self.reranker is not None if rerank is None else rerank
 
     def _rerank(self, query: str, ranking: list[ScoredChunk], rerank: bool | None) -> list[ScoredChunk]:
@@ -181,12 +262,21 @@ class Retriever:
         return resolved
 
 
+def _limit_torch_threads(threads: int) -> None:
+    # torch's intra-op thread count is per calling thread: this leaves ingestion's threads alone.
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def group_by_document(ranking: list[ScoredChunk]) -> list[ScoredDocument]:
     """Documents in the order of their best chunk, each with its retrieved chunks best first."""
     by_doc: dict[str, list[ScoredChunk]] = {}
     for hit in ranking:
         by_doc.setdefault(hit.doc_id, []).append(hit)
-    return [ScoredDocument(best.doc_id, best.score, by_doc[best.doc_id]) for best in best_chunk_per_document(ranking)]
+    return [
+        ScoredDocument(best.doc_id, best.score, by_doc[best.doc_id])
+        for best in best_chunk_per_document(ranking)
+    ]
 
 
 def build_retriever(
@@ -205,4 +295,5 @@ def build_retriever(
         bm25=bm25,
         fusion=FusionConfig.from_settings(settings),
         reranker=reranker,
+        query_threads=settings.query_threads,
     )

@@ -32,14 +32,27 @@ def container(data_dir: Path, embedder: Embedder) -> Container:
 
 
 def doc(doc_id: str, text: str, **metadata: object) -> SourceDocument:
-    return SourceDocument(doc_id=doc_id, source=f"{doc_id}.txt", title=doc_id, segments=[Segment(text)],
-                          metadata=dict(metadata))
+    return SourceDocument(
+        doc_id=doc_id, source=f"{doc_id}.txt", title=doc_id, segments=[Segment(text)], metadata=dict(metadata)
+    )
 
 
 DOCS = [
-    doc("volcano", "Basaltic lava flows from shield volcanoes cool into columnar basalt.", team="geo", year=2020),
-    doc("kepler", "Kepler's third law relates orbital period to the semi-major axis.", team="astro", year=2021),
-    doc("enzyme", "Enzyme kinetics follow the Michaelis-Menten equation at low substrate.", team="bio", year=2022),
+    doc(
+        "volcano",
+        "Basaltic lava flows from shield volcanoes cool into columnar basalt.",
+        team="geo",
+        year=2020,
+    ),
+    doc(
+        "kepler", "Kepler's third law relates orbital period to the semi-major axis.", team="astro", year=2021
+    ),
+    doc(
+        "enzyme",
+        "Enzyme kinetics follow the Michaelis-Menten equation at low substrate.",
+        team="bio",
+        year=2022,
+    ),
 ]
 
 
@@ -77,7 +90,9 @@ def test_ingest_replace_delete_keep_bm25_and_chroma_in_step(tmp_path: Path, embe
     assert found(index, "orbital period") == ["kepler"]
 
     # Replace: the old text's terms disappear, the new ones are found, no stale chunk survives.
-    report = c.pipeline.ingest([doc("volcano", "Stratovolcanoes erupt andesitic magma explosively.")], COLLECTION)
+    report = c.pipeline.ingest(
+        [doc("volcano", "Stratovolcanoes erupt andesitic magma explosively.")], COLLECTION
+    )
     assert report.replaced == 1
     assert_consistent(c)
     assert found(index, "basalt lava") == []
@@ -94,7 +109,9 @@ def test_ingest_replace_delete_keep_bm25_and_chroma_in_step(tmp_path: Path, embe
     assert sorted(h.doc_id for h in index.search(COLLECTION, "volcano enzyme", 10)) == ["enzyme", "volcano"]
 
 
-def test_a_new_process_loads_the_persisted_index_without_rebuilding(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_new_process_loads_the_persisted_index_without_rebuilding(
+    tmp_path: Path, embedder: Embedder
+) -> None:
     first = container(tmp_path, embedder)
     first.pipeline.ingest(DOCS, COLLECTION)
     written = bm25_of(first)._read_current(COLLECTION)
@@ -113,7 +130,9 @@ def test_another_process_flush_is_seen_by_a_loaded_index(tmp_path: Path, embedde
     assert found(bm25_of(server), "orbital period") == ["kepler"]
 
 
-def test_chunks_that_reached_chroma_but_not_bm25_are_recovered_on_load(tmp_path: Path, embedder: Embedder) -> None:
+def test_chunks_that_reached_chroma_but_not_bm25_are_recovered_on_load(
+    tmp_path: Path, embedder: Embedder
+) -> None:
     c = container(tmp_path, embedder)
     c.pipeline.ingest(DOCS[:1], COLLECTION)
     # A run killed after Chroma's write but before the BM25 listener saw it: Chroma alone has the chunks.
@@ -150,6 +169,29 @@ def test_applied_but_unflushed_batches_are_indexed_on_load(tmp_path: Path, embed
     assert_consistent(restarted)
 
 
+def test_a_collection_dropped_behind_the_index_is_resynced_at_the_next_flush(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    c = container(tmp_path, embedder)
+    c.pipeline.ingest(DOCS, COLLECTION)
+    index = bm25_of(c)
+    assert found(index, "orbital period") == ["kepler"]
+    c.store.drop_collection(COLLECTION)  # e.g. another process dropped and re-created it
+    c.pipeline.ingest(DOCS[:1], COLLECTION)
+    assert found(index, "orbital period") == []
+    assert found(index, "basalt lava") == ["volcano"]
+    assert_consistent(c)
+
+
+def test_bm25_on_a_missing_collection_is_not_found(tmp_path: Path, embedder: Embedder) -> None:
+    from ingest.vector_store import CollectionNotFound
+
+    c = container(tmp_path, embedder)
+    for mode in ("bm25", "dense", "hybrid"):
+        with pytest.raises(CollectionNotFound):
+            c.retriever.retrieve("nope", "anything", mode=mode)
+
+
 def test_filters_select_the_same_chunks_in_both_stages(tmp_path: Path, embedder: Embedder) -> None:
     c = container(tmp_path, embedder)
     c.pipeline.ingest(DOCS, COLLECTION)
@@ -174,3 +216,44 @@ def test_filters_select_the_same_chunks_in_both_stages(tmp_path: Path, embedder:
         for mode in ("dense", "bm25", "hybrid"):
             hits = retriever.retrieve(COLLECTION, query, top_k=10, mode=mode, filters=raw)
             assert {h.doc_id for h in hits} == expected, (mode, raw)
+
+
+def test_the_bm25_predicate_agrees_with_chroma_on_every_value_type(tmp_path: Path) -> None:
+    """`MetadataFilter.matches` against Chroma's own `where` evaluation, over a grid of field values
+    (int, float, bool, str, missing) and filters (equality, any-of, ranges with int/decimal bounds)."""
+    from itertools import product
+
+    from ingest.vector_store import ChromaIndex
+
+    values: dict[str, object] = {
+        "i1": 1,
+        "i2": 2,
+        "im2": -2,
+        "f1": 1.0,
+        "f2": 2.0,
+        "f25": 2.5,
+        "fm15": -1.5,
+        "bt": True,
+        "bf": False,
+        "s2": "2",
+        "sx": "x",
+        "missing": None,
+    }
+    coll = ChromaIndex.open(url=None, path=str(tmp_path / "chroma")).chunks_of("grid", create=True)
+    coll.add(
+        ids=list(values),
+        embeddings=[[1.0, 0.0]] * len(values),
+        metadatas=[{"k": v, "n": 0} if v is not None else {"n": 0} for v in values.values()],
+    )
+    metadata = {cid: ({"k": v, "n": 0} if v is not None else {"n": 0}) for cid, v in values.items()}
+    bounds = [2, 2.0, 2.5, -1.5, -2, 1, 0]
+    filters: list[dict[str, object]] = [{"k": v} for v in [*bounds, True, False, "2", "x"]]
+    filters += [{"k": [1, 2]}, {"k": [2.5, -1.5]}, {"k": ["2", "x"]}, {"k": [True]}]
+    filters += [{"k": {op: b}} for op, b in product(("gt", "gte", "lt", "lte"), bounds)]
+    filters += [{"k": {"gt": -2, "lte": 2.5}}, {"k": {"gte": 1}, "n": 0}]
+    for raw in filters:
+        flt = parse_filters(raw)
+        assert flt is not None and flt.where is not None
+        chroma = set(coll.get(where=flt.where, include=[])["ids"])
+        ours = {cid for cid, meta in metadata.items() if flt.matches(meta)}
+        assert ours == chroma, raw

@@ -1,8 +1,9 @@
 """`ragserver eval rag` for real: the packaged embedder, embedded Chroma, the local SmolLM2 model and the real
 chat pipeline over 10 CMU QA questions (a tiny corpus of their gold articles plus two others), then
-`eval compare` between answer@v1 and answer@v2 runs.
+`eval compare` between an answer@v1 run and an answer@v2 run scored by the scripted judge.
 
-Kept small for two shared CPU cores: the 5 shortest gold articles, 3 chunks per answer, 40 new tokens.
+Kept small for two shared CPU cores: the 5 shortest gold articles, 2 chunks per answer, 24 new tokens, and
+the answer@v2 run on the first 5 questions only.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typer.testing import CliRunner
 
 from app.cli.main import app
 from evals.rag_metrics import JUDGE_METRICS, METRIC_NAMES, NO_JUDGE
+from tests.fakes.openai_server import ScriptedOpenAIServer
+from tests.unit.test_eval_judge import scripted_verdicts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CMU_QA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cmu-qa"
-OPTIONS = ["--max-tokens", "40", "--top-k", "3"]
+OPTIONS = ["--max-tokens", "24", "--top-k", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cmuqa")
     questions = root / "questions.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in picked))
-    corpus = root / "corpus.jsonl"
+    corpus = root / "cmuqa-tiny.jsonl"
     corpus.write_text("".join(json.dumps(articles[a]) + "\n" for a in [*shortest, *others]))
     return questions, corpus
 
@@ -83,11 +86,11 @@ def test_eval_rag_runs_the_pipeline_and_compare_judges_two_runs(
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
     for row in rows:
         assert row["prompt"] == "answer@v1" and row["model"] == "SmolLM2-135M-Instruct"
-        assert row["retrieval"]["top_k"] == 3 and row["retrieval"]["mode"] == "hybrid"
-        assert row["collection"] == "eval-corpus"
-        assert 1 <= len(row["contexts"]) <= 3 and all(c["text"] for c in row["contexts"])
+        assert row["retrieval"]["top_k"] == 2 and row["retrieval"]["mode"] == "hybrid"
+        assert row["collection"] == "eval-cmuqa-tiny"
+        assert 1 <= len(row["contexts"]) <= 2 and all(c["text"] for c in row["contexts"])
         assert row["citations"] and row["latency_ms"] > 0
-        assert row["usage"]["completion_tokens"] <= 40
+        assert row["usage"]["completion_tokens"] <= 24
         assert set(row["scores"]) == set(METRIC_NAMES)
         assert row["not_computed"]["faithfulness"] == NO_JUDGE
     summary = json.loads((run_a / "summary.json").read_text())
@@ -97,33 +100,49 @@ def test_eval_rag_runs_the_pipeline_and_compare_judges_two_runs(
     assert report.count("data:image/png;base64,") >= 2
     assert "<script" not in report and 'src="http' not in report and 'href="http' not in report
 
-    b = runner.invoke(
-        app,
-        [
-            "eval",
-            "rag",
-            "--questions",
-            str(questions),
-            "--collection",
-            "eval-corpus",
-            "--prompt",
-            "answer@v2",
-            "--out",
-            str(run_b),
-            *OPTIONS,
-        ],
-    )
+    # Run B also has a judge: the scripted one of the unit tests, on loopback, through the CLI options.
+    with ScriptedOpenAIServer(scripted_verdicts, model="judge-model") as judge:
+        b = runner.invoke(
+            app,
+            [
+                "eval",
+                "rag",
+                "--questions",
+                str(questions),
+                "--collection",
+                "eval-cmuqa-tiny",
+                "--prompt",
+                "answer@v2",
+                "--out",
+                str(run_b),
+                "--limit",
+                "5",
+                "--judge-url",
+                judge.base_url,
+                "--judge-model",
+                "judge-model",
+                *OPTIONS,
+            ],
+        )
+        judge_calls = len(judge.requests)
     assert b.exit_code == 0, b.output
-    assert {json.loads(line)["prompt"] for line in (run_b / "results.jsonl").read_text().splitlines()} == {
-        "answer@v2"
+    rows_b = [json.loads(line) for line in (run_b / "results.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in rows_b} == {"answer@v2"} and {r["judge_model"] for r in rows_b} == {
+        "judge-model"
     }
+    assert judge_calls >= 5 * 4
+    for row in rows_b:  # each judge metric is a score, or a recorded reason / error: never silently missing
+        for m in JUDGE_METRICS:
+            assert (row["scores"][m] is not None) + (m in row["errors"]) + (m in row["not_computed"]) == 1
+    head_b = _last_json(b.stdout)
+    assert head_b["faithfulness"] is not None and 0.0 <= head_b["faithfulness"] <= 1.0
 
     c = runner.invoke(app, ["eval", "compare", str(run_a), str(run_b)])
     assert c.exit_code == 0, c.output
     deltas = _last_json(c.stdout)
     # Same questions, same retrieval: only the prompt changed, so the retrieval deltas are exactly zero.
-    assert deltas["hit_rate"] == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 10}
-    assert deltas["answer_similarity"]["n"] == 10
+    assert deltas["hit_rate"] == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 5}
+    assert deltas["answer_similarity"]["n"] == 5
     assert deltas["faithfulness"]["n"] == 0
     html = (run_b / f"compare-vs-{run_a.name}.html").read_text()
     assert "answer@v1" in html and "answer@v2" in html and "data:image/png;base64," in html

@@ -335,3 +335,31 @@ def test_datasets_cmu_qa_and_generic_rows(tmp_path: Path) -> None:
         ["d1"],
     )
     assert (g2.id, g2.references, g2.gold_document_ids) == ("line-000002", [], [])
+
+
+async def test_compare_reports_paired_deltas_and_writes_html(embeddings: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import app
+
+    class Worse(FakeChat):
+        async def chat(self, query: ChatQuery) -> ChatResult:
+            result = await super().chat(query)
+            if query.message == CASES["q1"][0]:
+                result.answer = "I don't know."
+            return result
+
+    scorer = AnswerScorer(embeddings)
+    await run_rag_eval(FakeChat(), questions(), tmp_path / "a", RUN_INFO, scorer)  # type: ignore[arg-type]
+    await run_rag_eval(Worse(), questions(), tmp_path / "b", {**RUN_INFO, "prompt": "answer@v2"}, scorer)  # type: ignore[arg-type]
+
+    result = CliRunner().invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    deltas = json.loads(result.stdout.strip().splitlines()[-1])
+    # q1 lost its reference ("Paris is in France" no longer in the answer); q2 and q3 unchanged; q4 has none.
+    assert deltas["string_presence"]["n"] == 3
+    assert deltas["string_presence"]["delta"] == pytest.approx(-1 / 3, abs=1e-6)
+    assert deltas["hit_rate"] == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 3}
+    assert deltas["faithfulness"]["n"] == 0
+    html = (tmp_path / "b" / "compare-vs-a.html").read_text()
+    assert "answer@v1" in html and "answer@v2" in html and "Largest drops in answer_similarity" in html

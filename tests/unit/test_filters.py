@@ -106,7 +106,9 @@ def test_range_combined_with_other_keys_flattens_into_one_and() -> None:
         ({"ingested_at": {"gte": "yesterday"}}, "ISO-8601"),
         ({"team": {"nested": "x"}}, "unknown range operator"),
         ({"team": None}, "strings, numbers or booleans"),
-        ({"team": ["a", 1]}, "same type"),
+        ({"team": ["a", 1]}, "one type"),
+        ({"year": [2020, 2020.5]}, "one type"),
+        ({"page": {"gte": True}}, "must be a number"),
         ({"team": [["a"]]}, "strings, numbers or booleans"),
         ({"version": "x"}, "not filterable"),
         ({"$or": []}, "not filterable"),
@@ -120,3 +122,35 @@ def test_invalid_filters_raise_filter_error(raw: object, message: str) -> None:
 
 def test_filter_error_is_a_value_error() -> None:
     assert issubclass(FilterError, ValueError)
+
+
+def test_integer_fields_see_decimal_bounds_truncated_as_chroma_does() -> None:
+    # Chroma compares an integer field with int(bound): page 3 "equals" 3.7 and is ">= 3.5".
+    assert compiled({"page": 3.7}).matches(META)
+    assert compiled({"page": {"gte": 3.5}}).matches(META)
+    assert not compiled({"page": {"gt": 2.5}}).matches({**META, "page": 2})
+    assert compiled({"page": {"lt": -1.5}}).matches({**META, "page": -2})  # toward zero: -1
+    # A decimal field compares exactly.
+    assert not compiled({"score": 3}).matches({"score": 3.5})
+    assert compiled({"score": {"gt": 3}}).matches({"score": 3.5})
+
+
+def test_the_table_mask_agrees_with_matches_row_by_row() -> None:
+    """`MetadataColumns.mask` (BM25's vectorised filter) == `matches` on every row, quirks included."""
+    from itertools import product
+
+    from app.retrieval.metadata_mask import MetadataColumns
+
+    values = [1, 2, -2, 3, 1.0, 2.0, 2.5, -1.5, True, False, "2", "x", None]
+    rows = [{"k": v, "n": i % 3} if v is not None else {"n": 0} for i, v in enumerate(values * 2)]
+    rows.append({"k": [1, 2]})  # a value of no filterable type never matches
+    columns = MetadataColumns(rows)
+    bounds = [2, 2.0, 2.5, -1.5, -2, 1, 0, 3]
+    filters: list[dict] = [{"k": v} for v in [*bounds, True, False, "2", "x"]]
+    filters += [{"k": [1, 2]}, {"k": [2.5, -1.5]}, {"k": ["2", "x"]}, {"k": [True, False]}]
+    filters += [{"k": {op: b}} for op, b in product(("gt", "gte", "lt", "lte"), bounds)]
+    filters += [{"k": {"gt": -2, "lte": 2.5}}, {"k": {"gte": 1}, "n": 0}, {"n": [1, 2], "k": 2}]
+    filters += [{"missing": 1}, {"missing": {"gte": 0}}]
+    for raw in filters:
+        flt = compiled(raw)
+        assert columns.mask(flt).tolist() == [flt.matches(r) for r in rows], raw

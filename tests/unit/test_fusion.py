@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.retrieval.fusion import best_chunk_per_document, fuse_chunks, reciprocal_rank_fusion
+from app.retrieval.fusion import best_chunk_per_document, convex_fusion, fuse_hits, reciprocal_rank_fusion
 from app.retrieval.retriever import group_by_document
 from ingest.types import ScoredChunk
 
@@ -12,7 +12,9 @@ pytestmark = pytest.mark.unit
 
 
 def hit(chunk_id: str, doc_id: str | None = None, score: float = 0.0) -> ScoredChunk:
-    return ScoredChunk(chunk_id=chunk_id, doc_id=doc_id or chunk_id.split("::")[0], text="", score=score, metadata={})
+    return ScoredChunk(
+        chunk_id=chunk_id, doc_id=doc_id or chunk_id.split("::")[0], text="", score=score, metadata={}
+    )
 
 
 def test_rrf_scores_follow_the_formula() -> None:
@@ -64,19 +66,76 @@ def test_rrf_rejects_bad_arguments() -> None:
     assert reciprocal_rank_fusion([[], []]) == []
 
 
-def test_fuse_chunks_carries_the_chunk_and_the_fused_score() -> None:
+def test_fuse_hits_carries_the_chunk_and_the_fused_score() -> None:
     dense = [hit("d1::v::0", score=0.9), hit("d2::v::0", score=0.8)]
     bm25 = [hit("d2::v::0", score=12.0), hit("d3::v::1", score=7.0)]
-    fused = fuse_chunks([dense, bm25], k=60)
+    fused = fuse_hits([dense, bm25], k=60)
     assert [h.chunk_id for h in fused] == ["d2::v::0", "d1::v::0", "d3::v::1"]
     assert fused[0].score == pytest.approx(1 / 62 + 1 / 61)
     assert fused[0].doc_id == "d2"
 
 
 def test_documents_rank_by_their_best_chunk() -> None:
-    ranking = [hit("a::v::1", "a", 0.9), hit("b::v::0", "b", 0.8), hit("a::v::0", "a", 0.7), hit("c::v::0", "c", 0.1)]
+    ranking = [
+        hit("a::v::1", "a", 0.9),
+        hit("b::v::0", "b", 0.8),
+        hit("a::v::0", "a", 0.7),
+        hit("c::v::0", "c", 0.1),
+    ]
     assert [h.chunk_id for h in best_chunk_per_document(ranking)] == ["a::v::1", "b::v::0", "c::v::0"]
     docs = group_by_document(ranking)
     assert [(d.doc_id, d.score) for d in docs] == [("a", 0.9), ("b", 0.8), ("c", 0.1)]
     assert [c.chunk_id for c in docs[0].chunks] == ["a::v::1", "a::v::0"]
     assert docs[0].best_chunk.chunk_id == "a::v::1"
+
+
+def test_convex_fusion_sums_z_scores_and_floors_missing_keys() -> None:
+    dense = [("a", 0.9), ("b", 0.5), ("c", 0.1)]  # z: 1.2247, 0, -1.2247
+    bm25 = [("b", 30.0), ("d", 10.0)]  # z: 1, -1
+    fused = dict(convex_fusion([dense, bm25]))
+    assert fused["b"] == pytest.approx(0.0 + 1.0)
+    assert fused["a"] == pytest.approx(1.2247449 + -1.0)  # missing from bm25: its lowest z
+    assert fused["d"] == pytest.approx(-1.2247449 + -1.0)  # missing from dense: its lowest z
+    assert [k for k, _ in convex_fusion([dense, bm25])] == ["b", "a", "c", "d"]
+
+
+def test_convex_fusion_keeps_score_gaps_that_rrf_drops() -> None:
+    # Dense barely prefers x; BM25 strongly prefers y. Same ranks, so RRF ties; convex follows the gap.
+    dense = [("x", 0.81), ("y", 0.80), ("z", 0.10)]
+    bm25 = [("y", 40.0), ("x", 5.0), ("z", 4.0)]
+    rrf = dict(reciprocal_rank_fusion([[k for k, _ in dense], [k for k, _ in bm25]]))
+    assert rrf["x"] == pytest.approx(rrf["y"])
+    assert convex_fusion([dense, bm25])[0][0] == "y"
+
+
+def test_convex_fusion_weights_and_degenerate_lists() -> None:
+    dense = [("x", 0.9), ("y", 0.1)]
+    bm25 = [("y", 9.0), ("x", 1.0)]
+    assert convex_fusion([dense, bm25], [2.0, 1.0])[0][0] == "x"
+    assert convex_fusion([dense, bm25], [1.0, 2.0])[0][0] == "y"
+    # An empty list adds nothing.
+    assert [k for k, _ in convex_fusion([dense, []])] == ["x", "y"]
+    assert dict(convex_fusion([dense, []])) == pytest.approx({"x": 1.0, "y": -1.0})
+
+
+def test_convex_fusion_a_list_without_spread_still_separates_found_from_missed() -> None:
+    dense = [("a", 0.9), ("b", 0.6), ("c", 0.3)]  # z: 1.2247, 0, -1.2247
+    lone_exact_match = [("b", 17.0)]
+    fused = dict(convex_fusion([dense, lone_exact_match]))
+    assert fused == pytest.approx({"a": 1.2247449 - 1.0, "b": 0.0 + 1.0, "c": -1.2247449 - 1.0})
+    assert convex_fusion([dense, lone_exact_match])[0][0] == "b"
+    tied = dict(convex_fusion([[("p", 2.0), ("q", 2.0)], [("r", 1.0), ("p", 0.0)]]))
+    assert tied["p"] == pytest.approx(1.0 + -1.0) and tied["r"] == pytest.approx(-1.0 + 1.0)
+    with pytest.raises(ValueError):
+        convex_fusion([dense], [1.0, 1.0])
+
+
+def test_fuse_hits_by_document_and_unknown_method() -> None:
+    dense = [hit("a::v::0", score=0.9), hit("b::v::1", score=0.2)]
+    bm25 = [hit("b::v::0", score=20.0), hit("a::v::1", score=2.0)]
+    fused = fuse_hits([dense, bm25], method="convex", weights=[2.0, 1.0], by=lambda h: h.doc_id)
+    # One hit per document (the first seen for it), carrying the fused score.
+    assert [(h.doc_id, h.chunk_id) for h in fused] == [("a", "a::v::0"), ("b", "b::v::1")]
+    assert [h.score for h in fused] == pytest.approx([1.0, -1.0])
+    with pytest.raises(ValueError, match="unknown fusion method"):
+        fuse_hits([dense], method="borda")

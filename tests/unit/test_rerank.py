@@ -11,7 +11,7 @@ import pytest
 
 from app.retrieval.rerank import CrossEncoderReranker, passage_text
 from app.retrieval.retriever import FusionConfig, RetrievalError, Retriever
-from ingest.types import ScoredChunk
+from ingest.types import Chunk, ScoredChunk
 
 
 def hit(doc_id: str, idx: int = 0, score: float = 1.0, text: str | None = None) -> ScoredChunk:
@@ -25,13 +25,21 @@ def hit(doc_id: str, idx: int = 0, score: float = 1.0, text: str | None = None) 
 
 
 class FakeStore:
-    """Answers every dense query with a fixed ranking."""
+    """A ChromaIndex stand-in whose chunk collection answers every query with a fixed ranking."""
 
     def __init__(self, ranking: list[ScoredChunk]):
         self.ranking = ranking
 
-    def query(self, name: str, embedding: Any, k: int, where: Any = None) -> list[ScoredChunk]:
-        return self.ranking[:k]
+    def chunks_of(self, name: str) -> FakeStore:
+        return self
+
+    def query(self, query_embeddings: Any, n_results: int, where: Any = None, include: Any = ()) -> dict:
+        hits = self.ranking[:n_results]
+        return {"ids": [[h.chunk_id for h in hits]], "distances": [[1.0 - h.score for h in hits]]}
+
+    def get_chunks(self, name: str, chunk_ids: list[str]) -> list[Chunk]:
+        by_id = {h.chunk_id: h for h in self.ranking}
+        return [Chunk(c, by_id[c].doc_id, by_id[c].text, by_id[c].metadata) for c in chunk_ids if c in by_id]
 
 
 class FakeEmbedder:
@@ -138,7 +146,11 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.integration
 def test_cross_encoder_reranker_orders_by_the_models_scores(tiny_cross_encoder: Path) -> None:
     reranker = CrossEncoderReranker(tiny_cross_encoder)
-    hits = [hit("a", text="cats purr"), hit("b", text="dogs bark loudly"), hit("c", text="fish swim in schools")]
+    hits = [
+        hit("a", text="cats purr"),
+        hit("b", text="dogs bark loudly"),
+        hit("c", text="fish swim in schools"),
+    ]
     reranked = reranker.rerank("which animals make noise", hits)
     expected = reranker.model.predict([("which animals make noise", passage_text(h)) for h in hits])
     assert [h.doc_id for h in reranked] == [hits[i].doc_id for i in np.argsort(-expected)]
