@@ -51,13 +51,6 @@ class Container:
         return build_embedder(self.settings.embedding)
 
     @cached_property
-    def query_embedder(self) -> Embedder:
-        """The embedder for queries: concurrent requests' queries are encoded in one batch."""
-        from ingest.embedder import MicroBatchingEmbedder
-
-        return MicroBatchingEmbedder(self.embedder)
-
-    @cached_property
     def chunker(self) -> Chunker:
         from ingest.chunking import Chunker
 

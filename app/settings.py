@@ -19,7 +19,9 @@ RetrievalMode = Literal["dense", "bm25", "hybrid"]
 
 
 class ChunkingSettings(BaseModel):
-    chunk_size: int = Field(256, ge=16, description="Chunk size in tokens of the embedding model's tokenizer.")
+    chunk_size: int = Field(
+        256, ge=16, description="Chunk size in tokens of the embedding model's tokenizer."
+    )
     chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in tokens.")
 
     @model_validator(mode="after")

@@ -4,6 +4,10 @@ OpenAI-compatible /v1/embeddings server. Vectors are L2-normalised float32 in bo
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,9 +53,11 @@ class SentenceTransformerEmbedder:
             raise FileNotFoundError(f"embedding model path {path} does not exist")
         self.model = SentenceTransformer(str(path), device=device)
         self.model_id = f"sentence-transformers:{path.name if model_path else 'all-MiniLM-L6-v2'}"
-        dim = self.model.get_embedding_dimension() if hasattr(
-            self.model, "get_embedding_dimension"
-        ) else self.model.get_sentence_embedding_dimension()
+        dim = (
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
         self.dim = int(dim or 0)
         self.batch_size = batch_size
         self.max_seq_length = int(self.model.max_seq_length or 512)
@@ -93,7 +99,9 @@ class OpenAIEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         rows: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
-            response = self.client.embeddings.create(model=self.model, input=texts[start : start + self.batch_size])
+            response = self.client.embeddings.create(
+                model=self.model, input=texts[start : start + self.batch_size]
+            )
             rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
         vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -107,40 +115,44 @@ class OpenAIEmbedder:
 def build_embedder(settings: EmbeddingSettings) -> Embedder:
     """The embedder the settings ask for."""
     if settings.provider == "openai":
-        return OpenAIEmbedder(settings.base_url, settings.api_key, settings.model, batch_size=settings.batch_size)
+        return OpenAIEmbedder(
+            settings.base_url, settings.api_key, settings.model, batch_size=settings.batch_size
+        )
     return SentenceTransformerEmbedder(settings.model_path, settings.batch_size, settings.device)
 
 
 class MicroBatchingEmbedder:
-    """Coalesces concurrent single-query embeddings into one batch (the model is far cheaper per text
-    in a batch). A dedicated thread drains the queue: whatever arrived while the previous batch was
-    encoding goes into the next one, so a lone request waits for nothing."""
+    """Coalesces concurrent query embeddings into one batch (the model is far cheaper per text in a
+    batch). One dedicated thread drains the queue: whatever arrived while the previous batch was
+    encoding goes into the next one, so a lone request waits for nothing.
 
-    def __init__(self, inner: Embedder, max_batch: int = 64):
-        import queue
-        import threading
+    `thread_init` runs once on that thread (e.g. to cap torch's intra-op threads for it)."""
 
+    def __init__(self, inner: Embedder, max_batch: int = 64, thread_init: Callable[[], None] | None = None):
         self.inner = inner
         self.model_id = inner.model_id
         self.dim = inner.dim
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[list[str], object]] = queue.Queue()
+        self._thread_init = thread_init
+        self._queue: queue.Queue[tuple[list[str], Future[np.ndarray]]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="query-embedder", daemon=True)
         self._thread.start()
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        from concurrent.futures import Future
-
+    def submit(self, texts: list[str]) -> Future[np.ndarray]:
+        """Queue `texts`; the future resolves to their embeddings."""
         future: Future[np.ndarray] = Future()
         self._queue.put((texts, future))
-        return future.result()
+        return future
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.submit(texts).result()
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
     def _run(self) -> None:
-        import queue
-
+        if self._thread_init is not None:
+            self._thread_init()
         while True:
             batch = [self._queue.get()]
             size = len(batch[0][0])
@@ -151,14 +163,13 @@ class MicroBatchingEmbedder:
                     break
                 batch.append(item)
                 size += len(item[0])
-            texts = [t for item, _ in batch for t in item]
             try:
-                vectors = self.inner.embed(texts)
+                vectors = self.inner.embed([t for texts, _ in batch for t in texts])
             except Exception as exc:  # every waiter gets the error
                 for _, future in batch:
-                    future.set_exception(exc)  # type: ignore[attr-defined]
+                    future.set_exception(exc)
                 continue
             offset = 0
-            for item, future in batch:
-                future.set_result(vectors[offset : offset + len(item)])  # type: ignore[attr-defined]
-                offset += len(item)
+            for texts, future in batch:
+                future.set_result(vectors[offset : offset + len(texts)])
+                offset += len(texts)

@@ -20,9 +20,7 @@ from ingest.types import LoadFailure, Segment, SourceDocument
 TEXT_EXTENSIONS = {".txt", ".text"}
 MARKDOWN_EXTENSIONS = {".md", ".markdown"}
 HTML_EXTENSIONS = {".html", ".htm"}
-SUPPORTED_EXTENSIONS = (
-    TEXT_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | {".pdf", ".docx", ".jsonl"}
-)
+SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | {".pdf", ".docx", ".jsonl"}
 
 
 class LoadError(Exception):

@@ -178,7 +178,10 @@ class ChromaIndex:
         if not doc_ids:
             return {}
         result = self.docs_of(name, create=True).get(ids=doc_ids, include=["metadatas"])
-        return {i: DocumentRecord.from_chroma(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)}
+        return {
+            i: DocumentRecord.from_chroma(i, m)
+            for i, m in zip(result["ids"], result["metadatas"], strict=True)
+        }
 
     def put_documents(self, name: str, records: list[DocumentRecord]) -> None:
         if not records:
@@ -191,7 +194,9 @@ class ChromaIndex:
 
     def list_documents(self, name: str, *, limit: int = 100, offset: int = 0) -> list[DocumentRecord]:
         result = self.docs_of(name).get(include=["metadatas"], limit=limit, offset=offset)
-        records = [DocumentRecord.from_chroma(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)]
+        records = [
+            DocumentRecord.from_chroma(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)
+        ]
         return records
 
     def iter_documents(self, name: str, page: int = 1000) -> Iterator[DocumentRecord]:
@@ -267,7 +272,9 @@ class ChromaIndex:
         while True:
             got = coll.get(include=["documents", "metadatas"], limit=page, offset=offset)
             for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
-                yield Chunk(chunk_id=cid, doc_id=str(meta.get("doc_id")), text=text or "", metadata=dict(meta))
+                yield Chunk(
+                    chunk_id=cid, doc_id=str(meta.get("doc_id")), text=text or "", metadata=dict(meta)
+                )
             if len(got["ids"]) < page:
                 return
             offset += page
@@ -303,7 +310,11 @@ class ChromaIndex:
                 metadata=dict(meta),
             )
             for cid, text, meta, dist in zip(
-                result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0], strict=True
+                result["ids"][0],
+                result["documents"][0],
+                result["metadatas"][0],
+                result["distances"][0],
+                strict=True,
             )
         ]
 

@@ -35,7 +35,9 @@ def bench_ingest(
 
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-") as tmp:
         base = Settings()
-        settings = base.model_copy(update={"data_dir": Path(tmp), "chroma": base.chroma.model_copy(update={"url": None})})
+        settings = base.model_copy(
+            update={"data_dir": Path(tmp), "chroma": base.chroma.model_copy(update={"url": None})}
+        )
         container = Container(settings)
         embedder = container.embedder
         chunker = container.chunker
@@ -45,7 +47,9 @@ def bench_ingest(
         texts = [
             embedding_text(chunk)
             for doc in documents()
-            for chunk in chunker.chunk(doc, version=document_version(doc.content_hash, pipeline.signature), ingested_at=0)
+            for chunk in chunker.chunk(
+                doc, version=document_version(doc.content_hash, pipeline.signature), ingested_at=0
+            )
         ]
         docs = sum(1 for _ in documents())
         model = embedder.model  # type: ignore[attr-defined]

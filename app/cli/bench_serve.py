@@ -132,7 +132,9 @@ def bench_serve(
         Path | None, typer.Option(help="A .jsonl corpus to ingest (default: SciFact's first --docs rows).")
     ] = None,
     docs: Annotated[int, typer.Option(min=1, help="How many corpus documents to ingest.")] = 500,
-    mode: Annotated[str | None, typer.Option(help="Retrieval mode for the server (default from settings).")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="Retrieval mode for the server (default from settings).")
+    ] = None,
 ) -> None:
     """Streaming /v1/chat TTFT and throughput against an instant scripted LLM. Last line: JSON."""
     corpus = corpus or REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
@@ -161,19 +163,31 @@ def bench_serve(
             typer.echo(f"ingesting {docs} documents ...", err=True)
             subprocess.run(
                 [sys.executable, "-m", "app.cli.main", "ingest", str(subset), "--collection", "bench"],
-                env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             log = open(Path(tmp) / "llm.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(llm_port), "--instant"],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(llm_port), "--instant"],
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             _wait_http(f"http://127.0.0.1:{llm_port}/v1/models", procs[-1])
             server_log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
-                env=env, cwd=REPO, stdout=server_log, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
+                    env=env,
+                    cwd=REPO,
+                    stdout=server_log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             _wait_http(f"http://127.0.0.1:{port}/readyz", procs[-1])
             base = f"http://127.0.0.1:{port}"
             warm = min(requests, max(20, concurrency))
@@ -184,7 +198,13 @@ def bench_serve(
             ttfts, errors = asyncio.run(_fire(base, concurrency, requests, chat=True, questions=questions))
             elapsed = time.perf_counter() - started
             llm_ttfts, _ = asyncio.run(
-                _fire(f"http://127.0.0.1:{llm_port}", concurrency, min(requests, 500), chat=False, questions=questions)
+                _fire(
+                    f"http://127.0.0.1:{llm_port}",
+                    concurrency,
+                    min(requests, 500),
+                    chat=False,
+                    questions=questions,
+                )
             )
         finally:
             for proc in procs:

@@ -11,10 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
 from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_serve import bench_serve
-from app.cli.eval_rag import compare as eval_compare, rag as eval_rag
+from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
+from app.cli.eval_rag import compare as eval_compare
+from app.cli.eval_rag import rag as eval_rag
 from app.cli.eval_retrieval import retrieval
 
 app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
@@ -37,9 +38,12 @@ console = Console(stderr=True)
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files, folders (recursively) or .jsonl corpora.")],
     collection: CollectionOpt = None,
-    metadata: Annotated[str | None, typer.Option(help="JSON object added to every document's metadata.")] = None,
+    metadata: Annotated[
+        str | None, typer.Option(help="JSON object added to every document's metadata.")
+    ] = None,
     prune: Annotated[
-        bool, typer.Option(help="Delete documents previously ingested from these folders whose files are gone.")
+        bool,
+        typer.Option(help="Delete documents previously ingested from these folders whose files are gone."),
     ] = False,
 ) -> None:
     """Ingest documents; unchanged ones are skipped, changed ones replaced. Exit code 1 if any file failed."""
@@ -85,14 +89,22 @@ def search(
     collection: CollectionOpt = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=200, help="How many chunks.")] = 10,
     mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default from settings).")] = None,
-    filters: Annotated[str | None, typer.Option("--filter", help='JSON filters, e.g. {"source": "a.pdf"}.')] = None,
+    filters: Annotated[
+        str | None, typer.Option("--filter", help='JSON filters, e.g. {"source": "a.pdf"}.')
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Search a collection and print ranked chunks with scores and sources."""
+    from app.retrieval.filters import FilterError
+    from app.retrieval.retriever import RetrievalError
+
     container, name = container_for(collection, must_exist=True)
-    hits = container.retriever.retrieve(
-        name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
-    )
+    try:
+        hits = container.retriever.retrieve(
+            name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
+        )
+    except (FilterError, RetrievalError) as exc:
+        fail(str(exc))
     rows = [
         {
             "rank": i,

@@ -9,11 +9,13 @@ Layout under `root/<collection>/`:
   order), written by `flush()` at the end of an ingest run or delete, and `CURRENT` naming it
   (replaced atomically).
 
-A process loads a collection's snapshot once and keeps it in memory; a query only stats `CURRENT` to
-notice another process's flush. The first load in a process also checks the table against Chroma
-(count and ids) and rebuilds it from `ChromaIndex.iter_chunks` when they differ, and re-indexes when
-the snapshot is older than the table, so a crash between Chroma and this index never leaves them
-inconsistent for long. Cross-process writers are serialised by a file lock.
+A process loads a collection's snapshot once and keeps it in memory (its texts and metadata also
+serve the dense stage, so Chroma only returns ids); a query only stats `CURRENT` to notice another
+process's flush. Consistency with Chroma, which the pipeline writes first: the first load in a process
+compares the table's chunk ids with Chroma's and rebuilds the table from `ChromaIndex.iter_chunks`
+when they differ; every flush compares the two chunk counts and does the same; a snapshot older than
+the table is re-indexed on load. So a crash between Chroma and this index, or a collection dropped
+behind its back, is repaired at the next load or flush. Cross-process writers hold a file lock.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import fcntl
 import json
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.retrieval.bm25_table import ChunkTable, Row
 from app.retrieval.bm25_text import Analyzer
 from app.retrieval.filters import MetadataFilter
 from app.retrieval.metadata_mask import MetadataColumns
@@ -42,13 +44,6 @@ from ingest.vector_store import ChromaIndex, CollectionNotFound, validate_collec
 
 if TYPE_CHECKING:
     from app.settings import Settings
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (
-    chunk_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL, text TEXT NOT NULL,
-    metadata TEXT NOT NULL, terms TEXT NOT NULL, signature TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 
 @dataclass
@@ -104,13 +99,7 @@ class BM25Index:
         """Record a write batch that already reached the vector store (searchable after `flush`)."""
         if not upserted and not deleted_ids:
             return
-        rows = [self._row(c.chunk_id, c.doc_id, c.text, c.metadata) for c in upserted]
-        with self._db(collection) as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(i,) for i in deleted_ids])
-            db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._bump(db)
-            db.execute("COMMIT")
+        self._table(collection).apply([self._row(c) for c in upserted], deleted_ids)
 
     def flush(self, collection: str) -> None:
         """Re-index the collection if its table changed since the last snapshot.
@@ -119,13 +108,13 @@ class BM25Index:
         collection dropped and re-created behind this index, a write lost to a crash) is rebuilt.
         """
         with self._lock(collection), self._file_lock(collection):
-            if self.store is not None and self._table_count(collection) != self._chroma_count(collection):
+            if self.store is not None and self._table(collection).count() != self._chroma_count(collection):
                 self._rebuild_locked(collection, self._chroma_chunks(collection))
                 return
             current = self._read_current(collection)
             if (
                 current is None
-                or current["generation"] != self._generation(collection)
+                or current["generation"] != self._table(collection).generation()
                 or (current.get("signature") != self.signature)
             ):
                 self._write_snapshot(collection)
@@ -140,17 +129,7 @@ class BM25Index:
             )
 
     def _rebuild_locked(self, collection: str, chunks: Iterable[Chunk]) -> int:
-        with self._db(collection) as db:
-            # Held while reading Chroma: a concurrent apply() waits, then re-applies its batch on top.
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM chunks")
-            count = 0
-            rows = (self._row(c.chunk_id, c.doc_id, c.text, c.metadata) for c in chunks)
-            for batch in _batched(rows, 1000):
-                db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", batch)
-                count += len(batch)
-            self._bump(db)
-            db.execute("COMMIT")
+        count = self._table(collection).replace_all(self._row(c) for c in chunks)
         self._write_snapshot(collection)
         return count
 
@@ -159,7 +138,7 @@ class BM25Index:
         self._verified.add(collection)
         if self.store is None:
             return False
-        ours = set(self._table_ids(collection))
+        ours = set(self._table(collection).ids())
         theirs = set(self._chroma_ids(collection))
         if ours == theirs:
             return False
@@ -247,7 +226,7 @@ class BM25Index:
             if (
                 current is None
                 or current.get("signature") != self.signature
-                or (current["generation"] != self._generation(collection))
+                or (current["generation"] != self._table(collection).generation())
             ):
                 self.flush(collection)
             snap = self._snapshots.get(collection)
@@ -283,19 +262,11 @@ class BM25Index:
 
         folder = self._dir(collection)
         self._reanalyze_stale(collection)
-        ids, texts, metas, corpus = [], [], [], []
-        with self._db(collection) as db:
-            db.execute("BEGIN")  # one read snapshot: the generation and the rows it counts
-            row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
-            generation = int(row[0]) if row else 0
-            for cid, text, meta, terms in db.execute(
-                "SELECT chunk_id, text, metadata, terms FROM chunks ORDER BY chunk_id"
-            ):
-                ids.append(cid)
-                texts.append(text)
-                metas.append(meta)
-                corpus.append(terms.split(" ") if terms else [])
-            db.execute("COMMIT")
+        generation, rows = self._table(collection).read_all()
+        ids = [r[0] for r in rows]
+        texts = [r[1] for r in rows]
+        metas = [r[2] for r in rows]
+        corpus = [r[3].split(" ") if r[3] else [] for r in rows]
         name = f"snap-{generation}-{time.time_ns()}"
         target = folder / name
         target.mkdir()
@@ -322,27 +293,20 @@ class BM25Index:
 
     def _reanalyze_stale(self, collection: str) -> None:
         """Re-analyze rows stored under another analyzer (its settings changed)."""
-        signature = self.analyzer.signature
-        with self._db(collection) as db:
-            stale = db.execute(
-                "SELECT chunk_id, text, metadata FROM chunks WHERE signature != ?", (signature,)
-            ).fetchall()
-            if not stale:
-                return
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "UPDATE chunks SET terms = ?, signature = ? WHERE chunk_id = ?",
+        table, signature = self._table(collection), self.analyzer.signature
+        stale = table.rows_not_analyzed_by(signature)
+        if stale:
+            table.set_terms(
                 [
                     (" ".join(self.analyzer.chunk_terms(t, json.loads(m))), signature, cid)
                     for cid, t, m in stale
-                ],
+                ]
             )
-            db.execute("COMMIT")
 
-    def _row(self, chunk_id: str, doc_id: str, text: str, metadata: dict[str, Any]) -> tuple[str, ...]:
-        terms = " ".join(self.analyzer.chunk_terms(text, metadata))
-        meta = json.dumps(metadata, ensure_ascii=False, sort_keys=True)
-        return (chunk_id, doc_id, text, meta, terms, self.analyzer.signature)
+    def _row(self, c: Chunk) -> Row:
+        terms = " ".join(self.analyzer.chunk_terms(c.text, c.metadata))
+        meta = json.dumps(c.metadata, ensure_ascii=False, sort_keys=True)
+        return (c.chunk_id, c.doc_id, c.text, meta, terms, self.analyzer.signature)
 
     def _chroma_chunks(self, collection: str) -> Iterator[Chunk]:
         if self.store is None:
@@ -373,25 +337,8 @@ class BM25Index:
         except CollectionNotFound:
             return 0
 
-    def _table_count(self, collection: str) -> int:
-        with self._db(collection) as db:
-            return int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-
-    def _table_ids(self, collection: str) -> list[str]:
-        with self._db(collection) as db:
-            return [r[0] for r in db.execute("SELECT chunk_id FROM chunks")]
-
-    def _generation(self, collection: str) -> int:
-        with self._db(collection) as db:
-            row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
-
-    @staticmethod
-    def _bump(db: sqlite3.Connection) -> None:
-        db.execute(
-            "INSERT INTO state VALUES ('generation', '1') "
-            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-        )
+    def _table(self, collection: str) -> ChunkTable:
+        return ChunkTable(self._dir(collection) / "chunks.sqlite3")
 
     def _read_current(self, collection: str) -> dict[str, Any] | None:
         try:
@@ -414,20 +361,6 @@ class BM25Index:
             self._dirs[collection] = folder
         return folder
 
-    @contextlib.contextmanager
-    def _db(self, collection: str) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._dir(collection) / "chunks.sqlite3", timeout=60, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
-
     def _lock(self, collection: str) -> threading.RLock:
         with self._guard:
             return self._locks.setdefault(collection, threading.RLock())
@@ -441,17 +374,6 @@ class BM25Index:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _batched(rows: Iterable[tuple[str, ...]], size: int) -> Iterator[list[tuple[str, ...]]]:
-    batch: list[tuple[str, ...]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def build_bm25_index(settings: Settings, store: ChromaIndex | None) -> BM25Index:

@@ -1,14 +1,16 @@
-"""Retrieval over a collection: dense (Chroma), BM25, or both fused with weighted RRF; optional
-metadata filters on both stages; an optional cross-encoder rerank over the top fused candidates;
-chunk-level results, or document-level ones where a document ranks by its best chunk."""
+"""Retrieval over a collection: dense (Chroma), BM25, or both fused (a convex combination of
+z-scored scores, or weighted RRF); metadata filters on both stages; an optional cross-encoder rerank
+over the top fused candidates; chunk-level results, or document-level ones where a document ranks by
+its best chunk."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import sys
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from app.retrieval.filters import MetadataFilter, parse_filters
 from app.retrieval.fusion import best_chunk_per_document, fuse_hits
-from ingest.embedder import Embedder
+from ingest.embedder import Embedder, MicroBatchingEmbedder
 from ingest.types import ScoredChunk
 from ingest.vector_store import ChromaIndex
 
@@ -52,7 +54,7 @@ class ScoredDocument:
 class FusionConfig:
     """How candidates are gathered and fused (defaults mirror RetrievalSettings)."""
 
-    method: str = "rrf"
+    method: str = "convex"
     rrf_k: float = 60.0
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
@@ -92,9 +94,10 @@ class Retriever:
         self.default_mode = self._mode(default_mode)
         # Queries are embedded on their own thread with few intra-op threads: one short input gains
         # little from parallelism, and on a busy CPU extra threads oversubscribe it (10x slower here).
-        self._query_pool = (
-            ThreadPoolExecutor(
-                1, "ragserver-query", initializer=_limit_torch_threads, initargs=(query_threads,)
+        # Concurrent requests' queries are encoded together in one batch on that thread.
+        self._query_batcher = (
+            MicroBatchingEmbedder(
+                embedder, thread_init=functools.partial(_limit_torch_threads, query_threads)
             )
             if query_threads > 0
             else None
@@ -192,17 +195,18 @@ class Retriever:
     ) -> tuple[list[ScoredChunk], list[ScoredChunk]]:
         vector = self._embed_query(query)  # BM25 runs while the query is being embedded
         bm25 = self._bm25(collection, query, flt, n)
-        return self._dense_ranking(collection, vector.result(), flt, n), bm25
+        return self._dense_ranking(collection, vector.result()[0], flt, n), bm25
 
     def _dense(self, collection: str, query: str, flt: MetadataFilter | None, n: int) -> list[ScoredChunk]:
-        return self._dense_ranking(collection, self._embed_query(query).result(), flt, n)
+        return self._dense_ranking(collection, self._embed_query(query).result()[0], flt, n)
 
     def _embed_query(self, query: str) -> Future[np.ndarray]:
-        if self._query_pool is None:
+        """The query's embedding, as a one-row array, computed in the background when possible."""
+        if self._query_batcher is None:
             done: Future[np.ndarray] = Future()
-            done.set_result(self.embedder.embed([query])[0])
+            done.set_result(self.embedder.embed([query]))
             return done
-        return self._query_pool.submit(lambda: self.embedder.embed([query])[0])
+        return self._query_batcher.submit([query])
 
     def _dense_ranking(
         self, collection: str, vector: np.ndarray, flt: MetadataFilter | None, n: int

@@ -230,7 +230,9 @@ class ChatService:
         """A standalone search query from a follow-up and the conversation so far."""
         prompt = self.prompts.get(self.settings.prompts.condense)
         completion = await self.llm.complete(prompt.render(history=history, question=question), max_tokens=64)
-        condensed = completion.text.strip().strip('"').splitlines()[0].strip() if completion.text.strip() else ""
+        condensed = (
+            completion.text.strip().strip('"').splitlines()[0].strip() if completion.text.strip() else ""
+        )
         # A tiny model may return nothing useful; the follow-up plus the last user turn still retrieves.
         if len(condensed) < 3:
             last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")

@@ -112,7 +112,9 @@ class DocumentService:
         except LoadError as exc:
             raise UnsupportedUpload(f"{filename}: {exc}") from exc
         if kind == "jsonl":
-            raise UnsupportedUpload(f"{filename}: .jsonl corpora are ingested with the CLI (`ragserver ingest`)")
+            raise UnsupportedUpload(
+                f"{filename}: .jsonl corpora are ingested with the CLI (`ragserver ingest`)"
+            )
 
     async def submit(self, collection: str, files: list[IncomingFile], metadata: dict[str, Any]) -> Job:
         """Store the files durably, record a job, queue it; returns the job (HTTP 202)."""
@@ -179,7 +181,9 @@ class DocumentService:
             file = by_doc.get(doc) or next((f for f in todo if f.stored_path == doc), None)
             if file is None:
                 return
-            final = {"added": "succeeded", "replaced": "succeeded", "skipped": "skipped"}.get(status, "failed")
+            final = {"added": "succeeded", "replaced": "succeeded", "skipped": "skipped"}.get(
+                status, "failed"
+            )
             self.metrics.documents.labels(status=status).inc()
             record = self.store.get_documents(job.collection, [file.document_id]).get(file.document_id)
             chunks = record.chunks if record is not None and final != "failed" else 0
@@ -221,7 +225,9 @@ class DocumentService:
             raise CollectionNotFound(f"collection {collection!r} not found")
         return collection
 
-    async def list_documents(self, collection: str, limit: int, offset: int) -> tuple[list[DocumentRecord], int]:
+    async def list_documents(
+        self, collection: str, limit: int, offset: int
+    ) -> tuple[list[DocumentRecord], int]:
         self._existing(collection)
         records = await asyncio.to_thread(self.store.list_documents, collection, limit=limit, offset=offset)
         total = await asyncio.to_thread(self.store.count_documents, collection)

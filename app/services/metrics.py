@@ -17,7 +17,11 @@ class Metrics:
             "ragserver_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
         )
         self.request_latency = Histogram(
-            "ragserver_http_request_seconds", "HTTP request latency", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+            "ragserver_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.retrieval_latency = Histogram(
             "ragserver_retrieval_seconds", "Retrieval latency", ["mode"], buckets=_LATENCY_BUCKETS, registry=r
@@ -26,7 +30,10 @@ class Metrics:
             "ragserver_llm_seconds", "LLM generation latency", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.llm_ttft = Histogram(
-            "ragserver_llm_time_to_first_token_seconds", "LLM time to first token", buckets=_LATENCY_BUCKETS, registry=r
+            "ragserver_llm_time_to_first_token_seconds",
+            "LLM time to first token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokens = Counter("ragserver_llm_tokens_total", "LLM tokens", ["kind"], registry=r)
         self.jobs = Counter("ragserver_ingest_jobs_total", "Ingestion jobs finished", ["status"], registry=r)

@@ -22,7 +22,12 @@ def client(make_container, llm_server) -> Iterator[TestClient]:
     from app.factory import create_app
 
     container = make_container(
-        llm={"provider": "openai", "base_url": llm_server.base_url, "model": llm_server.model, "max_retries": 0},
+        llm={
+            "provider": "openai",
+            "base_url": llm_server.base_url,
+            "model": llm_server.model,
+            "max_retries": 0,
+        },
         server={"max_upload_mb": 0.05},
     )
     with TestClient(create_app(container=container), raise_server_exceptions=False) as test_client:

@@ -47,7 +47,8 @@ def test_follow_up_is_condensed_with_history(kb, llm_server) -> None:
     llm_server.enqueue_text("Is Mount Etna active?")  # the condense step's standalone query
     llm_server.enqueue_text("Yes, it is active [1].")
     second = kb.post(
-        "/v1/chat", json={"message": "Is it active?", "conversation_id": first["conversation_id"], "collection": "kb"}
+        "/v1/chat",
+        json={"message": "Is it active?", "conversation_id": first["conversation_id"], "collection": "kb"},
     ).json()
     assert second["retrieval"]["query"] == "Is Mount Etna active?"
     assert second["citations"][0]["source"] == "etna.txt"
@@ -60,7 +61,9 @@ def test_follow_up_is_condensed_with_history(kb, llm_server) -> None:
 
 
 def test_streaming_chat_events(kb) -> None:
-    with kb.stream("POST", "/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "stream": True}) as r:
+    with kb.stream(
+        "POST", "/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "stream": True}
+    ) as r:
         assert r.status_code == 200
         events = []
         event = None
@@ -78,7 +81,9 @@ def test_streaming_chat_events(kb) -> None:
 
 
 def test_prompt_version_is_selectable_and_recorded(kb) -> None:
-    body = kb.post("/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "prompt": "answer@v2"}).json()
+    body = kb.post(
+        "/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "prompt": "answer@v2"}
+    ).json()
     assert body["prompt"] == "answer@v2"
 
 

@@ -38,7 +38,9 @@ def test_upload_runs_a_job_and_documents_are_listed(client) -> None:
 
     assert client.delete(f"/v1/collections/kb/documents/{doc_id}").status_code == 204
     assert client.get(f"/v1/collections/kb/documents/{doc_id}").status_code == 404
-    hits = client.post("/v1/retrieve", json={"query": "volcano in Sicily", "collection": "kb"}).json()["results"]
+    hits = client.post("/v1/retrieve", json={"query": "volcano in Sicily", "collection": "kb"}).json()[
+        "results"
+    ]
     assert all(h["document_id"] != doc_id for h in hits)
 
 

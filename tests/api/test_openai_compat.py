@@ -19,7 +19,12 @@ def server(make_container, llm_server) -> Iterator[str]:
     from app.factory import create_app
 
     container = make_container(
-        llm={"provider": "openai", "base_url": llm_server.base_url, "model": llm_server.model, "max_retries": 0},
+        llm={
+            "provider": "openai",
+            "base_url": llm_server.base_url,
+            "model": llm_server.model,
+            "max_retries": 0,
+        },
         server={"default_collection": "kb"},
     )
     with live_server(create_app(container=container), free_port()) as url:

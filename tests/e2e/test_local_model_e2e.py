@@ -36,7 +36,11 @@ def test_upload_ask_cite_follow_up(make_container) -> None:
 
         follow = client.post(
             "/v1/chat",
-            json={"message": "When was it launched?", "conversation_id": body["conversation_id"], "collection": "company"},
+            json={
+                "message": "When was it launched?",
+                "conversation_id": body["conversation_id"],
+                "collection": "company",
+            },
         ).json()
         assert follow["conversation_id"] == body["conversation_id"]
         assert follow["answer"].strip()

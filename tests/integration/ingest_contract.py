@@ -35,7 +35,9 @@ class IngestContract:
         }
         for kind, query in expectations.items():
             assert self.top_source(container, query) == str(files[kind].resolve()), kind
-        pdf_hit = container.retriever.retrieve(self.coll, "solar panel revenue growth", top_k=1, mode="dense")[0]
+        pdf_hit = container.retriever.retrieve(
+            self.coll, "solar panel revenue growth", top_k=1, mode="dense"
+        )[0]
         assert pdf_hit.metadata["page"] == 2
         md_hit = container.retriever.retrieve(self.coll, "grind beans finely", top_k=1, mode="dense")[0]
         assert md_hit.metadata["section"] == "Espresso guide > Grinding"
@@ -64,7 +66,9 @@ class IngestContract:
     def test_delete_removes_all_chunks(self, container, tmp_path: Path) -> None:
         files = make_corpus_folder(tmp_path / "corpus")
         self.ingest(container, [tmp_path / "corpus"])
-        doc_id = next(r.doc_id for r in container.store.iter_documents(self.coll) if r.source.endswith("report.pdf"))
+        doc_id = next(
+            r.doc_id for r in container.store.iter_documents(self.coll) if r.source.endswith("report.pdf")
+        )
         assert container.pipeline.delete(self.coll, [doc_id]) == 1
         assert container.store.count_documents(self.coll) == 4
         hits = container.retriever.retrieve(self.coll, "solar panel revenue", top_k=10, mode="dense")
@@ -95,6 +99,9 @@ def corpus_jsonl(tmp_path: Path) -> Path:
     import json
 
     path = tmp_path / "corpus.jsonl"
-    rows = [{"_id": f"d{i}", "title": f"Doc {i}", "text": f"Document number {i} talks about topic {i}."} for i in range(40)]
+    rows = [
+        {"_id": f"d{i}", "title": f"Doc {i}", "text": f"Document number {i} talks about topic {i}."}
+        for i in range(40)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path

@@ -65,7 +65,7 @@ def chroma_ids(c: Container) -> set[str]:
 
 
 def table_ids(index: BM25Index) -> set[str]:
-    return set(index._table_ids(COLLECTION))
+    return set(index._table(COLLECTION).ids())
 
 
 def snapshot_ids(index: BM25Index) -> set[str]:
@@ -190,6 +190,19 @@ def test_bm25_on_a_missing_collection_is_not_found(tmp_path: Path, embedder: Emb
     for mode in ("bm25", "dense", "hybrid"):
         with pytest.raises(CollectionNotFound):
             c.retriever.retrieve("nope", "anything", mode=mode)
+
+
+def test_changing_the_analyzer_settings_reindexes_on_next_load(tmp_path: Path, embedder: Embedder) -> None:
+    from app.settings import RetrievalSettings
+
+    c = container(tmp_path, embedder)
+    c.pipeline.ingest([doc("tides", "The moon's pull raises the oceans twice a day.")], COLLECTION)
+    assert found(bm25_of(c), "tides") == ["tides"]  # a title-only term
+
+    no_titles = Container(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(bm25_title_weight=0)))
+    no_titles.embedder = embedder
+    assert found(bm25_of(no_titles), "tides") == []
+    assert found(bm25_of(no_titles), "moon oceans") == ["tides"]
 
 
 def test_filters_select_the_same_chunks_in_both_stages(tmp_path: Path, embedder: Embedder) -> None:

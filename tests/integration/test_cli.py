@@ -47,7 +47,9 @@ def test_cli_round_trip(run, tmp_path: Path) -> None:
     stats = run("stats", "--collection", "kb")
     assert last_json(stats.stdout)["documents"] == 5
 
-    found = run("search", "where do emperor penguins breed", "-c", "kb", "-k", "2", "--json", "--mode", "dense")
+    found = run(
+        "search", "where do emperor penguins breed", "-c", "kb", "-k", "2", "--json", "--mode", "dense"
+    )
     hits = json.loads(found.stdout)
     assert hits[0]["source"] == str(files["html"].resolve()) and len(hits) == 2
 
@@ -59,7 +61,9 @@ def test_cli_round_trip(run, tmp_path: Path) -> None:
     assert last_json(pruned.stdout)["deleted"] == 1
     assert last_json(run("stats", "-c", "kb").stdout)["documents"] == 4
 
-    remaining = [json.loads(line)["document_id"] for line in run("docs", "list", "-c", "kb").stdout.splitlines()]
+    remaining = [
+        json.loads(line)["document_id"] for line in run("docs", "list", "-c", "kb").stdout.splitlines()
+    ]
     assert run("docs", "delete", remaining[0], "-c", "kb").exit_code == 0
     assert last_json(run("stats", "-c", "kb").stdout)["documents"] == 3
     assert run("docs", "delete", "no-such-doc", "-c", "kb").exit_code == 1
@@ -72,5 +76,11 @@ def test_cli_errors(run, tmp_path: Path) -> None:
     assert bad_name.exit_code == 2 and "invalid collection name" in bad_name.stderr
     no_path = run("ingest", str(tmp_path / "absent"))
     assert no_path.exit_code == 2 and "no such file" in no_path.stderr
+    (tmp_path / "a.txt").write_text("some text")
+    assert run("ingest", str(tmp_path / "a.txt"), "-c", "kb").exit_code == 0
+    bad_mode = run("search", "x", "-c", "kb", "--mode", "psychic")
+    assert bad_mode.exit_code == 2 and "unknown retrieval mode" in bad_mode.stderr
+    bad_filter = run("search", "x", "-c", "kb", "--filter", '{"ingested_at": {"around": 1}}')
+    assert bad_filter.exit_code == 2 and "error:" in bad_filter.stderr
     bad_json = run("ingest", str(tmp_path), "--metadata", "{oops")
     assert bad_json.exit_code == 2 and "not valid JSON" in bad_json.stderr

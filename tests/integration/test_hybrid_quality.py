@@ -90,3 +90,46 @@ def test_each_single_mode_misses_what_the_other_finds(runs: dict[str, dict[str, 
     assert top1("bm25", "code") == 6 and top1("bm25", "para") == 0
     assert top1("dense", "para") > top1("dense", "code")
     assert top1("hybrid", "code") == 6 and top1("hybrid", "para") == top1("dense", "para")
+
+
+def test_eval_retrieval_cli_scores_every_mode_and_reuses_its_collection(tmp_path: Path) -> None:
+    """`ragserver eval retrieval` on this set written as a BEIR dataset: the last line is the JSON summary."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli.main import app
+
+    data = tmp_path / "helpdesk"
+    data.mkdir()
+    corpus = data / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS.items()))
+    (data / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _) in QUERIES.items())
+        + json.dumps({"_id": "unjudged", "text": "not in the qrels"})
+        + "\n"
+    )
+    (data / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d) in QUERIES.items())
+    )
+    args = ["eval", "retrieval", "--corpus", str(corpus), "--queries", str(data / "queries.jsonl")]
+    args += ["--qrels", str(data / "qrels.tsv"), "--top-k", "10"]
+    env = {"RAGSERVER_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+
+    first = runner.invoke(app, args, env=env)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"dense", "bm25", "hybrid"}
+    for figures in summary.values():
+        assert set(figures) == {"ndcg@10", "recall@100", "mrr@10", "p50_ms", "p99_ms"}
+    assert summary["hybrid"]["ndcg@10"] > max(summary["dense"]["ndcg@10"], summary["bm25"]["ndcg@10"])
+    assert "12 judged queries, collection eval-helpdesk" in first.stdout
+
+    again = runner.invoke(app, [*args, "--mode", "bm25", "--limit-queries", "6"], env=env)
+    assert again.exit_code == 0, again.output
+    assert '"reused": true' in again.stderr
+    assert set(json.loads(again.stdout.strip().splitlines()[-1])) == {"bm25"}
+
+    bad = runner.invoke(app, [*args, "--mode", "sparse"], env=env)
+    assert bad.exit_code == 2 and "unknown mode" in bad.stderr

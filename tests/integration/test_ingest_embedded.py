@@ -24,14 +24,20 @@ class TestEmbeddedChroma(IngestContract):
         return make_container()
 
 
-def test_jsonl_corpus_ingests_one_document_per_row_and_twice_is_the_same(make_container, corpus_jsonl) -> None:
+def test_jsonl_corpus_ingests_one_document_per_row_and_twice_is_the_same(
+    make_container, corpus_jsonl
+) -> None:
     container = make_container()
     first = container.pipeline.ingest(iter_documents([corpus_jsonl]), "corpus")
     assert first.added == 40
     counts = (container.store.count_documents("corpus"), container.store.count_chunks("corpus"))
     second = container.pipeline.ingest(iter_documents([corpus_jsonl]), "corpus")
     assert second.skipped == 40
-    assert (container.store.count_documents("corpus"), container.store.count_chunks("corpus")) == counts == (40, 40)
+    assert (
+        (container.store.count_documents("corpus"), container.store.count_chunks("corpus"))
+        == counts
+        == (40, 40)
+    )
     hit = container.retriever.retrieve("corpus", "topic 17", top_k=1, mode="dense")[0]
     assert hit.doc_id == "d17"
 

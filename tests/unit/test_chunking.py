@@ -25,7 +25,9 @@ def test_chunks_respect_the_token_budget_and_overlap() -> None:
     assert len(chunks) > 5
     assert all(words(c.text) <= 40 for c in chunks)
     # Overlap: consecutive chunks share text.
-    assert any(set(a.text.split()[-5:]) & set(b.text.split()[:15]) for a, b in zip(chunks, chunks[1:], strict=False))
+    assert any(
+        set(a.text.split()[-5:]) & set(b.text.split()[:15]) for a, b in zip(chunks, chunks[1:], strict=False)
+    )
     # Sentence-aware: chunks end at a sentence boundary.
     assert all(c.text.rstrip().endswith(".") for c in chunks)
 
@@ -45,7 +47,9 @@ def test_ids_metadata_sections_and_pages() -> None:
     assert meta["doc_id"] == "doc-1" and meta["team"] == "search" and meta["tags"] == "['a']"
     assert meta["ingested_at"] == 42.0 and meta["content_hash"] == doc.content_hash
     # Same input, same ids: re-ingest upserts in place.
-    assert [c.chunk_id for c in chunker.chunk(doc, version="abc", ingested_at=43.0)] == [c.chunk_id for c in chunks]
+    assert [c.chunk_id for c in chunker.chunk(doc, version="abc", ingested_at=43.0)] == [
+        c.chunk_id for c in chunks
+    ]
 
 
 def test_version_depends_on_content_and_pipeline() -> None:

@@ -32,7 +32,9 @@ def test_text_file(tmp_path: Path) -> None:
 
 def test_markdown_keeps_sections(tmp_path: Path) -> None:
     path = tmp_path / "guide.md"
-    path.write_text("# Guide\n\nIntro text.\n\n## Setup\n\nRun make.\n\n```\n# not a heading\n```\n", encoding="utf-8")
+    path.write_text(
+        "# Guide\n\nIntro text.\n\n## Setup\n\nRun make.\n\n```\n# not a heading\n```\n", encoding="utf-8"
+    )
     doc = one(path)
     assert doc.title == "Guide"
     sections = [s.section for s in doc.segments]
@@ -42,7 +44,9 @@ def test_markdown_keeps_sections(tmp_path: Path) -> None:
 
 def test_html_drops_scripts(tmp_path: Path) -> None:
     path = tmp_path / "page.html"
-    path.write_text("<html><head><title>T</title><script>var x=1;</script></head><body><p>Body text</p></body></html>")
+    path.write_text(
+        "<html><head><title>T</title><script>var x=1;</script></head><body><p>Body text</p></body></html>"
+    )
     doc = one(path)
     assert doc.title == "T"
     assert "Body text" in doc.text and "var x" not in doc.text
@@ -64,7 +68,10 @@ def test_docx_with_heading(tmp_path: Path) -> None:
 
 def test_jsonl_corpus_one_document_per_row(tmp_path: Path) -> None:
     path = tmp_path / "corpus.jsonl"
-    rows = [{"_id": "d1", "title": "One", "text": "alpha"}, {"_id": 2, "title": "Two", "text": "beta", "year": 2020}]
+    rows = [
+        {"_id": "d1", "title": "One", "text": "alpha"},
+        {"_id": 2, "title": "Two", "text": "beta", "year": 2020},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     docs = list(load_file(path))
     assert [d.doc_id for d in docs] == ["d1", "2"]

@@ -74,7 +74,10 @@ async def get_conversation(conversation_id: str, service: ChatServiceDep) -> Con
     turns = await service.get_conversation(conversation_id)
     return ConversationOut(
         conversation_id=conversation_id,
-        turns=[TurnOut(role=t.role, content=t.content, created_at=t.created_at, metadata=t.metadata) for t in turns],
+        turns=[
+            TurnOut(role=t.role, content=t.content, created_at=t.created_at, metadata=t.metadata)
+            for t in turns
+        ],
     )
 
 

@@ -31,19 +31,28 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     "/v1/collections/{collection}/documents",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses={413: {"description": "File too large"}, 415: {"description": "Unsupported or mislabelled type"}},
+    responses={
+        413: {"description": "File too large"},
+        415: {"description": "Unsupported or mislabelled type"},
+    },
 )
 async def upload_documents(
     collection: str,
     request: Request,
     service: DocumentServiceDep,
     files: Annotated[list[UploadFile], File(description="One or more documents (txt, md, html, pdf, docx).")],
-    metadata: Annotated[str | None, Form(description="JSON object added to every document's metadata.")] = None,
+    metadata: Annotated[
+        str | None, Form(description="JSON object added to every document's metadata.")
+    ] = None,
 ) -> JobAccepted:
     """Upload documents into a collection (created on first upload). The files are stored before the
     202 answer, then ingested in the background: poll `GET /v1/jobs/{job_id}`."""
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > service.max_upload_bytes * max(1, len(files)) + 1024 * 1024:
+    if (
+        length
+        and length.isdigit()
+        and int(length) > service.max_upload_bytes * max(1, len(files)) + 1024 * 1024
+    ):
         raise UploadTooLarge(f"request of {int(length)} bytes is over the upload limit")
     extra: dict[str, Any] = {}
     if metadata:

@@ -54,8 +54,10 @@ class ChatCompletionRequest(BaseModel):
 
 
 def sources_text(citations: list[Citation]) -> str:
-    lines = [f"[{c.n}] {c.title or c.source}" + (f" ({c.source})" if c.title and c.source != c.title else "")
-             for c in citations]
+    lines = [
+        f"[{c.n}] {c.title or c.source}" + (f" ({c.source})" if c.title and c.source != c.title else "")
+        for c in citations
+    ]
     return "\n\nSources:\n" + "\n".join(lines) if lines else ""
 
 
