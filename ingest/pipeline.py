@@ -85,7 +85,7 @@ class IngestPipeline:
         chunker: Chunker,
         *,
         listeners: Iterable[IndexListener] = (),
-        embed_window: int = 512,
+        embed_window: int = 2048,
         lookup_batch: int = 128,
         write_batch: int = 256,
     ):

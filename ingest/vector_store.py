@@ -37,7 +37,8 @@ class CollectionNotFound(LookupError):
 def validate_collection_name(name: str) -> str:
     if not COLLECTION_NAME.match(name):
         raise InvalidCollectionName(
-            f"invalid collection name {name!r}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit"
+            f"invalid collection name {name!r}: "
+            "use 1-63 letters, digits, '-' or '_', starting with a letter or digit"
         )
     return name
 

@@ -45,7 +45,8 @@ def make_corpus_folder(root: Path) -> dict[str, Path]:
     }
     files["txt"].write_text("Mount Etna is an active volcano on the east coast of Sicily, Italy.")
     files["md"].write_text(
-        "# Espresso guide\n\nHow to brew coffee.\n\n## Grinding\n\nGrind the beans finely for espresso machines.\n"
+        "# Espresso guide\n\nHow to brew coffee.\n\n"
+        "## Grinding\n\nGrind the beans finely for espresso machines.\n"
     )
     files["html"].write_text(
         "<html><head><title>Penguins</title></head><body><p>Emperor penguins breed in the Antarctic winter."

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from ingest.loaders import iter_documents
 from tests.samples import make_corpus_folder
 
@@ -92,16 +90,3 @@ class IngestContract:
             "latin1.md",
         ]
         assert all(f.error for f in report.failed)
-
-
-@pytest.fixture
-def corpus_jsonl(tmp_path: Path) -> Path:
-    import json
-
-    path = tmp_path / "corpus.jsonl"
-    rows = [
-        {"_id": f"d{i}", "title": f"Doc {i}", "text": f"Document number {i} talks about topic {i}."}
-        for i in range(40)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path

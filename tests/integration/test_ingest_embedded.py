@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest.loaders import iter_documents
-from tests.integration.ingest_contract import IngestContract, corpus_jsonl  # noqa: F401
+from tests.integration.ingest_contract import IngestContract
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +55,7 @@ def test_changed_chunking_reindexes_without_duplicates(make_container, tmp_path:
     assert bigger.store.count_documents("c") == 1
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_rerun_leaves_each_document_once(tmp_path: Path) -> None:
     """A real `ragserver ingest` killed with SIGKILL mid-run, then run again."""
     corpus = tmp_path / "big.jsonl"
