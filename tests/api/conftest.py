@@ -17,19 +17,16 @@ def llm_server() -> Iterator[ScriptedOpenAIServer]:
         yield server
 
 
+def scripted_llm(server: ScriptedOpenAIServer) -> dict[str, object]:
+    """LLM settings that point the app at a scripted server, failing fast (no retries)."""
+    return {"provider": "openai", "base_url": server.base_url, "model": server.model, "max_retries": 0}
+
+
 @pytest.fixture
 def client(make_container, llm_server) -> Iterator[TestClient]:
     from app.factory import create_app
 
-    container = make_container(
-        llm={
-            "provider": "openai",
-            "base_url": llm_server.base_url,
-            "model": llm_server.model,
-            "max_retries": 0,
-        },
-        server={"max_upload_mb": 0.05},
-    )
+    container = make_container(llm=scripted_llm(llm_server), server={"max_upload_mb": 0.05})
     with TestClient(create_app(container=container), raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
+from tests.api.conftest import scripted_llm
 from tests.conftest import free_port
 from tests.live_server import live_server
 
@@ -18,33 +20,15 @@ pytestmark = pytest.mark.integration
 def server(make_container, llm_server) -> Iterator[str]:
     from app.factory import create_app
 
-    container = make_container(
-        llm={
-            "provider": "openai",
-            "base_url": llm_server.base_url,
-            "model": llm_server.model,
-            "max_retries": 0,
-        },
-        server={"default_collection": "kb"},
-    )
+    container = make_container(llm=scripted_llm(llm_server), server={"default_collection": "kb"})
     with live_server(create_app(container=container), free_port()) as url:
         files = [("files", ("etna.txt", b"Mount Etna is an active volcano on the east coast of Sicily."))]
         job = httpx.post(f"{url}/v1/collections/kb/documents", files=files).json()
         for _ in range(300):
             if httpx.get(f"{url}/v1/jobs/{job['job_id']}").json()["status"] == "succeeded":
                 break
-            import time
-
             time.sleep(0.2)
         yield url
-
-
-@pytest.fixture
-def llm_server():
-    from tests.fakes.openai_server import ScriptedOpenAIServer
-
-    with ScriptedOpenAIServer(default_reply="Etna is in Sicily [1].") as s:
-        yield s
 
 
 def test_models_lists_collections(server) -> None:

@@ -12,7 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from app.api.chat.schemas import ChatRequest, ChatResponse, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
 from app.api.errors import error_body
-from app.services.chat_service import ChatQuery, ChatResult, ChatService
+from app.services.chat_service import ChatQuery, ChatResult
 
 router = APIRouter(tags=["chat"])
 
@@ -86,5 +86,3 @@ async def delete_conversation(conversation_id: str, service: ChatServiceDep) -> 
     """Forget a conversation."""
     await service.delete_conversation(conversation_id)
 
-
-__all__ = ["router", "ChatService", "prime", "to_query"]
