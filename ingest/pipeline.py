@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -143,7 +143,7 @@ class IngestPipeline:
         def writer() -> None:
             try:
                 while (item := write_q.get()) is not _DONE:
-                    works, vectors = item  # type: ignore[misc]
+                    works, vectors = cast(tuple[list[_Work], np.ndarray], item)
                     self._write(works, vectors, collection, report, notify)
             except BaseException as exc:
                 errors.append(exc)

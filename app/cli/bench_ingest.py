@@ -64,7 +64,7 @@ def bench_ingest(
         report = pipeline.ingest(documents(), "bench")
         ingest_s = report.seconds
         if report.chunks_written != len(texts):
-            raise typer.Exit(f"pipeline wrote {report.chunks_written} chunks, expected {len(texts)}")
+            raise RuntimeError(f"pipeline wrote {report.chunks_written} chunks, expected {len(texts)}")
 
     raw = len(texts) / raw_s
     ingest_rate = len(texts) / ingest_s

@@ -44,14 +44,14 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise typer.Exit(f"process for {url} exited with {proc.returncode}")
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise typer.Exit(f"{url} did not come up in {timeout:.0f}s")
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -85,4 +85,3 @@ async def get_conversation(conversation_id: str, service: ChatServiceDep) -> Con
 async def delete_conversation(conversation_id: str, service: ChatServiceDep) -> None:
     """Forget a conversation."""
     await service.delete_conversation(conversation_id)
-
