@@ -120,18 +120,6 @@ def prepare_run_dir(out_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
     return run_info
 
 
-def _context(c: Any) -> dict[str, Any]:
-    return {
-        "n": c.n,
-        "document_id": c.document_id,
-        "chunk_id": c.chunk_id,
-        "title": c.title,
-        "source": c.source,
-        "score": c.score,
-        "text": c.text,
-    }
-
-
 def _base_row(q: EvalQuestion) -> dict[str, Any]:
     return {
         "id": q.id,
@@ -148,7 +136,7 @@ def answered_row(
     return {
         **_base_row(q),
         "answer": result.answer,
-        "contexts": [_context(c) for c in result.contexts],
+        "contexts": [c.to_dict() for c in result.contexts],
         "citations": [
             {"n": c.n, "document_id": c.document_id, "chunk_id": c.chunk_id} for c in result.citations
         ],
