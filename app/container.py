@@ -51,6 +51,14 @@ class Container:
         return build_embedder(self.settings.embedding)
 
     @cached_property
+    def query_embedder(self) -> Embedder:
+        """What embeds queries: the ONNX twin of the local model by default (see settings)."""
+        from ingest.embedder import build_query_embedder
+
+        s = self.settings
+        return build_query_embedder(s.embedding, self.embedder, s.models_dir, s.retrieval.query_threads)
+
+    @cached_property
     def chunker(self) -> Chunker:
         from ingest.chunking import Chunker
 
@@ -76,4 +84,4 @@ class Container:
         from app.retrieval.retriever import build_retriever
 
         bm25 = next((x for x in self.index_listeners if isinstance(x, BM25Index)), None)
-        return build_retriever(self.settings.retrieval, self.store, self.embedder, bm25)
+        return build_retriever(self.settings.retrieval, self.store, self.query_embedder, bm25)

@@ -7,7 +7,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import install_error_handlers
 from app.container import Container
@@ -62,6 +63,38 @@ async def build_state(container: Container, *, llm=None):  # type: ignore[no-unt
     )
 
 
+class RequestMetrics:
+    """Counts HTTP requests by route and status and times them to the end of the response. A plain
+    ASGI middleware: starlette's BaseHTTPMiddleware would pipe every streamed event through an extra
+    task and memory stream."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before the response started is a 500 to the client
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            state = getattr(scope["app"].state, "ragserver", None) if "app" in scope else None
+            if state is not None:
+                # The router records the matched route in the scope; unmatched paths share one label.
+                path = getattr(scope.get("route"), "path", "unmatched")
+                state.metrics.requests.labels(scope["method"], path, str(status)).inc()
+                state.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings | None = None, *, container: Container | None = None, llm=None) -> FastAPI:  # type: ignore[no-untyped-def]
     """The ragserver ASGI app. Settings are read here (from the environment / .env when not given)."""
     container = container or Container(settings or Settings())
@@ -89,17 +122,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     )
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        state = getattr(request.app.state, "ragserver", None)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        if state is not None:
-            state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-            state.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics)
 
     from app.api.chat.router import router as chat_router
     from app.api.documents.router import router as documents_router

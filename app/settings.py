@@ -37,6 +37,12 @@ class EmbeddingSettings(BaseModel):
     model_path: str | None = None
     batch_size: int = Field(32, ge=1)
     device: str = "cpu"
+    # How the local model embeds queries: "onnx" (an ONNX Runtime export of the same model, checked at
+    # load to give the same vectors, at about half the CPU time), "torch", or "auto" (onnx when the
+    # export works, else torch with a warning). Documents are always embedded in batches with torch.
+    query_backend: Literal["auto", "onnx", "torch"] = "auto"
+    # Where ONNX exports are cached (None: <data_dir>/models).
+    onnx_cache_dir: str | None = None
     # For provider=openai: any OpenAI-compatible /v1/embeddings server.
     base_url: str | None = None
     api_key: str = "not-needed"
@@ -178,6 +184,12 @@ class Settings(BaseSettings):
     @property
     def bm25_dir(self) -> Path:
         return self.data_dir / "bm25"
+
+    @property
+    def models_dir(self) -> Path:
+        if self.embedding.onnx_cache_dir:
+            return Path(self.embedding.onnx_cache_dir)
+        return self.data_dir / "models"
 
     @property
     def prompts_dir(self) -> Path:

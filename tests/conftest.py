@@ -29,6 +29,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export of the query encoder per test session, shared by every container and by the
+    servers tests start in subprocesses (they inherit the variable)."""
+    path = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["RAGSERVER_EMBEDDING__ONNX_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def embedder():
     """The real packaged all-MiniLM-L6-v2, loaded once per test session."""
@@ -37,16 +46,26 @@ def embedder():
     return SentenceTransformerEmbedder()
 
 
+@pytest.fixture(scope="session")
+def query_embedder(embedder, onnx_cache_dir: Path):
+    """The default query encoder: the ONNX Runtime export of the same model (exported once)."""
+    from ingest.onnx_encoder import load_onnx_encoder
+
+    return load_onnx_encoder(embedder, onnx_cache_dir)
+
+
 @pytest.fixture
-def make_container(tmp_path: Path, embedder) -> Callable[..., object]:
-    """Build a Container on a fresh data dir, sharing the session's embedder."""
+def make_container(tmp_path: Path, embedder, query_embedder) -> Callable[..., object]:
+    """Build a Container on a fresh data dir, sharing the session's embedder and query encoder."""
     from app.container import Container
     from app.settings import Settings
 
     def build(**overrides: object) -> Container:
         overrides.setdefault("data_dir", tmp_path / "data")
         container = Container(Settings(_env_file=None, **overrides))  # type: ignore[call-arg]
-        container.__dict__["embedder"] = embedder  # cached_property slot
+        container.__dict__["embedder"] = embedder  # cached_property slots
+        if container.settings.embedding.query_backend != "torch":
+            container.__dict__["query_embedder"] = query_embedder
         return container
 
     return build

@@ -123,8 +123,14 @@ def test_health_ready_metrics(kb) -> None:
     ready = kb.get("/readyz")
     assert ready.status_code == 200 and all(ready.json()["checks"].values())
     kb.post("/v1/chat", json={"message": "Where is Etna?", "collection": "kb"})
+    kb.post("/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "stream": True})
+    assert kb.get("/no/such/path").status_code == 404
     text = kb.get("/metrics").text
-    assert "ragserver_http_requests_total" in text and "ragserver_retrieval_seconds_count" in text
+    # Requests are counted under their route template and final status, streamed ones included.
+    assert 'ragserver_http_requests_total{method="POST",route="/v1/chat",status="200"} 2.0' in text
+    assert 'ragserver_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert 'ragserver_http_request_seconds_count{route="/v1/chat"} 2.0' in text
+    assert "ragserver_retrieval_seconds_count" in text
     assert 'ragserver_llm_tokens_total{kind="completion"}' in text
 
 

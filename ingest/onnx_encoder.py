@@ -1,0 +1,188 @@
+"""Query embeddings through ONNX Runtime: an fp32 export of the local sentence-transformers model
+(transformer, mean pooling, L2 normalisation in one graph) that gives the same vectors as the torch
+model at about half its CPU time for a short input (6.4 against 14 ms a query on one core here).
+
+The export is made once from the weights already on disk (nothing is downloaded), cached under a key
+derived from those weights, and checked against the torch model on probe sentences every time it is
+loaded: an export that disagrees is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ingest.embedder import SentenceTransformerEmbedder
+
+log = logging.getLogger(__name__)
+
+# Bump when the exported graph changes: old cache files are then ignored.
+EXPORT_VERSION = 1
+# Largest element-wise difference from the torch model's vectors accepted at load.
+MAX_ABS_DIFF = 1e-4
+_PROBES = [
+    "What is the capital of France?",
+    "0-dimensional biomaterials show inductive properties.",
+    "a",
+    "Chunking splits documents into overlapping passages that fit the embedding model's window, "
+    "and every chunk keeps its document id, its source and its position. " * 20,
+]
+
+
+class OnnxExportError(RuntimeError):
+    """The model cannot be served through ONNX Runtime (unsupported shape, failed export or check)."""
+
+
+class OnnxSentenceEncoder:
+    """Embeds texts with an exported ONNX graph; thread-safe (ONNX Runtime sessions are)."""
+
+    def __init__(self, onnx_path: Path, reference: SentenceTransformerEmbedder, threads: int = 1):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(threads, 0)  # 0: ONNX Runtime's default (all cores)
+        options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin, taking CPU from everything else on a busy host.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.path = onnx_path
+        self.model_id = reference.model_id
+        self.dim = reference.dim
+        self.max_seq_length = reference.max_seq_length
+        tokenizer = Tokenizer.from_str(reference.model.tokenizer.backend_tokenizer.to_str())
+        tokenizer.enable_truncation(max_length=self.max_seq_length)
+        pad_token = reference.model.tokenizer.pad_token or "[PAD]"
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad_token) or 0, pad_token=pad_token)
+        self._tokenizer = tokenizer
+        self._count = reference.count_tokens
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        (vectors,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return self._count(text)
+
+
+def load_onnx_encoder(
+    reference: SentenceTransformerEmbedder, cache_dir: Path, threads: int = 1
+) -> OnnxSentenceEncoder:
+    """The ONNX twin of `reference`, exported into `cache_dir` on first use and verified against it.
+
+    Raises OnnxExportError when the model is not a plain transformer + mean pooling model, when the
+    export fails, or when its vectors differ from the torch model's."""
+    transformer = _check_supported(reference)
+    path = Path(cache_dir) / f"{_safe(reference.model_id)}-{_weights_key(transformer)}.onnx"
+    if not path.exists():
+        _export(transformer, path)
+    try:
+        encoder = OnnxSentenceEncoder(path, reference, threads)
+    except Exception as exc:  # a truncated or foreign file: export again once
+        log.warning("cached ONNX export %s failed to load (%s); exporting again", path, exc)
+        _export(transformer, path)
+        encoder = OnnxSentenceEncoder(path, reference, threads)
+    diff = float(np.abs(encoder.embed(_PROBES) - reference.embed(_PROBES)).max())
+    if diff > MAX_ABS_DIFF:
+        raise OnnxExportError(
+            f"ONNX export {path} disagrees with the torch model (max difference {diff:.2e})"
+        )
+    return encoder
+
+
+def _check_supported(reference: SentenceTransformerEmbedder) -> Any:
+    """The model's transformer module, when the model is transformer + mean pooling (+ normalize)."""
+    modules: list[Any] = list(reference.model)
+    names = [type(m).__name__ for m in modules]
+    if len(modules) < 2 or names[0] != "Transformer" or names[1] != "Pooling":
+        raise OnnxExportError(f"only transformer + pooling models export to ONNX, not {names}")
+    if any(name not in ("Normalize",) for name in names[2:]):
+        raise OnnxExportError(f"unsupported modules after pooling for ONNX: {names[2:]}")
+    pooling = modules[1].get_config_dict()
+    # sentence-transformers >= 5 says pooling_mode="mean"; older versions set one flag per mode.
+    flags = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+    mean = pooling.get("pooling_mode") == "mean" or flags == ["pooling_mode_mean_tokens"]
+    if not mean:
+        raise OnnxExportError(f"only mean pooling exports to ONNX, not {pooling}")
+    return modules[0]
+
+
+def _weights_key(transformer: Any) -> str:
+    digest = hashlib.sha256(f"v{EXPORT_VERSION}".encode())
+    for name, tensor in sorted(transformer.auto_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _safe(model_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+
+
+def _export(transformer: Any, path: Path) -> None:
+    """Export transformer + mean pooling + normalisation to `path` (atomically: a crash or a
+    concurrent exporter never leaves a partial file under the final name)."""
+    import torch
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A batch of two of different lengths, so neither dimension is specialised to its example size.
+    example = transformer.tokenizer(
+        ["an example query", "a longer example passage for the export"], padding=True, return_tensors="pt"
+    )
+    module = MeanPooled(transformer.auto_model).eval()
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    log.info("exporting %s to ONNX (once; cached at %s)", type(transformer.auto_model).__name__, path)
+    # The exporter's passes log every rewrite at INFO and warn about its own internals.
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example["input_ids"], example["attention_mask"]),
+                tmp,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["sentence_embedding"],
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except Exception as exc:
+        raise OnnxExportError(f"exporting the embedding model to ONNX failed: {exc}") from exc
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
