@@ -56,7 +56,10 @@ class Container:
         from ingest.embedder import build_query_embedder
 
         s = self.settings
-        return build_query_embedder(s.embedding, self.embedder, s.models_dir, s.retrieval.query_threads)
+        threads = s.retrieval.query_threads
+        return build_query_embedder(
+            s.embedding, self.embedder, s.models_dir, threads=2 if threads is None else threads
+        )
 
     @cached_property
     def chunker(self) -> Chunker:

@@ -299,5 +299,6 @@ def build_retriever(
         bm25=bm25,
         fusion=FusionConfig.from_settings(settings),
         reranker=reranker,
-        query_threads=settings.query_threads,
+        # torch's own threads on the query thread (an ONNX encoder has its own pool; see settings).
+        query_threads=1 if settings.query_threads is None else settings.query_threads,
     )
