@@ -43,7 +43,8 @@ lint: install
 
 bench: install
 	$(BIN)/ragserver bench ingest --corpus ../shared/data/scifact/corpus.jsonl
-	$(BIN)/ragserver bench serve --concurrency 1 --requests 200
+	$(BIN)/ragserver bench queries --queries ../shared/data/scifact/queries.jsonl
+	$(BIN)/ragserver bench serve --concurrency 1 --requests 300
 	$(BIN)/ragserver bench serve --concurrency 64 --requests 2000
 
 eval: install

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli.bench_ingest import bench_ingest
+from app.cli.bench_queries import bench_queries
 from app.cli.bench_serve import bench_serve
 from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
 from app.cli.eval_rag import compare as eval_compare
@@ -27,6 +28,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
+bench_app.command("queries")(bench_queries)
 eval_app.command("retrieval")(retrieval)
 eval_app.command("rag")(eval_rag)
 eval_app.command("compare")(eval_compare)

@@ -84,3 +84,17 @@ def test_cli_errors(run, tmp_path: Path) -> None:
     assert bad_filter.exit_code == 2 and "error:" in bad_filter.stderr
     bad_json = run("ingest", str(tmp_path), "--metadata", "{oops")
     assert bad_json.exit_code == 2 and "not valid JSON" in bad_json.stderr
+
+
+def test_bench_queries_compares_torch_and_onnx(run, tmp_path: Path) -> None:
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(json.dumps({"_id": str(i), "text": f"question {i} about cells"}) + "\n" for i in range(4))
+    )
+    result = run("bench", "queries", "--queries", str(queries), "--threads", "1")
+    assert result.exit_code == 0, result.output
+    figures = last_json(result.stdout)
+    assert figures["queries"] == 4
+    assert figures["torch_p50_ms_1t"] > 0 and figures["onnx_p50_ms_1t"] > 0
+    assert figures["max_abs_diff"] < 1e-4
+    assert run("bench", "queries", "--queries", str(queries), "--threads", "two").exit_code == 2
