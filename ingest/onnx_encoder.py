@@ -148,14 +148,17 @@ def _export(transformer: Any, path: Path) -> None:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A batch of two of different lengths, so neither dimension is specialised to its example size.
     example = transformer.tokenizer(
         ["an example query", "a longer example passage for the export"], padding=True, return_tensors="pt"
     )
     module = MeanPooled(transformer.auto_model).eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    except OSError as exc:  # e.g. a read-only data dir: serve queries with torch instead
+        raise OnnxExportError(f"cannot write the ONNX export to {path.parent}: {exc}") from exc
     os.close(fd)
     log.info("exporting %s to ONNX (once; cached at %s)", type(transformer.auto_model).__name__, path)
     # The exporter's passes log every rewrite at INFO and warn about its own internals.

@@ -132,3 +132,11 @@ def test_remote_embedders_keep_their_own_queries(embedder, tmp_path: Path) -> No
     assert build_query_embedder(remote, embedder, tmp_path) is embedder
     with pytest.raises(ValueError, match="local embedding provider"):
         build_query_embedder(remote.model_copy(update={"query_backend": "onnx"}), embedder, tmp_path)
+
+
+def test_an_unwritable_cache_dir_falls_back_to_torch(embedder, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache directory should be")
+    with pytest.raises(OnnxExportError, match="cannot write the ONNX export"):
+        load_onnx_encoder(embedder, blocked / "models")
+    assert build_query_embedder(EmbeddingSettings(), embedder, blocked / "models") is embedder
