@@ -101,7 +101,7 @@ class RetrievalSettings(BaseModel):
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)
     bm25_title_weight: int = Field(2, ge=0, le=5)
     # Intra-op threads for embedding queries, on a thread of their own (0: the library default, all
-    # cores). None picks per backend: 2 for ONNX Runtime (its idle threads sleep: 4 against 6.5 ms a
+    # cores). None picks per backend: 2 for ONNX Runtime (its idle threads sleep: 5.1 against 6.9 ms a
     # query, and no loss at 64 concurrent requests), 1 for torch (whose spinning threads oversubscribe
     # a busy CPU: 100-350 ms a query with 2 on 2 busy cores).
     query_threads: int | None = Field(None, ge=0)
