@@ -9,6 +9,7 @@ Environment variables use the `RAGSERVER_` prefix; nested sections use `__` (e.g
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +121,10 @@ class ServerSettings(BaseModel):
     port: int = 8000
     max_upload_mb: float = Field(50.0, gt=0)
     default_collection: str = "default"
+    # Names this server among replicas sharing one job store (Redis): it resumes, after a restart,
+    # only the unfinished jobs it accepted (their uploads are under its data dir). None: host name +
+    # data dir, stable across restarts on the same machine.
+    instance_id: str | None = None
 
 
 class Settings(BaseSettings):
@@ -186,6 +191,10 @@ class Settings(BaseSettings):
     @property
     def bm25_dir(self) -> Path:
         return self.data_dir / "bm25"
+
+    @property
+    def instance_id(self) -> str:
+        return self.server.instance_id or f"{socket.gethostname()}:{self.data_dir.resolve()}"
 
     @property
     def models_dir(self) -> Path:

@@ -62,6 +62,15 @@ class SQLiteConnection:
         with self._lock:
             self._conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
 
+    def add_column_if_missing(self, table: str, column: str, declaration: str) -> None:
+        """Add `column` to a table made by an older schema (start-up, synchronous; names are ours)."""
+
+        def _add(conn: sqlite3.Connection) -> None:
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+        self._transaction_sync(_add)
+
     async def ping(self) -> bool:
         """True when the file answers a trivial query."""
         try:

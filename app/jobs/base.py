@@ -75,6 +75,9 @@ class Job:
     metadata: dict[str, Any]
     created_at: float
     updated_at: float
+    # The server instance that accepted the job and holds its uploads: after a restart it resumes the
+    # job; other instances sharing the job store (Redis) leave it alone ("" = any instance).
+    owner: str = ""
 
     def __post_init__(self) -> None:
         check_job_status(self.status)
@@ -110,6 +113,7 @@ class Job:
             "metadata": self.metadata,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "owner": self.owner,
             "progress": self.progress,
         }
 
@@ -124,6 +128,7 @@ class Job:
             metadata=data.get("metadata") or {},
             created_at=float(data["created_at"]),
             updated_at=float(data["updated_at"]),
+            owner=str(data.get("owner") or ""),
         )
 
 

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS ingest_jobs (
     status TEXT NOT NULL,
     metadata_json TEXT NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS ingest_jobs_by_status ON ingest_jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS ingest_job_files (
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS ingest_job_files (
 );
 """
 
-_JOB_COLUMNS = "job_id, collection, status, metadata_json, created_at, updated_at"
+_JOB_COLUMNS = "job_id, collection, status, metadata_json, created_at, updated_at, owner"
 _FILE_COLUMNS = "document_id, filename, stored_path, status, error, chunks"
 _UNFINISHED = tuple(sorted(UNFINISHED_JOB_STATUSES))
 
@@ -50,6 +51,8 @@ class SQLiteJobStore:
         self._db = SQLiteConnection(path, synchronous="FULL")
         # Synchronous on purpose: built once at start-up, before the server takes requests.
         self._db.create_schema(_SCHEMA)
+        # Databases made before jobs had an owner gain the column (their jobs belong to any instance).
+        self._db.add_column_if_missing("ingest_jobs", "owner", "TEXT NOT NULL DEFAULT ''")
 
     @property
     def path(self) -> Path:
@@ -64,6 +67,7 @@ class SQLiteJobStore:
             json.dumps(job.metadata, ensure_ascii=False),
             job.created_at,
             job.updated_at,
+            job.owner,
         )
         file_rows = [
             (job.job_id, f.document_id, i, f.filename, f.stored_path, f.status, f.error, f.chunks)
@@ -72,7 +76,9 @@ class SQLiteJobStore:
 
         def _create(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute(f"INSERT INTO ingest_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", job_row)
+                conn.execute(
+                    f"INSERT INTO ingest_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", job_row
+                )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job {job.job_id} already exists") from exc
             conn.executemany(

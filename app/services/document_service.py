@@ -85,7 +85,12 @@ class DocumentService:
     async def start(self) -> None:
         """Start the job worker and re-queue jobs a previous process left unfinished."""
         self._worker = asyncio.create_task(self._work(), name="ingest-worker")
+        me = self.settings.instance_id
         for job in await self.jobs.list_unfinished():
+            if job.owner and job.owner != me:
+                # Another replica accepted it and holds its uploads; it resumes the job itself.
+                log.info("leaving unfinished job %s to its owner %s", job.job_id, job.owner)
+                continue
             log.info("resuming ingestion job %s", job.job_id)
             await self._queue.put(job.job_id)
 
@@ -143,6 +148,7 @@ class DocumentService:
             metadata=metadata,
             created_at=now,
             updated_at=now,
+            owner=self.settings.instance_id,
         )
         await self.jobs.create(job)
         await self._queue.put(job_id)

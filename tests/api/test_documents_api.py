@@ -21,6 +21,10 @@ def test_upload_runs_a_job_and_documents_are_listed(client) -> None:
     assert job["status"] == "succeeded"
     assert job["progress"] == {"done": 2, "total": 2}
     assert all(f["status"] == "succeeded" and f["chunks"] >= 1 for f in job["files"])
+    # The job record names the instance that holds its uploads (it resumes the job after a restart).
+    state = client.app.state.ragserver
+    stored = client.portal.call(state.documents.jobs.get, body["job_id"])
+    assert stored.owner == state.container.settings.instance_id and ":" in stored.owner
 
     listing = client.get("/v1/collections/kb/documents", params={"limit": 1}).json()
     assert listing["total"] == 2 and len(listing["documents"]) == 1
@@ -102,7 +106,10 @@ def test_unfinished_jobs_resume_at_startup(make_container, llm_server) -> None:
         store = build_job_store(settings)
         now = _time.time()
         files = [JobFile(document_id="etna-doc", filename="etna.txt", stored_path=str(stored))]
-        await store.create(Job("job1", "kb", "running", files, {}, now, now))
+        await store.create(Job("job1", "kb", "running", files, {}, now, now, owner=settings.instance_id))
+        # Accepted by another replica sharing the job store: its uploads are on that replica's disk.
+        theirs = [JobFile(document_id="far-doc", filename="far.txt", stored_path="/elsewhere/far.txt")]
+        await store.create(Job("job2", "kb", "queued", theirs, {}, now, now, owner="replica-b:/data"))
         await store.aclose()
 
     asyncio.run(record())
@@ -110,3 +117,9 @@ def test_unfinished_jobs_resume_at_startup(make_container, llm_server) -> None:
         job = wait_for_job(client, "job1")
         assert job["status"] == "succeeded"
         assert client.get("/v1/collections/kb/documents/etna-doc").status_code == 200
+        # The other replica's job is left for it to resume, not failed for want of its files.
+        state = client.app.state.ragserver  # type: ignore[attr-defined]
+        client.portal.call(state.documents.wait_idle)
+        other = client.get("/v1/jobs/job2").json()
+        assert other["status"] == "queued" and other["files"][0]["status"] == "queued"
+        assert "owner" not in other

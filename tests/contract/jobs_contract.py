@@ -28,6 +28,7 @@ def make_job(n_files: int = 3, status: str = "queued", created_at: float | None 
         metadata={"uploader": "Zoë", "tags": ["a", "ß"], "nested": {"k": [1, 2.5, None]}},
         created_at=now,
         updated_at=now,
+        owner="replica-a:/srv/ragserver/data",
     )
 
 
@@ -48,6 +49,7 @@ class JobStoreContract:
         stored = await store.get(job.job_id)
         assert stored == job
         assert stored is not None and stored.to_dict() == job.to_dict()
+        assert stored.owner == "replica-a:/srv/ragserver/data"
         assert stored.progress == {"done": 0, "total": 3}
 
     async def test_unknown_job_is_none(self, store: JobStore) -> None:

@@ -49,6 +49,27 @@ class TestSQLiteJobs(JobStoreContract):
             ).fetchone()
         assert count == 3
 
+    async def test_a_database_from_before_job_owners_is_upgraded(self, db_path: Path) -> None:
+        # The schema as it was before jobs had an owner, with one job still queued.
+        db_path.parent.mkdir(parents=True)
+        with closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.executescript(
+                "CREATE TABLE ingest_jobs (job_id TEXT PRIMARY KEY, collection TEXT NOT NULL,"
+                " status TEXT NOT NULL, metadata_json TEXT NOT NULL, created_at REAL NOT NULL,"
+                " updated_at REAL NOT NULL);"
+                "INSERT INTO ingest_jobs VALUES ('old', 'kb', 'queued', '{}', 1.0, 1.0);"
+            )
+        store = SQLiteJobStore(db_path)
+        try:
+            [old] = await store.list_unfinished()
+            assert (old.job_id, old.owner) == ("old", "")
+            job = make_job()
+            await store.create(job)
+            assert await store.get(job.job_id) == job
+        finally:
+            await store.aclose()
+        SQLiteJobStore(db_path)  # opening an upgraded file again is a no-op
+
     async def test_shares_the_file_with_history(self, db_path: Path) -> None:
         from app.history.base import Turn
         from app.history.sqlite_history import SQLiteHistoryStore
