@@ -95,7 +95,10 @@ def load_onnx_encoder(
     except Exception as exc:  # a truncated or foreign file: export again once
         log.warning("cached ONNX export %s failed to load (%s); exporting again", path, exc)
         _export(transformer, path)
-        encoder = OnnxSentenceEncoder(path, reference, threads)
+        try:
+            encoder = OnnxSentenceEncoder(path, reference, threads)
+        except Exception as again:
+            raise OnnxExportError(f"ONNX Runtime cannot load the export {path}: {again}") from again
     diff = float(np.abs(encoder.embed(_PROBES) - reference.embed(_PROBES)).max())
     if diff > MAX_ABS_DIFF:
         raise OnnxExportError(
