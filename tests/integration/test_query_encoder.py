@@ -140,3 +140,16 @@ def test_an_unwritable_cache_dir_falls_back_to_torch(embedder, tmp_path: Path) -
     with pytest.raises(OnnxExportError, match="cannot write the ONNX export"):
         load_onnx_encoder(embedder, blocked / "models")
     assert build_query_embedder(EmbeddingSettings(), embedder, blocked / "models") is embedder
+
+
+def test_an_export_onnx_runtime_cannot_load_falls_back_to_torch(
+    embedder, onnx_cache_dir: Path, monkeypatch
+) -> None:
+    def unloadable(*_: object) -> None:
+        raise RuntimeError("unsupported opset")
+
+    monkeypatch.setattr(onnx_encoder, "_export", lambda *_: None)  # keep the cached file
+    monkeypatch.setattr(onnx_encoder.OnnxSentenceEncoder, "__init__", unloadable)
+    with pytest.raises(OnnxExportError, match="cannot load the export"):
+        load_onnx_encoder(embedder, onnx_cache_dir)
+    assert build_query_embedder(EmbeddingSettings(), embedder, onnx_cache_dir) is embedder
