@@ -14,17 +14,6 @@ import typer
 from app.cli.common import fail
 
 
-def _questions(path: Path, limit: int) -> list[str]:
-    questions: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                questions.append(str(json.loads(line)["text"]))
-            if len(questions) == limit:
-                break
-    return questions
-
-
 def _p50_ms(embed, texts: list[str]) -> float:  # type: ignore[no-untyped-def]
     for text in texts[:20]:  # warm-up
         embed([text])
@@ -50,6 +39,7 @@ def bench_queries(
 
     from app.container import Container
     from app.settings import Settings
+    from evals.retrieval_eval import load_queries
     from ingest.embedder import SentenceTransformerEmbedder
     from ingest.onnx_encoder import load_onnx_encoder
 
@@ -57,7 +47,10 @@ def bench_queries(
         counts = [int(t) for t in threads.split(",")]
     except ValueError:
         fail(f"--threads must be comma-separated integers, not {threads!r}")
-    texts = _questions(queries, limit)
+    try:
+        texts = list(load_queries(queries).values())[:limit]
+    except ValueError as exc:  # a row without _id/text, or not JSON
+        fail(str(exc))
     if not texts:
         fail(f"{queries} holds no queries")
     container = Container(Settings())
