@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test lint bench eval redis clean
+.PHONY: install serve test lint bench eval redis postgres clean
 
 install: $(STAMP)
 
@@ -33,7 +33,32 @@ redis:
 		echo "redis: not installed; Redis tests will skip (they fail under CI=true)"; \
 	fi
 
-test: install redis
+# PostgreSQL backs the SQL job-store contract tests: when nothing answers on PG_PORT and the server binaries
+# are installed, start a throwaway one on loopback (trust auth, superuser postgres) in PG_DATA. initdb and
+# postgres refuse to run as root, so as root they run as the postgres user.
+PG_PORT ?= 5432
+PG_DATA ?= /tmp/ragserver-pg
+postgres:
+	@pg_ctl=$$(command -v pg_ctl || ls /usr/local/bin/pg_ctl 2>/dev/null \
+		|| ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | sort -V | tail -n 1); \
+	bin=$${pg_ctl:+$$(dirname "$$(readlink -f "$$pg_ctl")")}; \
+	isready=$$(command -v pg_isready || echo "$$bin/pg_isready"); \
+	if "$$isready" -q -h 127.0.0.1 -p $(PG_PORT) 2>/dev/null; then \
+		echo "postgres: running"; \
+	elif [ -n "$$bin" ]; then \
+		as=""; \
+		if [ "$$(id -u)" = 0 ]; then as="runuser -u postgres --"; mkdir -p $(PG_DATA) && chown postgres $(PG_DATA); fi; \
+		{ [ -f $(PG_DATA)/PG_VERSION ] || $$as "$$bin/initdb" -D $(PG_DATA) -A trust -U postgres >/dev/null; } \
+		&& $$as "$$bin/pg_ctl" -D $(PG_DATA) -l $(PG_DATA)/server.log -w -t 60 \
+			-o "-h 127.0.0.1 -p $(PG_PORT) -k $(PG_DATA)" start >/dev/null \
+		&& "$$isready" -q -h 127.0.0.1 -p $(PG_PORT) -t 30 \
+		&& echo "postgres: started on 127.0.0.1:$(PG_PORT) (data in $(PG_DATA))" \
+		|| { echo "postgres: failed to start; see $(PG_DATA)/server.log"; exit 1; }; \
+	else \
+		echo "postgres: not installed; PostgreSQL tests will skip (they fail under CI=true)"; \
+	fi
+
+test: install redis postgres
 	$(BIN)/python -m pytest
 
 lint: install

@@ -1,31 +1,65 @@
-"""The object graph shared by the CLI, the HTTP server and the eval harness.
+"""The composition root: the one place that builds every backend and service.
 
-Everything heavy (models, stores) is built on first use and then reused, so a CLI command that only
-lists documents never loads a model, and the server builds each piece once at start-up.
+`open_container()` is the one async context manager that opens a `Container` and closes what it
+built; the server lifespan, every CLI command (through `open_container_sync`), the eval harness and
+the worker all go through it, so they run the same object graph. Each backend sits behind a Protocol
+(`VectorIndex`, `Embedder`, `LLM`, `HistoryStore`, `JobStore`) and is chosen here from the settings.
+
+Everything is built on first use and then kept, so a CLI command that lists documents never loads a
+model; `warm()` builds the heavy parts up front (the server calls it before taking requests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.history.base import HistoryStore
+    from app.jobs.base import JobStore
+    from app.llm.base import LLM
+    from app.prompting import PromptRegistry
+    from app.retrieval.bm25_index import BM25Index
     from app.retrieval.retriever import Retriever
+    from app.services.chat_service import ChatService
+    from app.services.document_service import DocumentService
+    from app.services.metrics import Metrics
+    from app.services.retrieval_service import RetrievalService
     from ingest.chunking import Chunker
     from ingest.embedder import Embedder
     from ingest.pipeline import IngestPipeline
-    from ingest.vector_store import ChromaIndex
+    from ingest.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
 
 
 class Container:
-    """Lazily built backends for one Settings."""
+    """Lazily built backends and services for one Settings.
 
-    def __init__(self, settings: Settings | None = None):
+    Tests may hand in already loaded models (`embedder`, `query_embedder`) or an LLM to share them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        llm: LLM | None = None,
+        embedder: Embedder | None = None,
+        query_embedder: Embedder | None = None,
+    ):
         self.settings = settings or Settings()
+        # cached_property reads the instance dict first: injected parts are used as built.
+        for name, given in (("llm", llm), ("embedder", embedder), ("query_embedder", query_embedder)):
+            if given is not None:
+                self.__dict__[name] = given
+        self._injected = {name for name in ("llm", "embedder", "query_embedder") if name in self.__dict__}
         # Nothing may reach a model hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,9 +69,11 @@ class Container:
         # pypdf logs every recoverable oddity of a PDF; ragserver reports what it could not read.
         logging.getLogger("pypdf").setLevel(logging.ERROR)
 
+    # -- backends ------------------------------------------------------------------------------
+
     @cached_property
-    def store(self) -> ChromaIndex:
-        from ingest.vector_store import ChromaIndex
+    def store(self) -> VectorIndex:
+        from ingest.chroma_index import ChromaIndex
 
         s = self.settings
         if not s.chroma.url:
@@ -53,7 +89,7 @@ class Container:
     @cached_property
     def query_embedder(self) -> Embedder:
         """What embeds queries: the ONNX twin of the local model by default (see settings)."""
-        from ingest.embedder import build_query_embedder
+        from ingest.onnx_encoder import build_query_embedder
 
         s = self.settings
         threads = s.retrieval.query_threads
@@ -69,22 +105,131 @@ class Container:
         return Chunker(c.chunk_size, c.chunk_overlap, self.embedder.count_tokens)
 
     @cached_property
+    def bm25(self) -> BM25Index:
+        """BM25, derived from the vector index and kept in step by the pipeline."""
+        from app.retrieval.bm25_index import build_bm25_index
+
+        return build_bm25_index(self.settings, self.store)
+
+    @cached_property
     def pipeline(self) -> IngestPipeline:
         from ingest.pipeline import IngestPipeline
 
-        return IngestPipeline(self.store, self.embedder, self.chunker, listeners=self.index_listeners)
-
-    @cached_property
-    def index_listeners(self) -> list:
-        # One BM25 index per Container, kept in step with Chroma by the pipeline and read by the retriever.
-        from app.retrieval.bm25_index import build_bm25_index
-
-        return [build_bm25_index(self.settings, self.store)]
+        return IngestPipeline(self.store, self.embedder, self.chunker, listeners=[self.bm25])
 
     @cached_property
     def retriever(self) -> Retriever:
-        from app.retrieval.bm25_index import BM25Index
         from app.retrieval.retriever import build_retriever
 
-        bm25 = next((x for x in self.index_listeners if isinstance(x, BM25Index)), None)
-        return build_retriever(self.settings.retrieval, self.store, self.query_embedder, bm25)
+        return build_retriever(self.settings.retrieval, self.store, self.query_embedder, self.bm25)
+
+    @cached_property
+    def llm(self) -> LLM:
+        from app.llm.factory import build_llm
+
+        return build_llm(self.settings.llm)
+
+    @cached_property
+    def prompts(self) -> PromptRegistry:
+        from app.prompting import PromptRegistry
+
+        prompts = PromptRegistry(self.settings.prompts_dir)
+        # Fail at start-up, not on the first request, when the default prompts are wrong.
+        prompts.get(self.settings.prompts.answer)
+        prompts.get(self.settings.prompts.condense)
+        return prompts
+
+    @cached_property
+    def history(self) -> HistoryStore:
+        from app.history.factory import build_history_store
+
+        return build_history_store(self.settings)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        from app.jobs.factory import build_job_store
+
+        return build_job_store(self.settings)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        from app.services.metrics import Metrics
+
+        return Metrics()
+
+    # -- services ------------------------------------------------------------------------------
+
+    @cached_property
+    def retrieval(self) -> RetrievalService:
+        from app.services.retrieval_service import RetrievalService
+
+        return RetrievalService(self.settings, self.store, self.retriever, self.metrics)
+
+    @cached_property
+    def documents(self) -> DocumentService:
+        from app.services.document_service import DocumentService
+
+        return DocumentService(self.settings, self.store, self.pipeline, self.jobs, self.metrics)
+
+    @cached_property
+    def chat(self) -> ChatService:
+        from app.services.chat_service import ChatService
+
+        return ChatService(self.settings, self.llm, self.prompts, self.history, self.retrieval, self.metrics)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def built(self, name: str) -> bool:
+        """Whether a part has been built (or handed in)."""
+        return name in self.__dict__
+
+    async def warm(self) -> None:
+        """Build everything a server needs now, so the first request pays for no model load."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        load = getattr(self.llm, "load", None)
+        if load is not None:
+            await asyncio.to_thread(load)
+        await asyncio.to_thread(lambda: (self.prompts, self.store, self.embedder, self.retriever))
+        await asyncio.to_thread(lambda: (self.history, self.jobs))
+        self.chat, self.documents  # noqa: B018 - built now, not on the first request
+
+    async def aclose(self) -> None:
+        """Close what this container built (parts handed in belong to the caller). Closed parts and
+        the services using them are forgotten, so opening the container again rebuilds them."""
+        if self.built("retrieval"):
+            self.retrieval.close()
+        for name in ("history", "jobs", "llm"):
+            if self.built(name) and name not in self._injected:
+                try:
+                    await getattr(self, name).aclose()
+                except Exception:  # one failing close must not keep the others open
+                    log.exception("closing %s failed", name)
+                del self.__dict__[name]
+        for name in ("retrieval", "documents", "chat"):
+            self.__dict__.pop(name, None)
+
+
+@asynccontextmanager
+async def open_container(
+    settings: Settings | Container | None = None, *, llm: LLM | None = None, warm: bool = False
+) -> AsyncIterator[Container]:
+    """Open the object graph for `settings` (or an already made Container) and close it on exit."""
+    container = settings if isinstance(settings, Container) else Container(settings, llm=llm)
+    try:
+        if warm:
+            await container.warm()
+        yield container
+    finally:
+        await container.aclose()
+
+
+@contextmanager
+def open_container_sync(settings: Settings | Container | None = None) -> Iterator[Container]:
+    """`open_container` for synchronous callers (the CLI): its own event loop opens and closes it."""
+    with asyncio.Runner() as runner:
+        manager = open_container(settings)
+        container = runner.run(manager.__aenter__())
+        try:
+            yield container
+        finally:
+            runner.run(manager.__aexit__(None, None, None))

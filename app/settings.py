@@ -121,10 +121,16 @@ class ServerSettings(BaseModel):
     port: int = 8000
     max_upload_mb: float = Field(50.0, gt=0)
     default_collection: str = "default"
-    # Names this server among replicas sharing one job store (Redis): it resumes, after a restart,
+    # Names this server among replicas sharing one job database: it resumes, after a restart,
     # only the unfinished jobs it accepted (their uploads are under its data dir). None: host name +
     # data dir, stable across restarts on the same machine.
     instance_id: str | None = None
+
+
+class DatabaseSettings(BaseModel):
+    # The relational system of record (job records, ...): a SQLAlchemy URL, e.g.
+    # postgresql://user:password@host/db (psycopg 3). None: SQLite, the file the history store uses.
+    url: str | None = None
 
 
 class Settings(BaseSettings):
@@ -144,6 +150,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     prompts: PromptSettings = PromptSettings()
     server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +167,7 @@ class Settings(BaseSettings):
             "RAGSERVER_LLM_MODEL": ("llm", "model"),
             "RAGSERVER_EMBEDDING_MODEL_PATH": ("embedding", "model_path"),
             "RAGSERVER_RETRIEVAL_MODE": ("retrieval", "mode"),
+            "RAGSERVER_DATABASE_URL": ("database", "url"),
         }
         for env, (section, field) in aliases.items():
             value = os.environ.get(env)
@@ -187,6 +195,11 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "ragserver.sqlite3"
+
+    @property
+    def database_url(self) -> str:
+        """`database.url`, or the SQLite file under the data dir (`sqlite_path`) when unset."""
+        return self.database.url or f"sqlite:///{self.sqlite_path}"
 
     @property
     def bm25_dir(self) -> Path:

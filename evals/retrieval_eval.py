@@ -20,8 +20,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from app.container import Container
-    from app.retrieval.filters import MetadataFilter
     from app.retrieval.retriever import Retriever, ScoredDocument
+    from ingest.filters import MetadataFilter
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DEFAULT_MODES = ("dense", "bm25", "hybrid")

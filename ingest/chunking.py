@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from ingest.types import Chunk, SourceDocument
+from ingest.types import Chunk, SourceDocument, make_chunk_id
 
 # Metadata keys ragserver owns; user metadata with the same names is dropped, not allowed to shadow them.
 RESERVED_KEYS = frozenset(
@@ -72,7 +72,7 @@ class Chunker:
                     meta["section"] = segment.section
                 chunks.append(
                     Chunk(
-                        chunk_id=f"{doc.doc_id}::{version}::{len(chunks)}",
+                        chunk_id=make_chunk_id(doc.doc_id, version, len(chunks)),
                         doc_id=doc.doc_id,
                         text=piece,
                         metadata=meta,

@@ -3,21 +3,18 @@ OpenAI-compatible /v1/embeddings server. Vectors are L2-normalised float32 in bo
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from app.settings import EmbeddingSettings
-
-log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -122,26 +119,6 @@ def build_embedder(settings: EmbeddingSettings) -> Embedder:
             settings.base_url, settings.api_key, settings.model, batch_size=settings.batch_size
         )
     return SentenceTransformerEmbedder(settings.model_path, settings.batch_size, settings.device)
-
-
-def build_query_embedder(
-    settings: EmbeddingSettings, embedder: Embedder, cache_dir: Path, threads: int = 1
-) -> Embedder:
-    """The embedder for queries: the ONNX Runtime twin of the local model when the settings allow it
-    and it exports and verifies (same vectors, about half the CPU time), else `embedder` itself."""
-    if settings.query_backend == "torch" or settings.provider != "local":
-        if settings.query_backend == "onnx":
-            raise ValueError("embedding.query_backend=onnx needs the local embedding provider")
-        return embedder
-    from ingest.onnx_encoder import OnnxExportError, load_onnx_encoder
-
-    try:
-        return load_onnx_encoder(cast(SentenceTransformerEmbedder, embedder), cache_dir, threads)
-    except (OnnxExportError, ImportError) as exc:
-        if settings.query_backend == "onnx":
-            raise
-        log.warning("query embeddings use torch: %s", exc)
-        return embedder
 
 
 class MicroBatchingEmbedder:

@@ -24,7 +24,7 @@ import numpy as np
 from ingest.chunking import Chunker, document_version, embedding_text
 from ingest.embedder import Embedder
 from ingest.types import Chunk, LoadFailure, SourceDocument
-from ingest.vector_store import ChromaIndex, DocumentRecord
+from ingest.vector_index import DocumentRecord, VectorIndex
 
 _DONE = object()
 
@@ -76,11 +76,11 @@ class _Work:
 
 
 class IngestPipeline:
-    """Indexes documents into a collection of a `ChromaIndex`."""
+    """Indexes documents into a collection of a `VectorIndex`."""
 
     def __init__(
         self,
-        store: ChromaIndex,
+        store: VectorIndex,
         embedder: Embedder,
         chunker: Chunker,
         *,

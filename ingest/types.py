@@ -58,6 +58,19 @@ class LoadFailure:
     error: str
 
 
+_CHUNK_ID_SEP = "::"
+
+
+def make_chunk_id(doc_id: str, version: str, position: int) -> str:
+    """A chunk's id names one version of one chunk: (document, version, position)."""
+    return f"{doc_id}{_CHUNK_ID_SEP}{version}{_CHUNK_ID_SEP}{position}"
+
+
+def doc_id_of(chunk_id: str) -> str:
+    """The document id inside a chunk id (document ids may themselves contain the separator)."""
+    return chunk_id.rsplit(_CHUNK_ID_SEP, 2)[0]
+
+
 @dataclass
 class Chunk:
     """A piece of a document as stored in the vector index (and the BM25 index)."""

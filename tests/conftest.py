@@ -19,7 +19,7 @@ from tests.conftest_services import require_service
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never read the developer's .env or environment overrides.
-for _key in [k for k in os.environ if k.startswith("RAGSERVER_") and k != "RAGSERVER_TEST_REDIS_URL"]:
+for _key in [k for k in os.environ if k.startswith("RAGSERVER_") and not k.startswith("RAGSERVER_TEST_")]:
     del os.environ[_key]
 
 
@@ -62,11 +62,9 @@ def make_container(tmp_path: Path, embedder, query_embedder) -> Callable[..., ob
 
     def build(**overrides: object) -> Container:
         overrides.setdefault("data_dir", tmp_path / "data")
-        container = Container(Settings(_env_file=None, **overrides))  # type: ignore[call-arg]
-        container.__dict__["embedder"] = embedder  # cached_property slots
-        if container.settings.embedding.query_backend != "torch":
-            container.__dict__["query_embedder"] = query_embedder
-        return container
+        settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+        onnx = settings.embedding.query_backend != "torch"
+        return Container(settings, embedder=embedder, query_embedder=query_embedder if onnx else None)
 
     return build
 

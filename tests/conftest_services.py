@@ -1,4 +1,4 @@
-"""Fixtures for tests that need a real service (Redis, ...), shared by every test package.
+"""Fixtures for tests that need a real service (Redis, PostgreSQL), shared by every test package.
 
 A missing service skips its tests loudly on a laptop, but fails them in CI (`CI=true`), where a skip
 would let a broken backend pass unnoticed. Import with `from tests.conftest_services import *`.
@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import uuid4
 
 import pytest
 import redis
+import sqlalchemy as sa
 
-__all__ = ["redis_url", "redis_key_prefix", "require_service"]
+from app.db import make_engine, masked
+
+__all__ = ["postgres_url", "redis_url", "redis_key_prefix", "require_service", "temporary_postgres_database"]
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Read at import: tests/conftest.py imports this module, then clears every RAGSERVER_ variable.
+TEST_POSTGRES_URL = os.environ.get("RAGSERVER_TEST_POSTGRES_URL", DEFAULT_TEST_POSTGRES_URL)
 
 
 def require_service(name: str, reachable: bool, detail: str = "") -> None:
@@ -59,3 +66,45 @@ def redis_key_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@contextmanager
+def temporary_postgres_database(server_url: str) -> Iterator[str]:
+    """Create an empty database `ragserver_test_<hex>` on the server of `server_url`, yield its URL, and
+    drop it afterwards (FORCE: connections a failed test left open do not keep it alive)."""
+    name = f"ragserver_test_{uuid4().hex}"
+    # CREATE/DROP DATABASE cannot run inside a transaction.
+    engine = make_engine(server_url)
+    admin = engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        engine.dispose()
+
+
+def _postgres_answers(url: str) -> tuple[bool, str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True, url
+    except sa.exc.SQLAlchemyError as exc:
+        return False, f"{masked(url)}: {exc.__cause__ or exc}"
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh database on the real PostgreSQL for tests, dropped at the end of the session
+    (server from `RAGSERVER_TEST_POSTGRES_URL`, default the local one with trust auth)."""
+    reachable, detail = _postgres_answers(TEST_POSTGRES_URL)
+    require_service("PostgreSQL", reachable, detail)
+    with temporary_postgres_database(TEST_POSTGRES_URL) as url:
+        yield url

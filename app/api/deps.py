@@ -6,29 +6,30 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.container import Container
 from app.services.chat_service import ChatService
 from app.services.document_service import DocumentService
 from app.services.retrieval_service import RetrievalService
-from app.services.state import AppState
 
 
-def get_state(request: Request) -> AppState:
-    return request.app.state.ragserver  # type: ignore[no-any-return]
+def get_container(request: Request) -> Container:
+    """The composition root the lifespan opened."""
+    return request.app.state.container  # type: ignore[no-any-return]
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
+ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_chat(state: StateDep) -> ChatService:
-    return state.chat
+def get_chat(container: ContainerDep) -> ChatService:
+    return container.chat
 
 
-def get_documents(state: StateDep) -> DocumentService:
-    return state.documents
+def get_documents(container: ContainerDep) -> DocumentService:
+    return container.documents
 
 
-def get_retrieval(state: StateDep) -> RetrievalService:
-    return state.retrieval
+def get_retrieval(container: ContainerDep) -> RetrievalService:
+    return container.retrieval
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat)]

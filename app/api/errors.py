@@ -12,11 +12,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.llm.base import LLMError
 from app.prompting import PromptError, UnknownPrompt
-from app.retrieval.filters import FilterError
 from app.retrieval.retriever import RetrievalError
 from app.services.chat_service import ConversationNotFound
 from app.services.document_service import DocumentNotFound, JobNotFound, UnsupportedUpload, UploadTooLarge
-from ingest.vector_store import CollectionNotFound, InvalidCollectionName
+from ingest.filters import FilterError
+from ingest.vector_index import CollectionNotFound, InvalidCollectionName
 
 log = logging.getLogger(__name__)
 

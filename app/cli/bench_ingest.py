@@ -6,8 +6,9 @@ import itertools
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,9 +26,8 @@ def bench_ingest(
 ) -> None:
     """Measure (a) raw encode throughput over the pipeline's chunk texts and (b) end-to-end ingest of the
     same input into a fresh store. The last line is a JSON object with both and their ratio."""
-    from app.container import Container
+    from app.container import open_container_sync
     from app.settings import Settings
-    from ingest.chunking import document_version, embedding_text
     from ingest.loaders import iter_jsonl_corpus
 
     def documents():  # type: ignore[no-untyped-def]
@@ -38,43 +38,51 @@ def bench_ingest(
         settings = base.model_copy(
             update={"data_dir": Path(tmp), "chroma": base.chroma.model_copy(update={"url": None})}
         )
-        container = Container(settings)
-        embedder = container.embedder
-        chunker = container.chunker
-        pipeline = container.pipeline
+        with open_container_sync(settings) as container:
+            result = _measure(container, documents)
+    typer.echo(f"raw {result.pop('raw_s'):.1f}s, ingest {result.pop('ingest_s'):.1f}s")
+    typer.echo(json.dumps(result))
 
-        # The exact texts the pipeline embeds.
-        texts = [
-            embedding_text(chunk)
-            for doc in documents()
-            for chunk in chunker.chunk(
-                doc, version=document_version(doc.content_hash, pipeline.signature), ingested_at=0
-            )
-        ]
-        docs = sum(1 for _ in documents())
-        model = embedder.model  # type: ignore[attr-defined]
-        model.encode(texts[:64])  # warm-up, same for both measurements
-        typer.echo(f"raw encode of {len(texts)} chunks ...", err=True)
-        started = time.perf_counter()
-        model.encode(texts)  # fp32, default settings
-        raw_s = time.perf_counter() - started
 
-        pipeline.embedder.embed(texts[:64])
-        typer.echo(f"ingest of {docs} documents ...", err=True)
-        report = pipeline.ingest(documents(), "bench")
-        ingest_s = report.seconds
-        if report.chunks_written != len(texts):
-            raise RuntimeError(f"pipeline wrote {report.chunks_written} chunks, expected {len(texts)}")
+def _measure(container: Any, documents: Callable[[], Iterator[Any]]) -> dict[str, Any]:
+    from ingest.chunking import document_version, embedding_text
+
+    embedder = container.embedder
+    chunker = container.chunker
+    pipeline = container.pipeline
+
+    # The exact texts the pipeline embeds.
+    texts = [
+        embedding_text(chunk)
+        for doc in documents()
+        for chunk in chunker.chunk(
+            doc, version=document_version(doc.content_hash, pipeline.signature), ingested_at=0
+        )
+    ]
+    docs = sum(1 for _ in documents())
+    model = embedder.model  # type: ignore[attr-defined]
+    model.encode(texts[:64])  # warm-up, same for both measurements
+    typer.echo(f"raw encode of {len(texts)} chunks ...", err=True)
+    started = time.perf_counter()
+    model.encode(texts)  # fp32, default settings
+    raw_s = time.perf_counter() - started
+
+    pipeline.embedder.embed(texts[:64])
+    typer.echo(f"ingest of {docs} documents ...", err=True)
+    report = pipeline.ingest(documents(), "bench")
+    ingest_s = report.seconds
+    if report.chunks_written != len(texts):
+        raise RuntimeError(f"pipeline wrote {report.chunks_written} chunks, expected {len(texts)}")
 
     raw = len(texts) / raw_s
     ingest_rate = len(texts) / ingest_s
-    result = {
+    return {
         "docs": docs,
         "chunks": len(texts),
         "raw_chunks_per_s": round(raw, 2),
         "ingest_chunks_per_s": round(ingest_rate, 2),
         "efficiency": round(ingest_rate / raw, 4),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "raw_s": raw_s,
+        "ingest_s": ingest_s,
     }
-    typer.echo(f"raw {raw_s:.1f}s, ingest {ingest_s:.1f}s")
-    typer.echo(json.dumps(result))

@@ -37,7 +37,7 @@ def bench_queries(
     is a JSON object."""
     import torch
 
-    from app.container import Container
+    from app.container import open_container_sync
     from app.settings import Settings
     from evals.retrieval_eval import load_queries
     from ingest.embedder import SentenceTransformerEmbedder
@@ -53,16 +53,16 @@ def bench_queries(
         fail(str(exc))
     if not texts:
         fail(f"{queries} holds no queries")
-    container = Container(Settings())
-    if container.settings.embedding.provider != "local":
-        fail("bench queries needs the local embedding provider")
-    embedder = cast(SentenceTransformerEmbedder, container.embedder)
-    result: dict[str, object] = {"queries": len(texts)}
-    for count in counts:
-        torch.set_num_threads(max(count, 1))
-        result[f"torch_p50_ms_{count}t"] = _p50_ms(embedder.embed, texts)
-        onnx = load_onnx_encoder(embedder, container.settings.models_dir, threads=count)
-        result[f"onnx_p50_ms_{count}t"] = _p50_ms(onnx.embed, texts)
-    diff = np.abs(onnx.embed(texts) - embedder.embed(texts))
-    result["max_abs_diff"] = float(f"{diff.max():.3g}")
+    with open_container_sync(Settings()) as container:
+        if container.settings.embedding.provider != "local":
+            fail("bench queries needs the local embedding provider")
+        embedder = cast(SentenceTransformerEmbedder, container.embedder)
+        result: dict[str, object] = {"queries": len(texts)}
+        for count in counts:
+            torch.set_num_threads(max(count, 1))
+            result[f"torch_p50_ms_{count}t"] = _p50_ms(embedder.embed, texts)
+            onnx = load_onnx_encoder(embedder, container.settings.models_dir, threads=count)
+            result[f"onnx_p50_ms_{count}t"] = _p50_ms(onnx.embed, texts)
+        diff = np.abs(onnx.embed(texts) - embedder.embed(texts))
+        result["max_abs_diff"] = float(f"{diff.max():.3g}")
     typer.echo(json.dumps(result))

@@ -171,7 +171,16 @@ def bench_serve(
             log = open(Path(tmp) / "llm.log", "wb")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(llm_port), "--instant"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.cli.main",
+                        "dev",
+                        "scripted-llm",
+                        "--port",
+                        str(llm_port),
+                        "--instant",
+                    ],
                     cwd=REPO,
                     stdout=log,
                     stderr=subprocess.STDOUT,

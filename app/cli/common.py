@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from app.container import Container
+from app.container import Container, open_container_sync
 from app.settings import Settings
 
 CollectionOpt = Annotated[
@@ -34,9 +36,10 @@ def parse_json_option(value: str | None, flag: str) -> dict[str, Any] | None:
     return parsed
 
 
-def container_for(collection: str | None, *, must_exist: bool = False) -> tuple[Container, str]:
-    """A Container on the environment's settings and the validated collection name."""
-    from ingest.vector_store import InvalidCollectionName, validate_collection_name
+@contextmanager
+def container_for(collection: str | None, *, must_exist: bool = False) -> Iterator[tuple[Container, str]]:
+    """The composition root on the environment's settings, and the validated collection name."""
+    from ingest.vector_index import InvalidCollectionName, validate_collection_name
 
     settings = Settings()
     name = collection or settings.server.default_collection
@@ -44,8 +47,8 @@ def container_for(collection: str | None, *, must_exist: bool = False) -> tuple[
         validate_collection_name(name)
     except InvalidCollectionName as exc:
         fail(str(exc))
-    container = Container(settings)
-    if must_exist and not container.store.has_collection(name):
-        known = ", ".join(container.store.list_collections()) or "none"
-        fail(f"collection {name!r} not found (collections: {known})")
-    return container, name
+    with open_container_sync(settings) as container:
+        if must_exist and not container.store.has_collection(name):
+            known = ", ".join(container.store.list_collections()) or "none"
+            fail(f"collection {name!r} not found (collections: {known})")
+        yield container, name

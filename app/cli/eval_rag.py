@@ -104,52 +104,50 @@ def rag(
         from evals.retrieval_eval import eval_collection_name
 
         collection = collection or eval_collection_name(corpus)
-    container, name = container_for(collection)
-    if corpus is not None:
-        _ingest_corpus(container, corpus, name)
-    elif not container.store.has_collection(name):
-        known = ", ".join(container.store.list_collections()) or "none"
-        fail(
-            f"collection {name!r} not found (collections: {known}); ingest first, e.g. "
-            f"`ragserver ingest CORPUS.jsonl --collection {name}`, or pass --corpus"
+    with container_for(collection) as (container, name):
+        if corpus is not None:
+            _ingest_corpus(container, corpus, name)
+        elif not container.store.has_collection(name):
+            known = ", ".join(container.store.list_collections()) or "none"
+            fail(
+                f"collection {name!r} not found (collections: {known}); ingest first, e.g. "
+                f"`ragserver ingest CORPUS.jsonl --collection {name}`, or pass --corpus"
+            )
+
+        settings = container.settings
+        try:
+            prompt_ref = container.prompts.get(prompt or settings.prompts.answer).ref
+        except PromptError as exc:
+            fail(str(exc))
+        out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prompt_ref}"
+        judge = (
+            JudgeConfig(judge_url, judge_model, judge_api_key, concurrency=judge_concurrency)
+            if judge_url and judge_model
+            else None
         )
-
-    settings = container.settings
-    from app.prompting import PromptRegistry
-
-    try:
-        prompt_ref = PromptRegistry(settings.prompts_dir).get(prompt or settings.prompts.answer).ref
-    except PromptError as exc:
-        fail(str(exc))
-    out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prompt_ref}"
-    judge = (
-        JudgeConfig(judge_url, judge_model, judge_api_key, concurrency=judge_concurrency)
-        if judge_url and judge_model
-        else None
-    )
-    retrieval = settings.retrieval.model_dump()
-    retrieval.update(mode=mode or settings.retrieval.mode, top_k=top_k or settings.retrieval.top_k)
-    run_info: dict[str, Any] = {
-        "name": out.name,
-        "questions_path": str(questions.resolve()),
-        "collection": name,
-        "prompt": prompt_ref,
-        "llm": {
-            "provider": settings.llm.provider,
-            "model": settings.llm.model,
-            "base_url": settings.llm.base_url,
-        },
-        "retrieval": retrieval,
-        "max_tokens": max_tokens or settings.llm.max_tokens,
-        "temperature": settings.llm.temperature if temperature is None else temperature,
-        "judge": judge.describe() if judge else None,
-        "judge_concurrency": judge_concurrency if judge else None,
-        "embedding": settings.embedding.model_dump(exclude={"api_key"}),
-        "chunking": settings.chunking.model_dump(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    typer.echo(f"run directory {out} (rerun with --out {out} to resume)", err=True)
-    summary = asyncio.run(_run(container, picked, out, run_info, judge))
+        retrieval = settings.retrieval.model_dump()
+        retrieval.update(mode=mode or settings.retrieval.mode, top_k=top_k or settings.retrieval.top_k)
+        run_info: dict[str, Any] = {
+            "name": out.name,
+            "questions_path": str(questions.resolve()),
+            "collection": name,
+            "prompt": prompt_ref,
+            "llm": {
+                "provider": settings.llm.provider,
+                "model": settings.llm.model,
+                "base_url": settings.llm.base_url,
+            },
+            "retrieval": retrieval,
+            "max_tokens": max_tokens or settings.llm.max_tokens,
+            "temperature": settings.llm.temperature if temperature is None else temperature,
+            "judge": judge.describe() if judge else None,
+            "judge_concurrency": judge_concurrency if judge else None,
+            "embedding": settings.embedding.model_dump(exclude={"api_key"}),
+            "chunking": settings.chunking.model_dump(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        typer.echo(f"run directory {out} (rerun with --out {out} to resume)", err=True)
+        summary = asyncio.run(_run(container, picked, out, run_info, judge))
     _print_summary(summary)
     from evals.rag_eval import headline
 
@@ -176,7 +174,6 @@ async def _run(
 ) -> Any:
     from tqdm import tqdm
 
-    from app.factory import build_state
     from evals.answer_metrics import AnswerScorer, local_ragas_embeddings
     from evals.judge import RagasJudge
     from evals.rag_eval import (
@@ -194,7 +191,6 @@ async def _run(
     except RunMismatch as exc:
         fail(str(exc))
     already = len(ResultLog(out / RESULTS_FILE).done() & {q.id for q in questions})
-    state = await build_state(container)
     embeddings = local_ragas_embeddings(container.embedder)
     scorer = AnswerScorer(embeddings)
     judge = RagasJudge(judge_config, embeddings) if judge_config else None
@@ -209,15 +205,13 @@ async def _run(
             bar.set_postfix(failed=failures)
 
     try:
-        summary = await run_rag_eval(state.chat, questions, out, run_info, scorer, judge, on_row=on_row)
+        summary = await run_rag_eval(container.chat, questions, out, run_info, scorer, judge, on_row=on_row)
     finally:
         bar.close()
         if judge is not None:
             await judge.aclose()
-        state.retrieval.close()
-        await state.history.aclose()
-        await state.jobs.aclose()
-        await state.llm.aclose()
+        # The async stores belong to this event loop: close them here, not in the CLI's.
+        await container.aclose()
     wanted = {q.id for q in questions}
     paths = write_outputs(out, [r for r in read_rows(out) if r["id"] in wanted], summary)
     typer.echo(f"wrote {out / RESULTS_FILE}, {paths['summary']}, {paths['report']}", err=True)

@@ -42,7 +42,6 @@ def retrieval(
     from tqdm import tqdm
 
     from app.cli.common import container_for
-    from app.retrieval.filters import FilterError, parse_filters
     from app.retrieval.retriever import FUSION_METHODS, MODES, RetrievalError
     from evals.retrieval_eval import (
         ensure_corpus_collection,
@@ -53,6 +52,7 @@ def retrieval(
         load_qrels,
         load_queries,
     )
+    from ingest.filters import FilterError, parse_filters
 
     missing = [str(p) for p in (corpus, queries, qrels) if not p.is_file()]
     if missing:
@@ -67,42 +67,41 @@ def retrieval(
         flt = parse_filters(parse_json_option(filters, "--filter"))
     except FilterError as exc:
         fail(str(exc))
-    container, name = container_for(collection or eval_collection_name(corpus))
+    with container_for(collection or eval_collection_name(corpus)) as (container, name):
+        bar = tqdm(desc=f"ingest {name}", unit="doc", file=sys.stderr, disable=None)
+        ingest = ensure_corpus_collection(container, corpus, name, on_document=lambda *_: bar.update(1))
+        bar.close()
+        typer.echo(json.dumps(ingest), err=True)
 
-    bar = tqdm(desc=f"ingest {name}", unit="doc", file=sys.stderr, disable=None)
-    ingest = ensure_corpus_collection(container, corpus, name, on_document=lambda *_: bar.update(1))
-    bar.close()
-    typer.echo(json.dumps(ingest), err=True)
-
-    judged = load_qrels(qrels)
-    picked = judged_queries(load_queries(queries), judged, limit_queries)
-    if not picked:
-        fail("no query in the queries file has a judgement in the qrels file")
-    retriever = container.retriever
-    if fusion:
-        retriever = retriever.with_fusion(method=fusion)
-    summary: dict[str, dict[str, float]] = {}
-    f = retriever.fusion
-    typer.echo(
-        f"{len(picked)} judged queries, collection {name}, top {top_k} documents per query; "
-        f"hybrid fusion {f.method} (dense {f.dense_weight}, bm25 {f.bm25_weight}"
-        + (f", k {f.rrf_k:g})" if f.method == "rrf" else ")")
-    )
-    for m in modes:
-        try:
-            result = evaluate_mode(
-                retriever,
-                name,
-                m,
-                picked,
-                judged,
-                top_k=top_k,
-                rerank=rerank,
-                filters=flt,
-                progress=partial(tqdm, desc=m, unit="q", file=sys.stderr, disable=None),
-            )
-        except RetrievalError as exc:
-            fail(str(exc))
-        typer.echo(format_result(result))
-        summary[m] = result.summary()
-    typer.echo(json.dumps(summary))
+        judged = load_qrels(qrels)
+        picked = judged_queries(load_queries(queries), judged, limit_queries)
+        if not picked:
+            fail("no query in the queries file has a judgement in the qrels file")
+        retriever = container.retriever
+        if fusion:
+            retriever = retriever.with_fusion(method=fusion)
+        summary: dict[str, dict[str, float]] = {}
+        f = retriever.fusion
+        typer.echo(
+            f"{len(picked)} judged queries, collection {name}, top {top_k} documents per query; "
+            f"hybrid fusion {f.method} (dense {f.dense_weight}, bm25 {f.bm25_weight}"
+            + (f", k {f.rrf_k:g})" if f.method == "rrf" else ")")
+        )
+        for m in modes:
+            try:
+                result = evaluate_mode(
+                    retriever,
+                    name,
+                    m,
+                    picked,
+                    judged,
+                    top_k=top_k,
+                    rerank=rerank,
+                    filters=flt,
+                    progress=partial(tqdm, desc=m, unit="q", file=sys.stderr, disable=None),
+                )
+            except RetrievalError as exc:
+                fail(str(exc))
+            typer.echo(format_result(result))
+            summary[m] = result.summary()
+        typer.echo(json.dumps(summary))

@@ -15,6 +15,8 @@ from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_queries import bench_queries
 from app.cli.bench_serve import bench_serve
 from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
+from app.cli.db import db_app
+from app.cli.dev import dev_app
 from app.cli.eval_rag import compare as eval_compare
 from app.cli.eval_rag import rag as eval_rag
 from app.cli.eval_retrieval import retrieval
@@ -26,6 +28,8 @@ eval_app = typer.Typer(help="Offline evaluation runs.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
 app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
+app.add_typer(db_app, name="db")
+app.add_typer(dev_app, name="dev")
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
 bench_app.command("queries")(bench_queries)
@@ -55,24 +59,24 @@ def ingest(
     if missing:
         fail(f"no such file or directory: {', '.join(missing)}")
     extra = parse_json_option(metadata, "--metadata")
-    container, name = container_for(collection)
-    pipeline = container.pipeline
-    from tqdm import tqdm
+    with container_for(collection) as (container, name):
+        pipeline = container.pipeline
+        from tqdm import tqdm
 
-    bar = tqdm(desc="ingest", unit="doc", file=sys.stderr, disable=None)
+        bar = tqdm(desc="ingest", unit="doc", file=sys.stderr, disable=None)
 
-    def progress(doc: str, status: str, error: str | None) -> None:
-        bar.update(1)
-        if error:
-            bar.write(f"FAILED {doc}: {error}", file=sys.stderr)
+        def progress(doc: str, status: str, error: str | None) -> None:
+            bar.update(1)
+            if error:
+                bar.write(f"FAILED {doc}: {error}", file=sys.stderr)
 
-    report = pipeline.ingest(iter_documents(paths, metadata=extra), name, on_document=progress)
-    bar.close()
-    if prune:
-        report.deleted = _prune(container, name, paths, set(report.documents))
-    typer.echo(json.dumps({"collection": name, **report.to_dict()}))
-    if not report.ok:
-        raise typer.Exit(code=1)
+        report = pipeline.ingest(iter_documents(paths, metadata=extra), name, on_document=progress)
+        bar.close()
+        if prune:
+            report.deleted = _prune(container, name, paths, set(report.documents))
+        typer.echo(json.dumps({"collection": name, **report.to_dict()}))
+        if not report.ok:
+            raise typer.Exit(code=1)
 
 
 def _prune(container: Any, collection: str, paths: list[Path], seen: set[str]) -> int:
@@ -97,36 +101,36 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Search a collection and print ranked chunks with scores and sources."""
-    from app.retrieval.filters import FilterError
     from app.retrieval.retriever import RetrievalError
+    from ingest.filters import FilterError
 
-    container, name = container_for(collection, must_exist=True)
-    try:
-        hits = container.retriever.retrieve(
-            name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
-        )
-    except (FilterError, RetrievalError) as exc:
-        fail(str(exc))
-    rows = [
-        {
-            "rank": i,
-            "score": round(h.score, 4),
-            "document_id": h.doc_id,
-            "chunk_id": h.chunk_id,
-            "source": h.metadata.get("source"),
-            "page": h.metadata.get("page"),
-            "text": h.text,
-        }
-        for i, h in enumerate(hits, start=1)
-    ]
-    if as_json:
-        typer.echo(json.dumps(rows, ensure_ascii=False))
-        return
-    table = Table("#", "score", "source", "text")
-    for r in rows:
-        where = f"{r['source']}" + (f" p.{r['page']}" if r["page"] else "")
-        table.add_row(str(r["rank"]), f"{r['score']:.4f}", where, " ".join(str(r["text"]).split())[:160])
-    Console().print(table)
+    with container_for(collection, must_exist=True) as (container, name):
+        try:
+            hits = container.retriever.retrieve(
+                name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
+            )
+        except (FilterError, RetrievalError) as exc:
+            fail(str(exc))
+        rows = [
+            {
+                "rank": i,
+                "score": round(h.score, 4),
+                "document_id": h.doc_id,
+                "chunk_id": h.chunk_id,
+                "source": h.metadata.get("source"),
+                "page": h.metadata.get("page"),
+                "text": h.text,
+            }
+            for i, h in enumerate(hits, start=1)
+        ]
+        if as_json:
+            typer.echo(json.dumps(rows, ensure_ascii=False))
+            return
+        table = Table("#", "score", "source", "text")
+        for r in rows:
+            where = f"{r['source']}" + (f" p.{r['page']}" if r["page"] else "")
+            table.add_row(str(r["rank"]), f"{r['score']:.4f}", where, " ".join(str(r["text"]).split())[:160])
+        Console().print(table)
 
 
 @docs_app.command("list")
@@ -136,9 +140,9 @@ def docs_list(
     offset: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """List documents of a collection as JSON lines."""
-    container, name = container_for(collection, must_exist=True)
-    for record in container.store.list_documents(name, limit=limit, offset=offset):
-        typer.echo(json.dumps(record.to_dict(), ensure_ascii=False))
+    with container_for(collection, must_exist=True) as (container, name):
+        for record in container.store.list_documents(name, limit=limit, offset=offset):
+            typer.echo(json.dumps(record.to_dict(), ensure_ascii=False))
 
 
 @docs_app.command("delete")
@@ -147,20 +151,20 @@ def docs_delete(
     collection: CollectionOpt = None,
 ) -> None:
     """Delete documents and all their chunks."""
-    container, name = container_for(collection, must_exist=True)
-    existed = container.pipeline.delete(name, document_ids)
-    typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))
-    if existed < len(document_ids):
-        raise typer.Exit(code=1)
+    with container_for(collection, must_exist=True) as (container, name):
+        existed = container.pipeline.delete(name, document_ids)
+        typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))
+        if existed < len(document_ids):
+            raise typer.Exit(code=1)
 
 
 @app.command()
 def stats(collection: CollectionOpt = None) -> None:
     """Document and chunk counts; the last line is a JSON object."""
-    container, name = container_for(collection, must_exist=True)
-    docs, chunks = container.store.count_documents(name), container.store.count_chunks(name)
-    typer.echo(f"collection {name}: {docs} documents, {chunks} chunks")
-    typer.echo(json.dumps({"collection": name, "documents": docs, "chunks": chunks}))
+    with container_for(collection, must_exist=True) as (container, name):
+        docs, chunks = container.store.count_documents(name), container.store.count_chunks(name)
+        typer.echo(f"collection {name}: {docs} documents, {chunks} chunks")
+        typer.echo(json.dumps({"collection": name, "documents": docs, "chunks": chunks}))
 
 
 @app.command()

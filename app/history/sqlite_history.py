@@ -1,6 +1,6 @@
 """Conversation history in a SQLite file: the one-machine default, no service to run.
 
-Also home of `SQLiteConnection`, the thread-offloading wrapper the SQLite job store shares.
+`SQLiteConnection` is the thread-offloading wrapper around one sqlite3 connection that it uses.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class Job:
     created_at: float
     updated_at: float
     # The server instance that accepted the job and holds its uploads: after a restart it resumes the
-    # job; other instances sharing the job store (Redis) leave it alone ("" = any instance).
+    # job; other instances sharing the job database (PostgreSQL) leave it alone ("" = any instance).
     owner: str = ""
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
-"""Pick the job-store backend from settings: Redis when `history.redis_url` is set, else SQLite.
+"""Build the job store: always `SQLJobStore` on `settings.database_url`.
 
-Jobs follow the history backend: a deployment that shares conversations across replicas must share job
-records too, or a replica could not report on (or resume) a job another one accepted.
+The URL picks the backend: the default SQLite file under the data dir on one machine, PostgreSQL when
+replicas share job records (so any replica can report on, and its owner resume, a job it accepted).
 """
 
 from __future__ import annotations
@@ -11,13 +11,7 @@ from app.settings import Settings
 
 
 def build_job_store(settings: Settings) -> JobStore:
-    """Build the configured `JobStore` (SQLite at `settings.sqlite_path` unless Redis is configured)."""
-    if settings.history.redis_url:
-        from app.jobs.redis_jobs import RedisJobStore
+    """Build the `JobStore`, migrating its database to the newest schema first."""
+    from app.jobs.sql_jobs import SQLJobStore
 
-        return RedisJobStore(settings.history.redis_url)
-
-    from app.jobs.sqlite_jobs import SQLiteJobStore
-
-    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteJobStore(settings.sqlite_path)
+    return SQLJobStore(settings.database_url)

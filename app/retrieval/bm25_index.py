@@ -1,21 +1,18 @@
-"""A persisted BM25 index per collection (bm25s), kept in step with the vector store.
+"""A BM25 index per collection (bm25s), derived from the vector index.
 
-Layout under `root/<collection>/`:
+The vector index is the one source of truth for chunks. This index keeps only what BM25 needs: each
+chunk's analysed terms (`terms.sqlite3`, a derived cache, so an upload re-indexes without re-reading
+the collection) and immutable snapshots of the bm25s matrices with the chunk ids in index order
+(`snap-<generation>-<n>/`, with `CURRENT` naming the live one, replaced atomically). No text and no
+metadata are copied here: a search returns chunk ids and scores, and a filter arrives as the set of
+chunk ids the vector index says pass it, so both stages share one filter semantics.
 
-- `chunks.sqlite3`: the chunk table (id, doc id, text, metadata, analyzed terms) and a generation
-  counter. The ingest pipeline's `apply()` writes it in one transaction per write batch, right after
-  the same batch reached Chroma.
-- `snap-<generation>-<n>/`: an immutable snapshot (the bm25s matrices plus `chunks.jsonl` in index
-  order), written by `flush()` at the end of an ingest run or delete, and `CURRENT` naming it
-  (replaced atomically).
-
-A process loads a collection's snapshot once and keeps it in memory (its texts and metadata also
-serve the dense stage, so Chroma only returns ids); a query only stats `CURRENT` to notice another
-process's flush. Consistency with Chroma, which the pipeline writes first: the first load in a process
-compares the table's chunk ids with Chroma's and rebuilds the table from `ChromaIndex.iter_chunks`
-when they differ; every flush compares the two chunk counts and does the same; a snapshot older than
-the table is re-indexed on load. So a crash between Chroma and this index, or a collection dropped
-behind its back, is repaired at the next load or flush. Cross-process writers hold a file lock.
+The ingest pipeline keeps it in step (`apply` after each write batch reached the store, `flush` at
+the end of a run or delete). Being derived, a stale index is re-derived rather than trusted: the first
+load in a process compares its ids with the store's, and every flush compares the counts; a mismatch
+(a crash between the store and this index, a collection dropped behind its back, another process's
+write) rebuilds the terms from the store. A process keeps a collection's snapshot in memory and only
+stats `CURRENT` per query to notice another process's flush. Cross-process writers hold a file lock.
 """
 
 from __future__ import annotations
@@ -35,12 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.retrieval.bm25_table import ChunkTable, Row
+from app.retrieval.bm25_table import Row, TermTable
 from app.retrieval.bm25_text import Analyzer
-from app.retrieval.filters import MetadataFilter
-from app.retrieval.metadata_mask import MetadataColumns
-from ingest.types import Chunk, ScoredChunk
-from ingest.vector_store import ChromaIndex, CollectionNotFound, validate_collection_name
+from ingest.types import Chunk, ScoredChunk, doc_id_of
+from ingest.vector_index import CollectionNotFound, VectorIndex, validate_collection_name
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -53,26 +48,28 @@ class _Snapshot:
     generation: int
     marker: tuple[int, int]  # CURRENT's (mtime_ns, inode) when loaded
     chunk_ids: list[str]
-    texts: list[str]
-    metadatas: list[dict[str, Any]]
     model: Any  # bm25s.BM25, None for an empty collection
 
     @cached_property
     def positions(self) -> dict[str, int]:
         return {cid: i for i, cid in enumerate(self.chunk_ids)}
 
-    @cached_property
-    def columns(self) -> MetadataColumns:
-        return MetadataColumns(self.metadatas)
+    def mask(self, allowed: Iterable[str]) -> np.ndarray:
+        """True at the positions of `allowed` chunk ids."""
+        mask = np.zeros(len(self.chunk_ids), dtype=bool)
+        positions = self.positions
+        picked = [positions[c] for c in allowed if c in positions]
+        mask[picked] = True
+        return mask
 
 
 class BM25Index:
-    """BM25 over a collection's chunks; an `IndexListener` of the ingest pipeline."""
+    """BM25 over a collection's chunks, derived from `store`; an `IndexListener` of the ingest pipeline."""
 
     def __init__(
         self,
         root: Path,
-        store: ChromaIndex | None = None,
+        store: VectorIndex,
         *,
         analyzer: Analyzer | None = None,
         k1: float = 1.2,
@@ -96,20 +93,17 @@ class BM25Index:
     # -- IndexListener -------------------------------------------------------------------------
 
     def apply(self, collection: str, upserted: list[Chunk], deleted_ids: list[str]) -> None:
-        """Record a write batch that already reached the vector store (searchable after `flush`)."""
+        """Record a write batch that already reached the store (searchable after `flush`)."""
         if not upserted and not deleted_ids:
             return
         self._table(collection).apply([self._row(c) for c in upserted], deleted_ids)
 
     def flush(self, collection: str) -> None:
-        """Re-index the collection if its table changed since the last snapshot.
-
-        Also a cheap drift check: a table whose chunk count differs from the vector store's (a
-        collection dropped and re-created behind this index, a write lost to a crash) is rebuilt.
-        """
+        """Re-index the collection if its terms changed since the last snapshot; re-derive them from
+        the store first when the two disagree on the chunk count."""
         with self._lock(collection), self._file_lock(collection):
-            if self.store is not None and self._table(collection).count() != self._chroma_count(collection):
-                self._rebuild_locked(collection, self._chroma_chunks(collection))
+            if self._table(collection).count() != self._store_count(collection):
+                self._rebuild_locked(collection)
                 return
             current = self._read_current(collection)
             if (
@@ -121,32 +115,28 @@ class BM25Index:
 
     # -- maintenance ---------------------------------------------------------------------------
 
-    def rebuild(self, collection: str, chunks: Iterable[Chunk] | None = None) -> int:
-        """Replace the table with `chunks` (default: every chunk in the vector store) and re-index."""
+    def rebuild(self, collection: str) -> int:
+        """Re-derive every term from the store and re-index; returns the chunk count."""
         with self._lock(collection), self._file_lock(collection):
-            return self._rebuild_locked(
-                collection, self._chroma_chunks(collection) if chunks is None else chunks
-            )
+            return self._rebuild_locked(collection)
 
-    def _rebuild_locked(self, collection: str, chunks: Iterable[Chunk]) -> int:
-        count = self._table(collection).replace_all(self._row(c) for c in chunks)
+    def _rebuild_locked(self, collection: str) -> int:
+        # Indexes from before BM25 was derived kept a full copy of every chunk here.
+        (self._dir(collection) / "chunks.sqlite3").unlink(missing_ok=True)
+        count = self._table(collection).replace_all(self._row(c) for c in self._store_chunks(collection))
         self._write_snapshot(collection)
         return count
 
     def ensure_consistent(self, collection: str) -> bool:
-        """Check the table against the vector store; rebuild when they differ. True if it rebuilt."""
+        """Compare the derived ids with the store's; rebuild when they differ. True if it rebuilt."""
         self._verified.add(collection)
-        if self.store is None:
-            return False
-        ours = set(self._table(collection).ids())
-        theirs = set(self._chroma_ids(collection))
-        if ours == theirs:
+        if set(self._table(collection).ids()) == self._store_ids(collection):
             return False
         self.rebuild(collection)
         return True
 
     def drop(self, collection: str) -> None:
-        """Forget a collection (when the vector store drops it)."""
+        """Forget a collection (when the store drops it)."""
         with self._lock(collection), self._file_lock(collection):
             self._snapshots.pop(collection, None)
             self._verified.discard(collection)
@@ -161,9 +151,10 @@ class BM25Index:
     # -- queries -------------------------------------------------------------------------------
 
     def search(
-        self, collection: str, query: str, k: int, filters: MetadataFilter | None = None
+        self, collection: str, query: str, k: int, allowed: set[str] | None = None
     ) -> list[ScoredChunk]:
-        """The k best chunks for `query` by BM25 (only chunks sharing a term with it), best first."""
+        """The k best chunks for `query` (only chunks sharing a term with it, and only ids in
+        `allowed` when given), best first, as ids and scores without text or metadata."""
         snap = self._snapshot(collection)
         if snap.model is None or k <= 0:
             return []
@@ -173,9 +164,8 @@ class BM25Index:
             return []
         scores = snap.model.get_scores_from_ids(ids)
         matching = scores > 0
-        if filters:
-            # The same predicate as the dense stage's Chroma `where`, over the whole table at once.
-            matching &= snap.columns.mask(filters)
+        if allowed is not None:
+            matching &= snap.mask(allowed)
         hits = np.flatnonzero(matching)
         if len(hits) > k:
             hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
@@ -183,26 +173,13 @@ class BM25Index:
         return [
             ScoredChunk(
                 chunk_id=snap.chunk_ids[i],
-                doc_id=str(snap.metadatas[i].get("doc_id")),
-                text=snap.texts[i],
+                doc_id=doc_id_of(snap.chunk_ids[i]),
+                text="",
                 score=float(scores[i]),
-                metadata=dict(snap.metadatas[i]),
+                metadata={},
             )
             for i in picked
         ]
-
-    def lookup(self, collection: str, chunk_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        """Text and metadata of the given chunks that this index holds (the dense stage's payload).
-
-        Chunk ids name one version of a chunk, so a hit here is the same text Chroma stores.
-        """
-        snap = self._snapshot(collection)
-        found: dict[str, tuple[str, dict[str, Any]]] = {}
-        for cid in chunk_ids:
-            i = snap.positions.get(cid)
-            if i is not None:
-                found[cid] = (snap.texts[i], snap.metadatas[i])
-        return found
 
     def load(self, collection: str) -> None:
         """Load (and on first use in this process, verify) a collection's index now."""
@@ -219,7 +196,7 @@ class BM25Index:
             if snap is not None and snap.marker == self._marker(collection):
                 return snap
             if collection not in self._verified:
-                if self.store is not None and not self.store.has_collection(collection):
+                if not self.store.has_collection(collection):
                     raise CollectionNotFound(f"collection {collection!r} not found")
                 self.ensure_consistent(collection)
             current = self._read_current(collection)
@@ -242,31 +219,23 @@ class BM25Index:
             marker = self._marker(collection)
             current = self._read_current(collection)
             if current is None:
-                return _Snapshot(-1, marker, [], [], [], None)
+                return _Snapshot(-1, marker, [], None)
             folder = self._dir(collection) / current["dir"]
-            ids, texts, metas = [], [], []
-            with (folder / "chunks.jsonl").open(encoding="utf-8") as fh:
-                for line in fh:
-                    row = json.loads(line)
-                    ids.append(row["id"])
-                    texts.append(row["text"])
-                    metas.append(row["metadata"])
+            ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
             model = None
             if ids:
                 model = bm25s.BM25.load(str(folder), mmap=False, show_progress=False, verbosity=0)
-            return _Snapshot(int(current["generation"]), marker, ids, texts, metas, model)
+            return _Snapshot(int(current["generation"]), marker, ids, model)
 
     def _write_snapshot(self, collection: str) -> None:
-        """Index the table as it is now into a new snapshot folder and point CURRENT at it."""
+        """Index the terms as they are now into a new snapshot folder and point CURRENT at it."""
         import bm25s
 
         folder = self._dir(collection)
         self._reanalyze_stale(collection)
         generation, rows = self._table(collection).read_all()
         ids = [r[0] for r in rows]
-        texts = [r[1] for r in rows]
-        metas = [r[2] for r in rows]
-        corpus = [r[3].split(" ") if r[3] else [] for r in rows]
+        corpus = [r[1].split(" ") if r[1] else [] for r in rows]
         name = f"snap-{generation}-{time.time_ns()}"
         target = folder / name
         target.mkdir()
@@ -275,11 +244,7 @@ class BM25Index:
             model = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
             model.index(corpus, show_progress=False)
             model.save(str(target), show_progress=False)
-        with (target / "chunks.jsonl").open("w", encoding="utf-8") as fh:
-            for cid, text, meta in zip(ids, texts, metas, strict=True):
-                # `meta` is already JSON (as stored in the table).
-                fh.write(f'{{"id": {json.dumps(cid)}, "text": {json.dumps(text, ensure_ascii=False)}, ')
-                fh.write(f'"metadata": {meta}}}\n')
+        (target / "ids.json").write_text(json.dumps(ids), encoding="utf-8")
         pointer = folder / "CURRENT.tmp"
         pointer.write_text(json.dumps({"generation": generation, "dir": name, "signature": self.signature}))
         os.replace(pointer, folder / "CURRENT")
@@ -287,58 +252,39 @@ class BM25Index:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         # This process already holds everything the snapshot has: no need to read it back.
-        self._snapshots[collection] = _Snapshot(
-            generation, self._marker(collection), ids, texts, [json.loads(m) for m in metas], model
-        )
+        self._snapshots[collection] = _Snapshot(generation, self._marker(collection), ids, model)
 
     def _reanalyze_stale(self, collection: str) -> None:
-        """Re-analyze rows stored under another analyzer (its settings changed)."""
+        """Re-derive terms stored under another analyzer (its settings changed) from the store."""
         table, signature = self._table(collection), self.analyzer.signature
-        stale = table.rows_not_analyzed_by(signature)
-        if stale:
-            table.set_terms(
-                [
-                    (" ".join(self.analyzer.chunk_terms(t, json.loads(m))), signature, cid)
-                    for cid, t, m in stale
-                ]
-            )
+        stale = table.ids_not_analyzed_by(signature)
+        for start in range(0, len(stale), 1000):
+            chunks = self.store.get_chunks(collection, stale[start : start + 1000])
+            table.set_terms([(terms, sig, cid) for cid, terms, sig in map(self._row, chunks)])
 
     def _row(self, c: Chunk) -> Row:
-        terms = " ".join(self.analyzer.chunk_terms(c.text, c.metadata))
-        meta = json.dumps(c.metadata, ensure_ascii=False, sort_keys=True)
-        return (c.chunk_id, c.doc_id, c.text, meta, terms, self.analyzer.signature)
+        return (c.chunk_id, " ".join(self.analyzer.chunk_terms(c.text, c.metadata)), self.analyzer.signature)
 
-    def _chroma_chunks(self, collection: str) -> Iterator[Chunk]:
-        if self.store is None:
-            return iter(())
+    def _store_chunks(self, collection: str) -> Iterator[Chunk]:
         try:
-            return self.store.iter_chunks(collection)
-        except CollectionNotFound:
-            return iter(())
-
-    def _chroma_ids(self, collection: str, page: int = 10000) -> Iterator[str]:
-        assert self.store is not None
-        try:
-            coll = self.store.chunks_of(collection)
+            yield from self.store.iter_chunks(collection)
         except CollectionNotFound:
             return
-        offset = 0
-        while True:
-            got = coll.get(include=[], limit=page, offset=offset)["ids"]
-            yield from got
-            if len(got) < page:
-                return
-            offset += page
 
-    def _chroma_count(self, collection: str) -> int:
-        assert self.store is not None
+    def _store_ids(self, collection: str) -> set[str]:
+        try:
+            return self.store.chunk_ids(collection)
+        except CollectionNotFound:
+            return set()
+
+    def _store_count(self, collection: str) -> int:
         try:
             return self.store.count_chunks(collection)
         except CollectionNotFound:
             return 0
 
-    def _table(self, collection: str) -> ChunkTable:
-        return ChunkTable(self._dir(collection) / "chunks.sqlite3")
+    def _table(self, collection: str) -> TermTable:
+        return TermTable(self._dir(collection) / "terms.sqlite3")
 
     def _read_current(self, collection: str) -> dict[str, Any] | None:
         try:
@@ -376,8 +322,8 @@ class BM25Index:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def build_bm25_index(settings: Settings, store: ChromaIndex | None) -> BM25Index:
-    """The BM25 index under `settings.bm25_dir`, checked against `store` on first use of a collection."""
+def build_bm25_index(settings: Settings, store: VectorIndex) -> BM25Index:
+    """The BM25 index under `settings.bm25_dir`, derived from `store`."""
     r = settings.retrieval
     analyzer = Analyzer(title_weight=r.bm25_title_weight)
     return BM25Index(settings.bm25_dir, store, analyzer=analyzer, k1=r.bm25_k1, b=r.bm25_b)

@@ -1,6 +1,6 @@
-"""The BM25 index's durable chunk table: one SQLite file per collection (WAL, one transaction per
-write batch), holding each chunk's text, metadata and analyzed terms, and a generation counter that
-every change bumps (a snapshot records the generation it indexed)."""
+"""The BM25 index's derived term table: one SQLite file per collection (WAL, one transaction per
+write batch) holding each chunk's analysed terms, and a generation counter that every change bumps
+(a snapshot records the generation it indexed). Texts and metadata stay in the vector index."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-Row = tuple[str, str, str, str, str, str]  # chunk_id, doc_id, text, metadata JSON, terms, analyzer signature
+Row = tuple[str, str, str]  # chunk_id, terms, analyzer signature
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (
-    chunk_id TEXT PRIMARY KEY, doc_id TEXT NOT NULL, text TEXT NOT NULL,
-    metadata TEXT NOT NULL, terms TEXT NOT NULL, signature TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS terms (
+    chunk_id TEXT PRIMARY KEY, terms TEXT NOT NULL, signature TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_UPSERT = "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)"
+_UPSERT = "INSERT OR REPLACE INTO terms VALUES (?, ?, ?)"
 
 
-class ChunkTable:
-    """Chunks of one collection as the BM25 index knows them."""
+class TermTable:
+    """Analysed terms of one collection's chunks."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -30,7 +29,7 @@ class ChunkTable:
         """One write batch, atomically."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(i,) for i in deleted_ids])
+            db.executemany("DELETE FROM terms WHERE chunk_id = ?", [(i,) for i in deleted_ids])
             db.executemany(_UPSERT, upserted)
             _bump(db)
             db.execute("COMMIT")
@@ -41,7 +40,7 @@ class ChunkTable:
         count = 0
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM chunks")
+            db.execute("DELETE FROM terms")
             for batch in _batched(rows, 1000):
                 db.executemany(_UPSERT, batch)
                 count += len(batch)
@@ -49,14 +48,12 @@ class ChunkTable:
             db.execute("COMMIT")
         return count
 
-    def read_all(self) -> tuple[int, list[tuple[str, str, str, str]]]:
-        """(generation, [(chunk_id, text, metadata JSON, terms)] by chunk id) from one read snapshot."""
+    def read_all(self) -> tuple[int, list[tuple[str, str]]]:
+        """(generation, [(chunk_id, terms)] by chunk id) from one read snapshot."""
         with self._db() as db:
             db.execute("BEGIN")
             generation = _generation(db)
-            rows = db.execute(
-                "SELECT chunk_id, text, metadata, terms FROM chunks ORDER BY chunk_id"
-            ).fetchall()
+            rows = db.execute("SELECT chunk_id, terms FROM terms ORDER BY chunk_id").fetchall()
             db.execute("COMMIT")
         return generation, rows
 
@@ -66,24 +63,22 @@ class ChunkTable:
 
     def count(self) -> int:
         with self._db() as db:
-            return int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+            return int(db.execute("SELECT COUNT(*) FROM terms").fetchone()[0])
 
     def ids(self) -> list[str]:
         with self._db() as db:
-            return [r[0] for r in db.execute("SELECT chunk_id FROM chunks")]
+            return [r[0] for r in db.execute("SELECT chunk_id FROM terms")]
 
-    def rows_not_analyzed_by(self, signature: str) -> list[tuple[str, str, str]]:
-        """(chunk_id, text, metadata JSON) of rows whose terms came from another analyzer."""
+    def ids_not_analyzed_by(self, signature: str) -> list[str]:
+        """Chunk ids whose terms came from another analyzer."""
         with self._db() as db:
-            return db.execute(
-                "SELECT chunk_id, text, metadata FROM chunks WHERE signature != ?", (signature,)
-            ).fetchall()
+            return [r[0] for r in db.execute("SELECT chunk_id FROM terms WHERE signature != ?", (signature,))]
 
     def set_terms(self, updates: list[tuple[str, str, str]]) -> None:
-        """[(terms, signature, chunk_id)]: re-analyzed rows (not a content change: no generation bump)."""
+        """[(terms, signature, chunk_id)]: re-analysed rows (not a content change: no generation bump)."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("UPDATE chunks SET terms = ?, signature = ? WHERE chunk_id = ?", updates)
+            db.executemany("UPDATE terms SET terms = ?, signature = ? WHERE chunk_id = ?", updates)
             db.execute("COMMIT")
 
     @contextlib.contextmanager

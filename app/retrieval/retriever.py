@@ -1,7 +1,10 @@
-"""Retrieval over a collection: dense (Chroma), BM25, or both fused (a convex combination of
-z-scored scores, or weighted RRF); metadata filters on both stages; an optional cross-encoder rerank
-over the top fused candidates; chunk-level results, or document-level ones where a document ranks by
-its best chunk."""
+"""Retrieval over a collection: dense (the vector index), BM25, or both fused (a convex combination of
+z-scored scores, or weighted RRF); metadata filters on both stages, evaluated once by the vector index;
+an optional cross-encoder rerank over the top fused candidates; chunk-level results, or document-level
+ones where a document ranks by its best chunk.
+
+Both stages rank ids and scores only; the text and metadata of the hits that are kept come from the
+vector index at the end (`hydrate`), so there is one source of truth for chunks."""
 
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.retrieval.filters import MetadataFilter, parse_filters
 from app.retrieval.fusion import best_chunk_per_document, fuse_hits
 from ingest.embedder import Embedder, MicroBatchingEmbedder
+from ingest.filters import MetadataFilter, parse_filters
 from ingest.types import ScoredChunk
-from ingest.vector_store import ChromaIndex
+from ingest.vector_index import VectorIndex
 
 if TYPE_CHECKING:
     from app.retrieval.bm25_index import BM25Index
@@ -39,7 +42,8 @@ class RetrievalError(ValueError):
 
 @dataclass
 class ScoredDocument:
-    """A document-level hit: the document's score and its best chunk (and others that were retrieved)."""
+    """A document-level hit: the document's score and its best chunk (and others that were retrieved),
+    as ids and scores (`Retriever.hydrate` fetches their text)."""
 
     doc_id: str
     score: float
@@ -77,7 +81,7 @@ class Retriever:
 
     def __init__(
         self,
-        store: ChromaIndex,
+        store: VectorIndex,
         embedder: Embedder,
         *,
         default_mode: str = "dense",
@@ -122,12 +126,12 @@ class Retriever:
         """The top_k chunks of `collection` for `query`, best first.
 
         `mode` is dense | bm25 | hybrid (default from settings); `filters` uses the language of
-        `app.retrieval.filters` (FilterError when invalid); `rerank` None means "if configured".
+        `ingest.filters` (FilterError when invalid); `rerank` None means "if configured".
         Scores are cosine similarity (dense), BM25 (bm25), the fused score (hybrid) or the reranker's.
         """
         ranking = self._chunks(collection, query, self._mode(mode), parse_filters(filters), max(top_k, 1))
-        ranking = self._rerank(query, ranking, rerank)
-        return ranking[:top_k]
+        ranking = self._rerank(collection, query, ranking, rerank)
+        return self.hydrate(collection, ranking[:top_k])
 
     def retrieve_documents(
         self,
@@ -139,7 +143,8 @@ class Retriever:
         filters: Mapping[str, Any] | MetadataFilter | None = None,
         rerank: bool | None = None,
     ) -> list[ScoredDocument]:
-        """The top_k documents for `query`, each ranked by its best chunk.
+        """The top_k documents for `query`, each ranked by its best chunk: a ranking (ids and scores),
+        without text unless reranked; `hydrate` fetches the chunks' payload when a caller needs it.
 
         In hybrid mode each stage's chunk ranking is first collapsed to documents, then the two
         document rankings are fused, so a document whose best dense chunk and best BM25 chunk differ
@@ -165,8 +170,23 @@ class Retriever:
                 for best in fused[:top_k]
             ]
         ranking = self._chunks(collection, query, resolved, flt, wanted)
-        ranking = self._rerank(query, ranking, rerank)
+        ranking = self._rerank(collection, query, ranking, rerank)
         return group_by_document(ranking)[:top_k]
+
+    def hydrate(self, collection: str, hits: list[ScoredChunk]) -> list[ScoredChunk]:
+        """The hits with their text and metadata from the vector index (hits gone since are dropped)."""
+        missing = [h.chunk_id for h in hits if not h.metadata]
+        if not missing:
+            return hits
+        found = {c.chunk_id: c for c in self.store.get_chunks(collection, missing)}
+        out = []
+        for hit in hits:
+            chunk = found.get(hit.chunk_id)
+            if hit.metadata:
+                out.append(hit)
+            elif chunk is not None:
+                out.append(ScoredChunk(hit.chunk_id, hit.doc_id, chunk.text, hit.score, chunk.metadata))
+        return out
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -211,38 +231,14 @@ class Retriever:
     def _dense_ranking(
         self, collection: str, vector: np.ndarray, flt: MetadataFilter | None, n: int
     ) -> list[ScoredChunk]:
-        """Nearest chunks by cosine similarity. Chroma returns ids and distances only (fetching its
-        payload costs ~0.1 ms a row); text and metadata come from the BM25 index's in-memory table,
-        and from Chroma only for chunks that index does not hold yet (an ingest not flushed)."""
-        result = self.store.chunks_of(collection).query(
-            query_embeddings=[np.asarray(vector, dtype=np.float32)],
-            n_results=n,
-            where=flt.where if flt else None,
-            include=["distances"],
-        )
-        ids, distances = result["ids"][0], result["distances"][0]
-        payload = self.bm25.lookup(collection, ids) if self.bm25 is not None else {}
-        missing = [cid for cid in ids if cid not in payload]
-        if missing:
-            payload.update(
-                (c.chunk_id, (c.text, c.metadata)) for c in self.store.get_chunks(collection, missing)
-            )
-        return [
-            ScoredChunk(
-                cid,
-                str(payload[cid][1].get("doc_id")),
-                payload[cid][0],
-                1.0 - float(d),
-                dict(payload[cid][1]),
-            )
-            for cid, d in zip(ids, distances, strict=True)
-            if cid in payload
-        ]
+        return self.store.nearest(collection, vector, n, flt)
 
     def _bm25(self, collection: str, query: str, flt: MetadataFilter | None, n: int) -> list[ScoredChunk]:
         if self.bm25 is None:
             raise RetrievalError("BM25 retrieval is not available (no BM25 index configured)")
-        return self.bm25.search(collection, query, n, flt)
+        # The vector index is the one evaluator of filters: BM25 ranks only the ids it allows.
+        allowed = self.store.matching_ids(collection, flt) if flt else None
+        return self.bm25.search(collection, query, n, allowed)
 
     def _use_rerank(self, rerank: bool | None) -> bool:
         if rerank and self.reranker is None:
@@ -251,13 +247,15 @@ class Retriever:
             )
         return self.reranker is not None if rerank is None else rerank
 
-    def _rerank(self, query: str, ranking: list[ScoredChunk], rerank: bool | None) -> list[ScoredChunk]:
+    def _rerank(
+        self, collection: str, query: str, ranking: list[ScoredChunk], rerank: bool | None
+    ) -> list[ScoredChunk]:
         if not self._use_rerank(rerank) or not ranking:
             return ranking
         assert self.reranker is not None
         n = self.fusion.rerank_top_n
-        # Only the head is rescored; the tail keeps its first-stage order below it.
-        return self.reranker.rerank(query, ranking[:n]) + ranking[n:]
+        # Only the head is rescored (it needs the text); the tail keeps its first-stage order below it.
+        return self.reranker.rerank(query, self.hydrate(collection, ranking[:n])) + ranking[n:]
 
     def _mode(self, mode: str | None) -> str:
         resolved = mode or self.default_mode
@@ -284,7 +282,7 @@ def group_by_document(ranking: list[ScoredChunk]) -> list[ScoredDocument]:
 
 
 def build_retriever(
-    settings: RetrievalSettings, store: ChromaIndex, embedder: Embedder, bm25: BM25Index | None
+    settings: RetrievalSettings, store: VectorIndex, embedder: Embedder, bm25: BM25Index | None
 ) -> Retriever:
     """The Retriever the settings describe (the reranker only when a model path is configured)."""
     reranker = None

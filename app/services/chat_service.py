@@ -10,16 +10,25 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.history.base import HistoryStore, Turn, trim_to_token_budget
 from app.llm.base import LLM, Usage
 from app.prompting import PromptRegistry
+from app.services.chat_types import (
+    ChatEvent,
+    ChatQuery,
+    ChatResult,
+    Citation,
+    CitationsEvent,
+    DoneEvent,
+    ResolvedChatQuery,
+    TokenEvent,
+)
 from app.services.metrics import Metrics
 from app.services.retrieval_service import RetrievalService
 from app.settings import Settings
-from ingest.types import ScoredChunk
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
@@ -29,73 +38,8 @@ class ConversationNotFound(LookupError):
 
 
 @dataclass
-class ChatQuery:
-    """One chat request, as the service sees it."""
-
-    message: str
-    conversation_id: str | None = None
-    collection: str | None = None
-    prompt: str | None = None
-    filters: dict[str, Any] | None = None
-    top_k: int | None = None
-    mode: str | None = None
-    # Stateless callers (the OpenAI-compatible API) pass the history themselves.
-    history: list[dict[str, str]] | None = None
-    remember: bool = True
-    max_tokens: int | None = None
-    temperature: float | None = None
-
-
-@dataclass
-class Citation:
-    n: int
-    document_id: str
-    source: str
-    chunk_id: str
-    score: float
-    text: str
-    title: str = ""
-    page: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if data["page"] is None:
-            del data["page"]
-        return data
-
-
-@dataclass
-class ChatResult:
-    conversation_id: str
-    response_id: str
-    answer: str
-    citations: list[Citation]
-    prompt: str
-    model: str
-    usage: dict[str, int]
-    collection: str
-    retrieval: dict[str, Any]
-    query: str
-    contexts: list[Citation] = field(default_factory=list)
-    latency_ms: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "conversation_id": self.conversation_id,
-            "response_id": self.response_id,
-            "answer": self.answer,
-            "citations": [c.to_dict() for c in self.citations],
-            "prompt": self.prompt,
-            "model": self.model,
-            "usage": self.usage,
-            "collection": self.collection,
-            "retrieval": self.retrieval,
-        }
-
-
-@dataclass
 class _Prepared:
-    query: ChatQuery
+    query: ResolvedChatQuery
     conversation_id: str
     collection: str
     search_query: str
@@ -141,13 +85,13 @@ class ChatService:
         prepared = await self._prepare(query)
         started = time.perf_counter()
         completion = await self.llm.complete(
-            prepared.messages, max_tokens=query.max_tokens, temperature=query.temperature
+            prepared.messages, max_tokens=prepared.query.max_tokens, temperature=prepared.query.temperature
         )
         self.metrics.llm_latency.observe(time.perf_counter() - started)
         return await self._finish(prepared, completion.text, completion.model, completion.usage)
 
-    async def stream(self, query: ChatQuery) -> AsyncIterator[tuple[str, Any]]:
-        """Events: ("token", text)... then ("citations", [...]) then ("done", ChatResult)."""
+    async def stream(self, query: ChatQuery) -> AsyncIterator[ChatEvent]:
+        """The answer as it is generated: `TokenEvent`s, then a `CitationsEvent`, then a `DoneEvent`."""
         prepared = await self._prepare(query)
         parts: list[str] = []
         usage = Usage(prompt_tokens=0, completion_tokens=0)
@@ -155,7 +99,7 @@ class ChatService:
         started = time.perf_counter()
         first = True
         async for delta in self.llm.stream(
-            prepared.messages, max_tokens=query.max_tokens, temperature=query.temperature
+            prepared.messages, max_tokens=prepared.query.max_tokens, temperature=prepared.query.temperature
         ):
             if delta.model:
                 model = delta.model
@@ -166,11 +110,11 @@ class ChatService:
                     self.metrics.llm_ttft.observe(time.perf_counter() - started)
                     first = False
                 parts.append(delta.text)
-                yield "token", delta.text
+                yield TokenEvent(delta.text)
         self.metrics.llm_latency.observe(time.perf_counter() - started)
         result = await self._finish(prepared, "".join(parts), model, usage)
-        yield "citations", [c.to_dict() for c in result.citations]
-        yield "done", result
+        yield CitationsEvent(result.citations)
+        yield DoneEvent(result)
 
     async def get_conversation(self, conversation_id: str) -> list[Turn]:
         turns = await self.history.get(conversation_id)
@@ -184,7 +128,8 @@ class ChatService:
 
     async def _prepare(self, query: ChatQuery) -> _Prepared:
         started = time.perf_counter()
-        answer_prompt = self.prompts.get(query.prompt or self.settings.prompts.answer)
+        query = query.resolve(self.settings)
+        answer_prompt = self.prompts.get(query.prompt)
         collection = self.retrieval.resolve_collection(query.collection)
         conversation_id = query.conversation_id or uuid.uuid4().hex
         if query.history is not None:
@@ -199,11 +144,11 @@ class ChatService:
         past = trim_to_token_budget(past, self.settings.history.token_budget)
         history = [{"role": t.role, "content": t.content} for t in past]
         search_query = await self._condense(query.message, history) if history else query.message
-        top_k = query.top_k or self.settings.retrieval.top_k
+        top_k = query.top_k
         hits = await self.retrieval.retrieve(
             collection, search_query, top_k=top_k, mode=query.mode, filters=query.filters
         )
-        sources = [_citation(i, hit) for i, hit in enumerate(hits, start=1)]
+        sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
         messages = answer_prompt.render(
             sources=[{"n": s.n, "title": s.title, "source": s.source, "text": s.text} for s in sources],
             history=history,
@@ -218,7 +163,7 @@ class ChatService:
             messages=messages,
             prompt_ref=answer_prompt.ref,
             retrieval={
-                "mode": query.mode or self.settings.retrieval.mode,
+                "mode": query.mode,
                 "top_k": top_k,
                 "filters": query.filters or {},
                 "query": search_query,
@@ -283,17 +228,3 @@ class ChatService:
                 ],
             )
         return result
-
-
-def _citation(n: int, hit: ScoredChunk) -> Citation:
-    page = hit.metadata.get("page")
-    return Citation(
-        n=n,
-        document_id=hit.doc_id,
-        source=str(hit.metadata.get("source", "")),
-        chunk_id=hit.chunk_id,
-        score=round(float(hit.score), 6),
-        text=hit.text,
-        title=str(hit.metadata.get("title", "")),
-        page=int(page) if page is not None else None,
-    )

@@ -22,7 +22,7 @@ from app.settings import Settings
 from ingest.loaders import LoadError, load_bytes, sniff_kind
 from ingest.pipeline import IngestPipeline
 from ingest.types import LoadFailure, SourceDocument
-from ingest.vector_store import ChromaIndex, CollectionNotFound, DocumentRecord, validate_collection_name
+from ingest.vector_index import CollectionNotFound, DocumentRecord, VectorIndex, validate_collection_name
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class DocumentService:
     def __init__(
         self,
         settings: Settings,
-        store: ChromaIndex,
+        store: VectorIndex,
         pipeline: IngestPipeline,
         jobs: JobStore,
         metrics: Metrics,

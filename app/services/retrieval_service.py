@@ -11,14 +11,14 @@ from app.retrieval.retriever import Retriever
 from app.services.metrics import Metrics
 from app.settings import Settings
 from ingest.types import ScoredChunk
-from ingest.vector_store import ChromaIndex, CollectionNotFound, validate_collection_name
+from ingest.vector_index import CollectionNotFound, VectorIndex, validate_collection_name
 
 
 class RetrievalService:
     """Runs the (blocking) retriever in its own thread pool so concurrent requests overlap and
     their query embeddings can be micro-batched."""
 
-    def __init__(self, settings: Settings, store: ChromaIndex, retriever: Retriever, metrics: Metrics):
+    def __init__(self, settings: Settings, store: VectorIndex, retriever: Retriever, metrics: Metrics):
         self.settings = settings
         self.store = store
         self.retriever = retriever
@@ -32,6 +32,10 @@ class RetrievalService:
             raise CollectionNotFound(f"collection {name!r} not found")
         return name
 
+    def resolve_mode(self, mode: str | None) -> str:
+        """The retrieval mode a request runs: its own, else the settings' default."""
+        return mode or self.settings.retrieval.mode
+
     async def retrieve(
         self,
         collection: str,
@@ -41,7 +45,7 @@ class RetrievalService:
         mode: str | None = None,
         filters: dict[str, Any] | None = None,
     ) -> list[ScoredChunk]:
-        mode = mode or self.settings.retrieval.mode
+        mode = self.resolve_mode(mode)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         hits = await loop.run_in_executor(

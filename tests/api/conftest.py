@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes.openai_server import ScriptedOpenAIServer
+from app.devtools.scripted_llm import ScriptedOpenAIServer
 
 
 @pytest.fixture

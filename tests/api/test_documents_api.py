@@ -22,9 +22,9 @@ def test_upload_runs_a_job_and_documents_are_listed(client) -> None:
     assert job["progress"] == {"done": 2, "total": 2}
     assert all(f["status"] == "succeeded" and f["chunks"] >= 1 for f in job["files"])
     # The job record names the instance that holds its uploads (it resumes the job after a restart).
-    state = client.app.state.ragserver
+    state = client.app.state.container
     stored = client.portal.call(state.documents.jobs.get, body["job_id"])
-    assert stored.owner == state.container.settings.instance_id and ":" in stored.owner
+    assert stored.owner == state.settings.instance_id and ":" in stored.owner
 
     listing = client.get("/v1/collections/kb/documents", params={"limit": 1}).json()
     assert listing["total"] == 2 and len(listing["documents"]) == 1
@@ -118,7 +118,7 @@ def test_unfinished_jobs_resume_at_startup(make_container, llm_server) -> None:
         assert job["status"] == "succeeded"
         assert client.get("/v1/collections/kb/documents/etna-doc").status_code == 200
         # The other replica's job is left for it to resume, not failed for want of its files.
-        state = client.app.state.ragserver
+        state = client.app.state.container
         client.portal.call(state.documents.wait_idle)
         other = client.get("/v1/jobs/job2").json()
         assert other["status"] == "queued" and other["files"][0]["status"] == "queued"

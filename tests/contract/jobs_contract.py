@@ -1,7 +1,7 @@
 """What every `JobStore` must do, as a mixin of tests (haystack's document-store test style).
 
 A test class inherits `JobStoreContract` and provides `make_store()`, a fixture returning a factory
-whose stores all share one backend (same SQLite file, same Redis prefix).
+whose stores all share one backend (same database), empty when the test starts.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""The BM25 index stays consistent with Chroma through ingest, replace, delete and crashes, with the
-real packaged embedder and an embedded Chroma in tmp_path."""
+"""The BM25 index, derived from the vector index, stays consistent with it through ingest, replace,
+delete and crashes, with the real packaged embedder and an embedded Chroma in tmp_path."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from app.container import Container
 from app.retrieval.bm25_index import BM25Index
-from app.retrieval.filters import parse_filters
 from app.settings import Settings
 from ingest.embedder import Embedder, SentenceTransformerEmbedder
 from ingest.pipeline import IngestPipeline
@@ -25,10 +25,9 @@ def embedder() -> Embedder:
     return SentenceTransformerEmbedder()
 
 
-def container(data_dir: Path, embedder: Embedder) -> Container:
-    c = Container(Settings(data_dir=data_dir))
-    c.embedder = embedder  # share one loaded model between the containers of a test
-    return c
+def container(data_dir: Path, embedder: Embedder, **settings: object) -> Container:
+    # One loaded model shared by the containers of a test.
+    return Container(Settings(data_dir=data_dir, **settings), embedder=embedder)  # type: ignore[arg-type]
 
 
 def doc(doc_id: str, text: str, **metadata: object) -> SourceDocument:
@@ -57,7 +56,7 @@ DOCS = [
 
 
 def bm25_of(c: Container) -> BM25Index:
-    return next(x for x in c.index_listeners if isinstance(x, BM25Index))
+    return c.bm25
 
 
 def chroma_ids(c: Container) -> set[str]:
@@ -184,7 +183,7 @@ def test_a_collection_dropped_behind_the_index_is_resynced_at_the_next_flush(
 
 
 def test_bm25_on_a_missing_collection_is_not_found(tmp_path: Path, embedder: Embedder) -> None:
-    from ingest.vector_store import CollectionNotFound
+    from ingest.vector_index import CollectionNotFound
 
     c = container(tmp_path, embedder)
     for mode in ("bm25", "dense", "hybrid"):
@@ -199,8 +198,7 @@ def test_changing_the_analyzer_settings_reindexes_on_next_load(tmp_path: Path, e
     c.pipeline.ingest([doc("tides", "The moon's pull raises the oceans twice a day.")], COLLECTION)
     assert found(bm25_of(c), "tides") == ["tides"]  # a title-only term
 
-    no_titles = Container(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(bm25_title_weight=0)))
-    no_titles.embedder = embedder
+    no_titles = container(tmp_path, embedder, retrieval=RetrievalSettings(bm25_title_weight=0))
     assert found(bm25_of(no_titles), "tides") == []
     assert found(bm25_of(no_titles), "moon oceans") == ["tides"]
 
@@ -210,63 +208,47 @@ def test_filters_select_the_same_chunks_in_both_stages(tmp_path: Path, embedder:
     c.pipeline.ingest(DOCS, COLLECTION)
     retriever = c.retriever
     query = "volcano Kepler enzyme"  # a term of every document, so BM25 can return all of them
-    cases = [
-        {"team": "geo"},
-        {"team": ["geo", "bio"]},
-        {"document_id": "kepler"},
-        {"year": {"gte": 2021}},
-        {"year": [2020, 2022], "team": "bio"},
-        {"source": "enzyme.txt"},
-        {"ingested_at": {"gte": "2000-01-01T00:00:00Z"}},
-        {"ingested_at": {"lt": 0}},
-        {"title": "nothing"},
+    everything = {"volcano", "kepler", "enzyme"}
+    cases: list[tuple[dict[str, object], set[str]]] = [
+        ({"team": "geo"}, {"volcano"}),
+        ({"team": ["geo", "bio"]}, {"volcano", "enzyme"}),
+        ({"document_id": "kepler"}, {"kepler"}),
+        ({"year": {"gte": 2021}}, {"kepler", "enzyme"}),
+        ({"year": [2020, 2022], "team": "bio"}, {"enzyme"}),
+        ({"source": "enzyme.txt"}, {"enzyme"}),
+        ({"ingested_at": {"gte": "2000-01-01T00:00:00Z"}}, everything),
+        ({"ingested_at": {"lt": 0}}, set()),
+        ({"title": "nothing"}, set()),
     ]
-    for raw in cases:
-        flt = parse_filters(raw)
-        assert flt is not None
-        everything = [ch for ch in c.store.iter_chunks(COLLECTION)]
-        expected = {ch.doc_id for ch in everything if flt.matches(ch.metadata)}
+    for raw, expected in cases:
         for mode in ("dense", "bm25", "hybrid"):
             hits = retriever.retrieve(COLLECTION, query, top_k=10, mode=mode, filters=raw)
             assert {h.doc_id for h in hits} == expected, (mode, raw)
+            # Hits carry the store's own text and metadata.
+            assert all(h.text and h.metadata["doc_id"] == h.doc_id for h in hits)
 
 
-def test_the_bm25_predicate_agrees_with_chroma_on_every_value_type(tmp_path: Path) -> None:
-    """`MetadataFilter.matches` against Chroma's own `where` evaluation, over a grid of field values
-    (int, float, bool, str, missing) and filters (equality, any-of, ranges with int/decimal bounds)."""
-    from itertools import product
+def test_bm25_keeps_no_copy_of_chunk_text(tmp_path: Path, embedder: Embedder) -> None:
+    c = container(tmp_path, embedder)
+    c.pipeline.ingest(DOCS, COLLECTION)
+    c.bm25.load(COLLECTION)
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "bm25").rglob("*") if p.is_file())
+    assert b"Michaelis" not in stored and b"semi-major" not in stored
+    assert found(c.bm25, "Michaelis Menten") == ["enzyme"]
 
-    from ingest.vector_store import ChromaIndex
 
-    values: dict[str, object] = {
-        "i1": 1,
-        "i2": 2,
-        "im2": -2,
-        "f1": 1.0,
-        "f2": 2.0,
-        "f25": 2.5,
-        "fm15": -1.5,
-        "bt": True,
-        "bf": False,
-        "s2": "2",
-        "sx": "x",
-        "missing": None,
-    }
-    coll = ChromaIndex.open(url=None, path=str(tmp_path / "chroma")).chunks_of("grid", create=True)
-    coll.add(
-        ids=list(values),
-        embeddings=[[1.0, 0.0]] * len(values),
-        metadatas=[{"k": v, "n": 0} if v is not None else {"n": 0} for v in values.values()],
-    )
-    metadata = {cid: ({"k": v, "n": 0} if v is not None else {"n": 0}) for cid, v in values.items()}
-    bounds = [2, 2.0, 2.5, -1.5, -2, 1, 0]
-    filters: list[dict[str, object]] = [{"k": v} for v in [*bounds, True, False, "2", "x"]]
-    filters += [{"k": [1, 2]}, {"k": [2.5, -1.5]}, {"k": ["2", "x"]}, {"k": [True]}]
-    filters += [{"k": {op: b}} for op, b in product(("gt", "gte", "lt", "lte"), bounds)]
-    filters += [{"k": {"gt": -2, "lte": 2.5}}, {"k": {"gte": 1}, "n": 0}]
-    for raw in filters:
-        flt = parse_filters(raw)
-        assert flt is not None and flt.where is not None
-        chroma = set(coll.get(where=flt.where, include=[])["ids"])
-        ours = {cid for cid, meta in metadata.items() if flt.matches(meta)}
-        assert ours == chroma, raw
+def test_an_index_from_before_bm25_was_derived_is_rebuilt_from_the_store(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    c = container(tmp_path, embedder)
+    c.pipeline.ingest(DOCS, COLLECTION)
+    folder = tmp_path / "bm25" / COLLECTION
+    for child in folder.iterdir():  # what an old data dir holds: a chunk table and no term table
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (folder / "chunks.sqlite3").write_bytes(b"")
+
+    restarted = container(tmp_path, embedder)
+    assert found(bm25_of(restarted), "orbital period") == ["kepler"]
+    assert not (folder / "chunks.sqlite3").exists()
+    assert_consistent(restarted)

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import app
+from app.devtools.scripted_llm import ScriptedOpenAIServer
 from evals.rag_metrics import JUDGE_METRICS, METRIC_NAMES, NO_JUDGE
-from tests.fakes.openai_server import ScriptedOpenAIServer
 from tests.unit.test_eval_judge import scripted_verdicts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

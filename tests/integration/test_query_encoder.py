@@ -11,8 +11,8 @@ import pytest
 
 from app.settings import EmbeddingSettings
 from ingest import onnx_encoder
-from ingest.embedder import MicroBatchingEmbedder, SentenceTransformerEmbedder, build_query_embedder
-from ingest.onnx_encoder import OnnxExportError, OnnxSentenceEncoder, load_onnx_encoder
+from ingest.embedder import MicroBatchingEmbedder, SentenceTransformerEmbedder
+from ingest.onnx_encoder import OnnxExportError, OnnxSentenceEncoder, build_query_embedder, load_onnx_encoder
 
 TEXTS = [
     "What is the capital of France?",

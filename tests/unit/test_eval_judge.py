@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.devtools.scripted_llm import ScriptedOpenAIServer, hashed_embedding
 from app.services.chat_service import ChatQuery, ChatResult, Citation
 from evals.answer_metrics import AnswerScorer, local_ragas_embeddings
 from evals.datasets import EvalQuestion, load_questions
 from evals.judge import JudgeConfig, RagasJudge, bounded_llm
 from evals.rag_eval import RESULTS_FILE, RunMismatch, read_rows, run_rag_eval, summarize
 from evals.rag_metrics import JUDGE_METRICS, NO_JUDGE
-from tests.fakes.openai_server import ScriptedOpenAIServer, hashed_embedding
 
 pytestmark = pytest.mark.unit
 

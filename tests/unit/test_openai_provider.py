@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.devtools.scripted_llm import ScriptedOpenAIServer
 from app.llm.base import LLM, LLMError
 from app.llm.factory import build_llm
 from app.llm.fallback import FallbackLLM
 from app.llm.openai_provider import OpenAICompatibleLLM
 from app.settings import LLMSettings
-from tests.fakes.openai_server import ScriptedOpenAIServer
 
 pytestmark = pytest.mark.unit
 

@@ -25,17 +25,13 @@ def hit(doc_id: str, idx: int = 0, score: float = 1.0, text: str | None = None) 
 
 
 class FakeStore:
-    """A ChromaIndex stand-in whose chunk collection answers every query with a fixed ranking."""
+    """A VectorIndex stand-in that answers every search with a fixed ranking (ids and scores only)."""
 
     def __init__(self, ranking: list[ScoredChunk]):
         self.ranking = ranking
 
-    def chunks_of(self, name: str) -> FakeStore:
-        return self
-
-    def query(self, query_embeddings: Any, n_results: int, where: Any = None, include: Any = ()) -> dict:
-        hits = self.ranking[:n_results]
-        return {"ids": [[h.chunk_id for h in hits]], "distances": [[1.0 - h.score for h in hits]]}
+    def nearest(self, name: str, embedding: Any, k: int, flt: Any = None) -> list[ScoredChunk]:
+        return [ScoredChunk(h.chunk_id, h.doc_id, "", h.score, {}) for h in self.ranking[:k]]
 
     def get_chunks(self, name: str, chunk_ids: list[str]) -> list[Chunk]:
         by_id = {h.chunk_id: h for h in self.ranking}

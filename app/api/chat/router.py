@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from typing import Any
-
 from fastapi import APIRouter, status
-from sse_starlette.sse import EventSourceResponse
 
-from app.api.chat.schemas import ChatRequest, ChatResponse, ConversationOut, TurnOut
+from app.api.chat.schemas import ChatRequest, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
-from app.api.errors import error_body
-from app.services.chat_service import ChatQuery, ChatResult
+from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
+from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, CitationsEvent, DoneEvent, TokenEvent
 
 router = APIRouter(tags=["chat"])
 
 
 def to_query(body: ChatRequest) -> ChatQuery:
+    """The service's query for a request (defaults stay None: the service resolves them)."""
     return ChatQuery(
         message=body.message,
         conversation_id=body.conversation_id,
@@ -31,41 +27,31 @@ def to_query(body: ChatRequest) -> ChatQuery:
     )
 
 
-async def prime(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
-    """Run a stream up to its first event, so errors before any output (unknown collection, bad
-    prompt) still become a proper JSON error response instead of a broken event stream."""
-    first = await anext(events)
+class ChatEvents(SSEEncoder):
+    """`/v1/chat` streams: `token` events, then `citations`, then `done` with the full answer."""
 
-    async def rest() -> AsyncIterator[tuple[str, Any]]:
-        yield first
-        async for item in events:
-            yield item
+    error_event = "error"
 
-    return rest()
-
-
-async def _sse(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[dict[str, str]]:
-    try:
-        async for kind, payload in events:
-            if kind == "token":
-                yield {"event": "token", "data": json.dumps({"text": payload})}
-            elif kind == "citations":
-                yield {"event": "citations", "data": json.dumps(payload)}
-            elif kind == "done":
-                yield {"event": "done", "data": json.dumps(payload.to_dict())}
-    except Exception as exc:  # mid-stream failure: tell the client in-band
-        yield {"event": "error", "data": json.dumps(error_body("stream_failed", str(exc)))}
+    def encode(self, event: ChatEvent) -> list[SSEMessage]:
+        """One named event per chat event."""
+        match event:
+            case TokenEvent(text):
+                return [sse_message({"text": text}, "token")]
+            case CitationsEvent(citations):
+                return [sse_message([c.to_dict() for c in citations], "citations")]
+            case DoneEvent(result):
+                return [sse_message(result.model_dump(mode="json"), "done")]
+        return []
 
 
-@router.post("/v1/chat", response_model=ChatResponse)
+@router.post("/v1/chat", response_model=ChatResult)
 async def chat(body: ChatRequest, service: ChatServiceDep):  # type: ignore[no-untyped-def]
     """Answer a message from a collection, with citations. With `"stream": true` the answer comes as
     Server-Sent Events: `token` events, then `citations`, then `done` carrying the full response."""
     query = to_query(body)
     if body.stream:
-        return EventSourceResponse(_sse(await prime(service.stream(query))), ping=15)
-    result: ChatResult = await service.chat(query)
-    return result.to_dict()
+        return await sse_response(service.stream(query), ChatEvents())
+    return await service.chat(query)
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationOut)

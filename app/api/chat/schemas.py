@@ -1,4 +1,4 @@
-"""Request/response shapes of the chat API."""
+"""Request/response shapes of the chat API; the answer itself is `app.services.chat_types.ChatResult`."""
 
 from __future__ import annotations
 
@@ -18,29 +18,6 @@ class ChatRequest(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="Retrieval mode.")
     max_tokens: int | None = Field(None, ge=1, le=8192)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-
-
-class CitationOut(BaseModel):
-    n: int
-    document_id: str
-    source: str
-    chunk_id: str
-    page: int | None = None
-    score: float
-    title: str = ""
-    text: str
-
-
-class ChatResponse(BaseModel):
-    conversation_id: str
-    response_id: str
-    answer: str
-    citations: list[CitationOut]
-    prompt: str
-    model: str
-    usage: dict[str, int]
-    collection: str
-    retrieval: dict[str, Any]
 
 
 class TurnOut(BaseModel):

@@ -76,12 +76,9 @@ async def upload_documents(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, service: DocumentServiceDep) -> dict[str, Any]:
+async def get_job(job_id: str, service: DocumentServiceDep) -> JobOut:
     """Status of an ingestion job: queued, running, succeeded, failed or partial, per file."""
-    job = await service.get_job(job_id)
-    data = job.to_dict()
-    data["progress"] = job.progress
-    return data
+    return JobOut.from_job(await service.get_job(job_id))
 
 
 @router.get("/v1/collections/{collection}/documents", response_model=DocumentList)

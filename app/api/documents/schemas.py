@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from app.jobs.base import Job
 
 
 class AcceptedDocument(BaseModel):
@@ -18,6 +21,8 @@ class JobAccepted(BaseModel):
 
 
 class JobFileOut(BaseModel):
+    """One file of a job (its `stored_path` stays on the server)."""
+
     document_id: str
     filename: str
     status: str
@@ -26,6 +31,8 @@ class JobFileOut(BaseModel):
 
 
 class JobOut(BaseModel):
+    """The status answer of an ingestion job (`GET /v1/jobs/{job_id}`)."""
+
     job_id: str
     collection: str
     status: str
@@ -34,6 +41,12 @@ class JobOut(BaseModel):
     metadata: dict[str, Any] = {}
     created_at: float
     updated_at: float
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        """The answer for `job`, from its JSON view (which has `progress`). Internal fields of that view
+        (`owner`, each file's `stored_path`) are not fields here, so validation leaves them out."""
+        return cls.model_validate(job.to_dict())
 
 
 class DocumentOut(BaseModel):

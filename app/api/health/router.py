@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import StateDep
+from app.api.deps import ContainerDep
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(state: StateDep) -> JSONResponse:
+async def readyz(container: ContainerDep) -> JSONResponse:
     """Vector store, history store, job store and LLM reachable; 503 naming what is down."""
 
     async def check(coro) -> bool:  # type: ignore[no-untyped-def]
@@ -30,10 +30,10 @@ async def readyz(state: StateDep) -> JSONResponse:
             return False
 
     checks = {
-        "vector_store": await check(asyncio.to_thread(state.container.store.heartbeat)),
-        "history_store": await check(state.history.ping()),
-        "job_store": await check(state.jobs.ping()),
-        "llm": await check(state.llm.health()),
+        "vector_store": await check(asyncio.to_thread(container.store.heartbeat)),
+        "history_store": await check(container.history.ping()),
+        "job_store": await check(container.jobs.ping()),
+        "llm": await check(container.llm.health()),
     }
     down = [name for name, ok in checks.items() if not ok]
     if down:
@@ -47,6 +47,6 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
+async def metrics(container: ContainerDep) -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,19 +6,18 @@ as [n] markers with a "Sources:" list appended to the text (settings.prompts.ope
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.chat.router import prime
-from app.api.deps import ChatServiceDep, StateDep
-from app.api.errors import APIError, error_body
-from app.services.chat_service import ChatQuery, ChatResult, Citation
+from app.api.deps import ChatServiceDep, ContainerDep
+from app.api.errors import APIError
+from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
+from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, Citation, DoneEvent, TokenEvent
 
 router = APIRouter(tags=["openai"])
 
@@ -54,6 +53,7 @@ class ChatCompletionRequest(BaseModel):
 
 
 def sources_text(citations: list[Citation]) -> str:
+    """The "Sources:" list appended to the answer text for clients that drop unknown fields."""
     lines = [
         f"[{c.n}] {c.title or c.source}" + (f" ({c.source})" if c.title and c.source != c.title else "")
         for c in citations
@@ -61,14 +61,14 @@ def sources_text(citations: list[Citation]) -> str:
     return "\n\nSources:\n" + "\n".join(lines) if lines else ""
 
 
-def _query(body: ChatCompletionRequest, default_collection: str) -> ChatQuery:
+def _query(body: ChatCompletionRequest) -> ChatQuery:
     turns = [m for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user":
         raise APIError(400, "invalid_request", "the last message must be a user message")
-    collection = default_collection if body.model in _DEFAULT_MODELS else body.model
     return ChatQuery(
         message=turns[-1].text(),
-        collection=collection,
+        # None: the service's default collection.
+        collection=None if body.model in _DEFAULT_MODELS else body.model,
         history=[{"role": m.role, "content": m.text()} for m in turns[:-1]],
         remember=False,
         filters=body.filters,
@@ -81,20 +81,70 @@ def _query(body: ChatCompletionRequest, default_collection: str) -> ChatQuery:
 
 
 def _extras(result: ChatResult) -> dict[str, Any]:
+    """ragserver's additions to an OpenAI answer: its citations and what produced it."""
     return {
         "citations": [c.to_dict() for c in result.citations],
         "ragserver": {"response_id": result.response_id, "prompt": result.prompt, "model": result.model},
     }
 
 
+@dataclass
+class CompletionChunks(SSEEncoder):
+    """OpenAI `chat.completion.chunk` messages: a role chunk, content chunks, a "stop" chunk carrying the
+    citations, a usage chunk when asked for, and `[DONE]`."""
+
+    id: str
+    created: int
+    model: str
+    inline_citations: bool
+    include_usage: bool
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> SSEMessage:
+        return sse_message(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+                **extra,
+            }
+        )
+
+    def _delta(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> SSEMessage:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish}], **extra)
+
+    def opening(self) -> list[SSEMessage]:
+        """The assistant role, before any content."""
+        return [self._delta({"role": "assistant", "content": ""})]
+
+    def encode(self, event: ChatEvent) -> list[SSEMessage]:
+        """Tokens as content deltas; the end as the sources text, the stop chunk and usage."""
+        match event:
+            case TokenEvent(text):
+                return [self._delta({"content": text})]
+            case DoneEvent(result):
+                out = []
+                if self.inline_citations and result.citations:
+                    out.append(self._delta({"content": sources_text(result.citations)}))
+                out.append(self._delta({}, "stop", **_extras(result)))
+                if self.include_usage:
+                    out.append(self._chunk([], usage=result.usage))
+                return out
+        return []  # the citations travel in the stop chunk
+
+    def closing(self) -> list[SSEMessage]:
+        """OpenAI's end-of-stream marker."""
+        return [sse_message("[DONE]")]
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep):  # type: ignore[no-untyped-def]
     """OpenAI Chat Completions over a collection (the `model`), streaming or not."""
     inline = service.settings.prompts.openai_inline_citations
-    query = _query(body, service.settings.server.default_collection)
     created = int(time.time())
     if not body.stream:
-        result = await service.chat(query)
+        result = await service.chat(_query(body))
         content = result.answer + (sources_text(result.citations) if inline else "")
         return {
             "id": f"chatcmpl-{result.response_id}",
@@ -107,56 +157,22 @@ async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep)
             "usage": result.usage,
             **_extras(result),
         }
-    events = await prime(service.stream(query))
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
-    model = query.collection or service.settings.server.default_collection
-    chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        payload = {
-            "id": chunk_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(payload)}\n\n"
-
-    async def sse() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        try:
-            async for kind, payload in events:
-                if kind == "token":
-                    yield chunk({"content": payload})
-                elif kind == "done":
-                    result: ChatResult = payload
-                    if inline and result.citations:
-                        yield chunk({"content": sources_text(result.citations)})
-                    yield chunk({}, "stop", **_extras(result))
-                    if include_usage:
-                        usage_payload = {
-                            "id": chunk_id,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": model,
-                            "choices": [],
-                            "usage": result.usage,
-                        }
-                        yield f"data: {json.dumps(usage_payload)}\n\n"
-        except Exception as exc:
-            yield f"data: {json.dumps(error_body('stream_failed', str(exc)))}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    # Resolved here because every chunk names the collection, before the answer (which has it) is done.
+    query = _query(body).resolve(service.settings)
+    chunks = CompletionChunks(
+        id=f"chatcmpl-{int(time.time() * 1000)}",
+        created=created,
+        model=query.collection,
+        inline_citations=inline,
+        include_usage=bool((body.stream_options or {}).get("include_usage")),
+    )
+    return await sse_response(service.stream(query), chunks)
 
 
 @router.get("/v1/models")
-async def list_models(state: StateDep) -> dict[str, Any]:
+async def list_models(container: ContainerDep) -> dict[str, Any]:
     """Collections, as OpenAI models."""
-    import asyncio
-
-    names = await asyncio.to_thread(state.container.store.list_collections)
+    names = await asyncio.to_thread(container.store.list_collections)
     return {
         "object": "list",
         "data": [{"id": n, "object": "model", "created": 0, "owned_by": "ragserver"} for n in names],

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import RetrievalServiceDep
+from app.services.chat_types import Citation
 
 router = APIRouter(tags=["retrieve"])
 
@@ -20,15 +21,12 @@ class RetrieveRequest(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] | None = None
 
 
-class RetrievedChunk(BaseModel):
-    rank: int
-    chunk_id: str
-    document_id: str
-    score: float
-    text: str
-    source: str
-    title: str
-    page: int | None = None
+class RetrievedChunk(Citation):
+    """A ranked chunk: the `Citation` model numbered by rank (`rank` on the wire), with all its metadata."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    n: int = Field(alias="rank", description="1 for the best match.")
     metadata: dict[str, Any]
 
 
@@ -42,23 +40,11 @@ class RetrieveResponse(BaseModel):
 async def retrieve(body: RetrieveRequest, service: RetrievalServiceDep) -> RetrieveResponse:
     """Ranked chunks of a collection for a query."""
     collection = service.resolve_collection(body.collection)
-    mode = body.mode or service.settings.retrieval.mode
-    hits = await service.retrieve(collection, body.query, top_k=body.top_k, mode=mode, filters=body.filters)
+    hits = await service.retrieve(
+        collection, body.query, top_k=body.top_k, mode=body.mode, filters=body.filters
+    )
     return RetrieveResponse(
         collection=collection,
-        mode=mode,
-        results=[
-            RetrievedChunk(
-                rank=i,
-                chunk_id=h.chunk_id,
-                document_id=h.doc_id,
-                score=h.score,
-                text=h.text,
-                source=str(h.metadata.get("source", "")),
-                title=str(h.metadata.get("title", "")),
-                page=h.metadata.get("page"),
-                metadata=h.metadata,
-            )
-            for i, h in enumerate(hits, start=1)
-        ],
+        mode=service.resolve_mode(body.mode),
+        results=[RetrievedChunk.from_hit(i, h, metadata=h.metadata) for i, h in enumerate(hits, start=1)],
     )

@@ -1,4 +1,4 @@
-"""A scripted OpenAI-compatible HTTP server on loopback, for tests and benchmarks.
+"""A scripted OpenAI-compatible HTTP server on loopback, for tests, benchmarks and demos.
 
 The real `openai` client talks real HTTP to it, streaming included:
 
@@ -11,12 +11,11 @@ Each chat request takes the next scripted step (a text, an HTTP error, a delay);
 empty it answers `default_reply` (a string, or a callable(messages) -> str). Tokens are
 whitespace words. Stand-alone, for benchmarks:
 
-    python -m tests.fakes.openai_server --port 8001 [--instant]
+    ragserver dev scripted-llm --port 8001 [--instant] [--reply TEXT]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
@@ -157,6 +156,17 @@ class ScriptedOpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def wait(self) -> None:
+        """Block until Ctrl-C or the server thread ends (after `start`); the server is stopped either way."""
+        try:
+            # A sleep loop rather than join(): the main thread must stay free to take KeyboardInterrupt.
+            while self._thread is not None and self._thread.is_alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
     # -- HTTP ------------------------------------------------------------------------------------
     def _build_app(self) -> FastAPI:
         app = FastAPI()
@@ -282,35 +292,3 @@ def _error(status: int) -> JSONResponse:
         "error": {"message": f"scripted error {status}", "type": kinds.get(status, "error"), "code": status}
     }
     return JSONResponse(body, status_code=status)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--reply", default="This is a scripted reply.", help="the default reply text")
-    parser.add_argument("--model", default="scripted-model")
-    parser.add_argument("--embedding-dim", type=int, default=384)
-    parser.add_argument("--word-delay", type=float, default=0.02, help="seconds per streamed word")
-    parser.add_argument("--instant", action="store_true", help="no per-word delay (same as --word-delay 0)")
-    args = parser.parse_args()
-    server = ScriptedOpenAIServer(
-        args.reply,
-        model=args.model,
-        embedding_dim=args.embedding_dim,
-        word_delay_s=0.0 if args.instant else args.word_delay,
-        port=args.port,
-        record_requests=False,
-    )
-    server.start()
-    print(f"scripted OpenAI server on {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:
-        while server._thread is not None and server._thread.is_alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-
-
-if __name__ == "__main__":
-    main()

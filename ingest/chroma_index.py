@@ -1,99 +1,30 @@
-"""Chroma as the vector index: embedded PersistentClient by default, a Chroma server when configured.
+"""`VectorIndex` on Chroma: an embedded PersistentClient by default, a Chroma server when configured.
 
-Each ragserver collection is two Chroma collections: `<name>` holds chunks with their embeddings and
-metadata, `<name>__docs` holds one record per document (its version, chunk count and metadata). The
-document record is written last, after the chunks, so it doubles as the commit marker that makes
-ingestion crash-safe.
+This module is the only one that touches a raw Chroma collection. Each ragserver collection is two
+Chroma collections: `rs_<name>` holds chunks with their embeddings and metadata, `rs_<name>__docs`
+holds one record per document (see `ingest.vector_index`).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from ingest.types import Chunk, ScoredChunk
+from ingest.filters import MetadataFilter
+from ingest.types import Chunk, ScoredChunk, doc_id_of
+from ingest.vector_index import CollectionNotFound, DocumentRecord, validate_collection_name
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _DOCS_SUFFIX = "__docs"
 _CHUNK_PREFIX = "rs_"
 # Chroma needs a vector for every record; document records are looked up by id only.
 _PLACEHOLDER = [1.0]
 
 
-class InvalidCollectionName(ValueError):
-    """A collection name that is not 1-63 letters, digits, '-' or '_' (starting alphanumeric)."""
-
-
-class CollectionNotFound(LookupError):
-    """No such collection."""
-
-
-def validate_collection_name(name: str) -> str:
-    if not COLLECTION_NAME.match(name):
-        raise InvalidCollectionName(
-            f"invalid collection name {name!r}: "
-            "use 1-63 letters, digits, '-' or '_', starting with a letter or digit"
-        )
-    return name
-
-
-@dataclass
-class DocumentRecord:
-    """What the index knows about one document."""
-
-    doc_id: str
-    source: str
-    title: str
-    content_hash: str
-    version: str
-    chunks: int
-    ingested_at: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_chroma(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "title": self.title,
-            "content_hash": self.content_hash,
-            "version": self.version,
-            "chunks": self.chunks,
-            "ingested_at": self.ingested_at,
-            "metadata_json": json.dumps(self.metadata, sort_keys=True, default=str),
-        }
-
-    @classmethod
-    def from_chroma(cls, doc_id: str, meta: dict[str, Any]) -> DocumentRecord:
-        return cls(
-            doc_id=doc_id,
-            source=str(meta.get("source", "")),
-            title=str(meta.get("title", "")),
-            content_hash=str(meta.get("content_hash", "")),
-            version=str(meta.get("version", "")),
-            chunks=int(meta.get("chunks", 0)),
-            ingested_at=float(meta.get("ingested_at", 0.0)),
-            metadata=json.loads(str(meta.get("metadata_json") or "{}")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "document_id": self.doc_id,
-            "source": self.source,
-            "title": self.title,
-            "content_hash": self.content_hash,
-            "chunks": self.chunks,
-            "ingested_at": self.ingested_at,
-            "metadata": self.metadata,
-        }
-
-
 class ChromaIndex:
-    """Chunk and document storage for all collections in one Chroma (embedded or server)."""
+    """`VectorIndex` over one Chroma (embedded or server)."""
 
     def __init__(self, client: Any):
         self.client = client
@@ -139,10 +70,11 @@ class ChromaIndex:
             self._collections[key] = coll
         return coll
 
-    def chunks_of(self, name: str, create: bool = False) -> Any:
+    # Raw Chroma collections: for this module only.
+    def _chunks_of(self, name: str, create: bool = False) -> Any:
         return self._chroma(name, create=create)
 
-    def docs_of(self, name: str, create: bool = False) -> Any:
+    def _docs_of(self, name: str, create: bool = False) -> Any:
         return self._chroma(name, _DOCS_SUFFIX, create=create)
 
     def ensure_collection(self, name: str) -> None:
@@ -151,7 +83,7 @@ class ChromaIndex:
 
     def has_collection(self, name: str) -> bool:
         try:
-            self.docs_of(name)
+            self._docs_of(name)
             return True
         except CollectionNotFound:
             return False
@@ -178,25 +110,28 @@ class ChromaIndex:
     def get_documents(self, name: str, doc_ids: list[str]) -> dict[str, DocumentRecord]:
         if not doc_ids:
             return {}
-        result = self.docs_of(name, create=True).get(ids=doc_ids, include=["metadatas"])
+        try:
+            docs = self._docs_of(name)
+        except CollectionNotFound:
+            return {}
+        result = docs.get(ids=doc_ids, include=["metadatas"])
         return {
-            i: DocumentRecord.from_chroma(i, m)
-            for i, m in zip(result["ids"], result["metadatas"], strict=True)
+            i: DocumentRecord.from_row(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)
         }
 
     def put_documents(self, name: str, records: list[DocumentRecord]) -> None:
         if not records:
             return
-        self.docs_of(name, create=True).upsert(
+        self._docs_of(name, create=True).upsert(
             ids=[r.doc_id for r in records],
             embeddings=[_PLACEHOLDER] * len(records),
-            metadatas=[r.to_chroma() for r in records],
+            metadatas=[r.to_row() for r in records],
         )
 
     def list_documents(self, name: str, *, limit: int = 100, offset: int = 0) -> list[DocumentRecord]:
-        result = self.docs_of(name).get(include=["metadatas"], limit=limit, offset=offset)
+        result = self._docs_of(name).get(include=["metadatas"], limit=limit, offset=offset)
         records = [
-            DocumentRecord.from_chroma(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)
+            DocumentRecord.from_row(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)
         ]
         return records
 
@@ -210,28 +145,28 @@ class ChromaIndex:
             offset += page
 
     def count_documents(self, name: str) -> int:
-        return int(self.docs_of(name).count())
+        return int(self._docs_of(name).count())
 
     def count_chunks(self, name: str) -> int:
-        return int(self.chunks_of(name).count())
+        return int(self._chunks_of(name).count())
 
     def delete_documents(self, name: str, doc_ids: list[str]) -> list[str]:
         """Delete documents and all their chunks; returns the chunk ids removed."""
         removed: list[str] = []
-        chunks = self.chunks_of(name)
+        chunks = self._chunks_of(name)
         for start in range(0, len(doc_ids), 500):
             batch = doc_ids[start : start + 500]
             found = chunks.get(where={"doc_id": {"$in": batch}}, include=[])
             if found["ids"]:
                 self._delete_ids(chunks, found["ids"])
                 removed.extend(found["ids"])
-            self.docs_of(name).delete(ids=batch)
+            self._docs_of(name).delete(ids=batch)
         return removed
 
     # -- chunks ------------------------------------------------------------------------------------
 
     def upsert_chunks(self, name: str, chunks: list[Chunk], embeddings: np.ndarray) -> None:
-        coll = self.chunks_of(name, create=True)
+        coll = self._chunks_of(name, create=True)
         for start in range(0, len(chunks), self.max_batch):
             part = chunks[start : start + self.max_batch]
             coll.upsert(
@@ -248,7 +183,7 @@ class ChromaIndex:
         """
         if not current:
             return []
-        coll = self.chunks_of(name, create=True)
+        coll = self._chunks_of(name, create=True)
         stale: list[str] = []
         doc_ids = list(current)
         for start in range(0, len(doc_ids), 500):
@@ -268,7 +203,7 @@ class ChromaIndex:
 
     def iter_chunks(self, name: str, page: int = 2000) -> Iterator[Chunk]:
         """Every chunk of a collection (text and metadata, no vectors), page by page."""
-        coll = self.chunks_of(name)
+        coll = self._chunks_of(name)
         offset = 0
         while True:
             got = coll.get(include=["documents", "metadatas"], limit=page, offset=offset)
@@ -281,43 +216,43 @@ class ChromaIndex:
             offset += page
 
     def get_chunks(self, name: str, chunk_ids: list[str]) -> list[Chunk]:
-        got = self.chunks_of(name).get(ids=chunk_ids, include=["documents", "metadatas"])
+        got = self._chunks_of(name).get(ids=chunk_ids, include=["documents", "metadatas"])
         by_id = {
             cid: Chunk(chunk_id=cid, doc_id=str(meta.get("doc_id")), text=text or "", metadata=dict(meta))
             for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
         }
         return [by_id[c] for c in chunk_ids if c in by_id]
 
-    def query(
-        self, name: str, embedding: np.ndarray, k: int, where: dict[str, Any] | None = None
+    def chunk_ids(self, name: str) -> set[str]:
+        return self._ids(self._chunks_of(name), None)
+
+    def nearest(
+        self, name: str, embedding: np.ndarray, k: int, flt: MetadataFilter | None = None
     ) -> list[ScoredChunk]:
-        """The k nearest chunks by cosine similarity (score = 1 - cosine distance)."""
-        coll = self.chunks_of(name)
-        count = coll.count()
-        if count == 0:
-            return []
-        result = coll.query(
+        # Ids and distances only: Chroma's payload costs ~0.1 ms a row, and callers keep few hits.
+        result = self._chunks_of(name).query(
             query_embeddings=[np.asarray(embedding, dtype=np.float32)],
-            n_results=min(k, count),
-            where=where or None,
-            include=["documents", "metadatas", "distances"],
+            n_results=k,
+            where=flt.where if flt else None,
+            include=["distances"],
         )
         return [
-            ScoredChunk(
-                chunk_id=cid,
-                doc_id=str(meta.get("doc_id")),
-                text=text or "",
-                score=1.0 - float(dist),
-                metadata=dict(meta),
-            )
-            for cid, text, meta, dist in zip(
-                result["ids"][0],
-                result["documents"][0],
-                result["metadatas"][0],
-                result["distances"][0],
-                strict=True,
-            )
+            ScoredChunk(chunk_id=cid, doc_id=doc_id_of(cid), text="", score=1.0 - float(d), metadata={})
+            for cid, d in zip(result["ids"][0], result["distances"][0], strict=True)
         ]
+
+    def matching_ids(self, name: str, flt: MetadataFilter) -> set[str]:
+        return self._ids(self._chunks_of(name), flt.where)
+
+    def _ids(self, coll: Any, where: dict[str, Any] | None, page: int = 10000) -> set[str]:
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            got = coll.get(where=where, include=[], limit=page, offset=offset)["ids"]
+            ids.update(got)
+            if len(got) < page:
+                return ids
+            offset += page
 
     def heartbeat(self) -> bool:
         try:

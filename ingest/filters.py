@@ -9,15 +9,13 @@ A filter is a JSON object; every key must match (AND):
 
 A scalar means equality, a list means "any of" (all of one type), an object is a range (its bounds
 AND-ed). Values are strings, numbers or booleans. `ingested_at` bounds may be epoch seconds or ISO-8601
-(a time without a zone is UTC). `parse_filters` checks the object once and returns a `MetadataFilter`
-that gives the same predicate two ways: a Chroma `where` for the dense stage and `matches(metadata)` for
-BM25. `matches` follows Chroma's rules exactly, quirks included: a boolean never equals a number, and
-an integer field is compared with a fractional bound's integer part (Chroma truncates it).
+(a time without a zone is UTC). `parse_filters` checks the object once and returns a `MetadataFilter`.
+The vector index is the one place that evaluates it (`VectorIndex.nearest` and `matching_ids`), so the
+dense and the BM25 stage cannot disagree on what a filter means: BM25 receives the allowed chunk ids.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,20 +50,10 @@ class Condition:
             return {self.key: {"$eq": self.values[0]}}
         return {self.key: {"$in": list(self.values)}}
 
-    def matches(self, metadata: Mapping[str, Any]) -> bool:
-        if self.key not in metadata:
-            return False
-        actual = metadata[self.key]
-        if self.ops:
-            if not _is_number(actual):
-                return False
-            return all(_compare(op, actual, _as_chroma_compares(actual, bound)) for op, bound in self.ops)
-        return any(_same_value(actual, v) for v in self.values)
-
 
 @dataclass(frozen=True)
 class MetadataFilter:
-    """A parsed filter: `where` for Chroma, `matches` for in-process stages (BM25)."""
+    """A parsed filter; `where` is its Chroma form (the Chroma adapter is its one evaluator)."""
 
     conditions: tuple[Condition, ...]
 
@@ -79,9 +67,6 @@ class MetadataFilter:
         if not flat:
             return None
         return flat[0] if len(flat) == 1 else {"$and": flat}
-
-    def matches(self, metadata: Mapping[str, Any]) -> bool:
-        return all(c.matches(metadata) for c in self.conditions)
 
     def __bool__(self) -> bool:
         return bool(self.conditions)
@@ -164,29 +149,3 @@ def _kind(value: Scalar) -> type:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _same_value(actual: Any, wanted: Scalar) -> bool:
-    # As in Chroma: a boolean never equals a number, a string never equals a number.
-    if isinstance(wanted, bool) or isinstance(actual, bool):
-        return isinstance(wanted, bool) and isinstance(actual, bool) and actual == wanted
-    if isinstance(wanted, int | float):
-        return _is_number(actual) and actual == _as_chroma_compares(actual, wanted)
-    return actual == wanted
-
-
-def _as_chroma_compares(actual: int | float, bound: int | float) -> int | float:
-    """The bound as Chroma applies it to this field: an integer field sees a decimal bound truncated."""
-    if isinstance(actual, int) and isinstance(bound, float):
-        return math.trunc(bound)
-    return bound
-
-
-def _compare(op: str, actual: int | float, bound: int | float) -> bool:
-    if op == "gt":
-        return actual > bound
-    if op == "gte":
-        return actual >= bound
-    if op == "lt":
-        return actual < bound
-    return actual <= bound

@@ -1,0 +1,89 @@
+"""Server-Sent Events for both chat APIs: one framing, one mid-stream error path, one prime.
+
+`/v1/chat` sends named events (token, citations, done, error); `/v1/chat/completions` sends OpenAI
+`data:` chunks and a closing `data: [DONE]`. Each API only says what its messages contain (an
+`SSEEncoder`); `sse_response` does the rest the same way for both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.errors import error_body
+from app.services.chat_types import ChatEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# One SSE message as sse_starlette takes it: {"data": ...} or {"event": ..., "data": ...}.
+SSEMessage = dict[str, str]
+# Keep-alive comment lines on a quiet stream, so proxies do not time the connection out.
+PING_S = 15
+
+
+def sse_message(data: Any, event: str | None = None) -> SSEMessage:
+    """An SSE message: `data` as JSON (a str goes as it is, e.g. OpenAI's `[DONE]`), named `event`."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    return {"data": text} if event is None else {"event": event, "data": text}
+
+
+class SSEEncoder:
+    """How one API spells a chat stream. Subclasses override `encode`, and `opening`/`closing` when the
+    protocol has messages around the events."""
+
+    # The event name of an in-band error message (None: a plain `data:` message, as OpenAI sends).
+    error_event: str | None = None
+
+    def opening(self) -> list[SSEMessage]:
+        """Messages before the first event."""
+        return []
+
+    def encode(self, event: ChatEvent) -> list[SSEMessage]:
+        """The messages for one event of the chat stream (none for events the protocol leaves out)."""
+        raise NotImplementedError
+
+    def closing(self) -> list[SSEMessage]:
+        """Messages after the last event, also after an error."""
+        return []
+
+
+async def prime(events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Run a stream up to its first event, so errors before any output (unknown collection, bad
+    prompt) still become a proper JSON error response instead of a broken event stream."""
+    first = await anext(events)
+
+    async def rest() -> AsyncIterator[T]:
+        yield first
+        async for item in events:
+            yield item
+
+    return rest()
+
+
+async def encode_stream(events: AsyncIterator[ChatEvent], encoder: SSEEncoder) -> AsyncIterator[SSEMessage]:
+    """The SSE messages of a chat stream; a failure mid-stream is reported in-band, since the 200
+    status line has already gone out."""
+    for item in encoder.opening():
+        yield item
+    try:
+        async for event in events:
+            for item in encoder.encode(event):
+                yield item
+    except Exception as exc:
+        log.warning("chat stream failed mid-way: %s", exc, exc_info=exc)
+        yield sse_message(error_body("stream_failed", str(exc)), encoder.error_event)
+    for item in encoder.closing():
+        yield item
+
+
+async def sse_response(events: AsyncIterator[ChatEvent], encoder: SSEEncoder) -> EventSourceResponse:
+    """A streaming response for a chat stream, primed first (see `prime`): raises what the stream
+    raises before its first event."""
+    primed = await prime(events)
+    # "\n" line ends, as OpenAI clients expect (some split on blank lines "\n\n").
+    return EventSourceResponse(encode_stream(primed, encoder), ping=PING_S, sep="\n")

@@ -1,0 +1,1 @@
+"""Developer tools shipped with the app: local stand-ins used by benchmarks, tests and demos."""

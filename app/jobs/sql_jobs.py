@@ -1,0 +1,170 @@
+"""Ingestion job records in a relational database (SQLAlchemy Core): a SQLite file or PostgreSQL.
+
+The schema is Alembic's (`app.db.migrate`), brought up to date when the store is built. Every call runs
+its statements in a worker thread (`asyncio.to_thread`), so the event loop never waits on the database,
+and each write commits before the call returns (SQLite: synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+
+from app.db import make_engine, migrate
+from app.db.tables import ingest_job_files as files_t
+from app.db.tables import ingest_jobs as jobs_t
+from app.jobs.base import UNFINISHED_JOB_STATUSES, Job, JobFile, check_file_status, check_job_status
+
+T = TypeVar("T")
+
+_FILE_FIELDS = ("document_id", "filename", "stored_path", "status", "error", "chunks")
+# One statement reads a job with its files (an outer join: a job may have none), so the two always come
+# from one snapshot, even on PostgreSQL where each statement of a transaction sees the latest commits.
+_JOBS_WITH_FILES = (
+    sa.select(jobs_t, *(files_t.c[name].label(f"file_{name}") for name in _FILE_FIELDS))
+    .select_from(jobs_t.outerjoin(files_t, files_t.c.job_id == jobs_t.c.job_id))
+    .order_by(jobs_t.c.created_at, jobs_t.c.job_id, files_t.c.position)
+)
+
+
+class SQLJobStore:
+    """`JobStore` on a SQLAlchemy database URL (`sqlite:///...`, `postgresql://...`)."""
+
+    def __init__(self, url: str) -> None:
+        self._engine: Engine = make_engine(url)
+        # Synchronous on purpose: built once at start-up, before the server takes requests.
+        migrate(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    async def create(self, job: Job) -> None:
+        """See `JobStore.create`."""
+        job_row = {
+            "job_id": job.job_id,
+            "collection": job.collection,
+            "status": job.status,
+            "metadata_json": json.dumps(job.metadata, ensure_ascii=False),
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "owner": job.owner,
+        }
+        file_rows = [
+            {"job_id": job.job_id, "position": i, **{name: getattr(f, name) for name in _FILE_FIELDS}}
+            for i, f in enumerate(job.files)
+        ]
+
+        def _create(conn: Connection) -> None:
+            try:
+                conn.execute(sa.insert(jobs_t), job_row)
+            except sa.exc.IntegrityError as exc:
+                raise ValueError(f"job {job.job_id} already exists") from exc
+            if file_rows:
+                conn.execute(sa.insert(files_t), file_rows)
+
+        await self._write(_create)
+
+    async def get(self, job_id: str) -> Job | None:
+        """See `JobStore.get`."""
+        jobs = await self._read(_JOBS_WITH_FILES.where(jobs_t.c.job_id == job_id))
+        return jobs[0] if jobs else None
+
+    async def update_file(
+        self, job_id: str, document_id: str, status: str, error: str | None = None, chunks: int = 0
+    ) -> None:
+        """See `JobStore.update_file`."""
+        check_file_status(status)
+        # Each file is its own row, updated in place: concurrent updates of different files never meet.
+        change = (
+            sa.update(files_t)
+            .where(files_t.c.job_id == job_id, files_t.c.document_id == document_id)
+            .values(status=status, error=error, chunks=chunks)
+        )
+
+        def _update(conn: Connection) -> None:
+            updated = conn.execute(change).rowcount
+            _touch(conn, job_id)  # raises KeyError for an unknown job first: the clearer message
+            if updated == 0:
+                raise KeyError(f"job {job_id} has no file with document_id {document_id!r}")
+
+        await self._write(_update)
+
+    async def set_status(self, job_id: str, status: str) -> None:
+        """See `JobStore.set_status`."""
+        check_job_status(status)
+        await self._write(lambda conn: _touch(conn, job_id, status))
+
+    async def list_unfinished(self) -> list[Job]:
+        """See `JobStore.list_unfinished`."""
+        return await self._read(_JOBS_WITH_FILES.where(jobs_t.c.status.in_(sorted(UNFINISHED_JOB_STATUSES))))
+
+    async def ping(self) -> bool:
+        """See `JobStore.ping`."""
+
+        def _ping() -> None:
+            with self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+
+        try:
+            await asyncio.to_thread(_ping)
+        except Exception:  # any failure (driver, network, pool) means "not healthy", never an error
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """See `JobStore.aclose`."""
+        await asyncio.to_thread(self._engine.dispose)
+
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one transaction in a worker thread; committed before the await returns."""
+
+        def _transaction() -> T:
+            with self._engine.begin() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(_transaction)
+
+    async def _read(self, query: sa.Select[Any]) -> list[Job]:
+        def _query() -> list[Job]:
+            with self._engine.connect() as conn:
+                return _jobs_from_rows(conn.execute(query).all())
+
+        return await asyncio.to_thread(_query)
+
+
+def _touch(conn: Connection, job_id: str, status: str | None = None) -> None:
+    """Bump updated_at (and set status when given); KeyError for an unknown job."""
+    values: dict[str, Any] = {"updated_at": time.time()}
+    if status is not None:
+        values["status"] = status
+    if conn.execute(sa.update(jobs_t).where(jobs_t.c.job_id == job_id).values(values)).rowcount == 0:
+        raise KeyError(f"unknown job {job_id}")
+
+
+def _jobs_from_rows(rows: Sequence[Row[Any]]) -> list[Job]:
+    """Group `_JOBS_WITH_FILES` rows (one per file, in order) into jobs."""
+    jobs: dict[str, tuple[Row[Any], list[JobFile]]] = {}
+    for row in rows:
+        _, job_files = jobs.setdefault(row.job_id, (row, []))
+        if row.file_document_id is not None:  # None: the outer join's row for a job without files
+            job_files.append(JobFile(**{name: row._mapping[f"file_{name}"] for name in _FILE_FIELDS}))
+    return [
+        Job(
+            job_id=row.job_id,
+            collection=row.collection,
+            status=row.status,
+            files=job_files,
+            metadata=json.loads(row.metadata_json),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            owner=row.owner,
+        )
+        for row, job_files in jobs.values()
+    ]

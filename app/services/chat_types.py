@@ -1,0 +1,138 @@
+"""The chat use case's data: the query, a citation, the result and the events of a streamed answer.
+
+One model per concept from the service to the wire: `ChatService` builds these, and both chat APIs
+(`/v1/chat`, `/v1/chat/completions`) return them as they are. Pydantic, but no FastAPI, so services and
+the eval harness can use them without the web layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from ingest.types import ScoredChunk
+
+
+@dataclass
+class ChatQuery:
+    """One chat request, as the service sees it; None means "the default from settings" (`resolve`)."""
+
+    message: str
+    conversation_id: str | None = None
+    collection: str | None = None
+    prompt: str | None = None
+    filters: dict[str, Any] | None = None
+    top_k: int | None = None
+    mode: str | None = None
+    # Stateless callers (the OpenAI-compatible API) pass the history themselves.
+    history: list[dict[str, str]] | None = None
+    remember: bool = True
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+    def resolve(self, settings: Settings) -> ResolvedChatQuery:
+        """This query with every default filled in from `settings`: the one place chat defaults live."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        # Names: an empty string means the default too. Numbers: only None does (temperature 0 is valid).
+        values.update(
+            collection=self.collection or settings.server.default_collection,
+            prompt=self.prompt or settings.prompts.answer,
+            mode=self.mode or settings.retrieval.mode,
+            top_k=settings.retrieval.top_k if self.top_k is None else self.top_k,
+            max_tokens=settings.llm.max_tokens if self.max_tokens is None else self.max_tokens,
+            temperature=settings.llm.temperature if self.temperature is None else self.temperature,
+        )
+        return ResolvedChatQuery(**values)
+
+
+@dataclass(kw_only=True)
+class ResolvedChatQuery(ChatQuery):
+    """A `ChatQuery` after `resolve`: the same fields, none of the defaults left open."""
+
+    collection: str
+    prompt: str
+    top_k: int
+    mode: str
+    max_tokens: int
+    temperature: float
+
+
+class Citation(BaseModel):
+    """A numbered source chunk given to the model; the answer cites it as [n]."""
+
+    n: int = Field(description="The number the answer cites it by, [n].")
+    document_id: str
+    source: str
+    chunk_id: str
+    score: float = Field(description="Retrieval score (higher is better).")
+    text: str
+    title: str = ""
+    page: int | None = None
+
+    @classmethod
+    def from_hit(cls, n: int, hit: ScoredChunk, **extra: Any) -> Self:
+        """Retrieval hit `hit` as source number `n`; source, title and page come from its metadata."""
+        page = hit.metadata.get("page")
+        return cls(
+            n=n,
+            document_id=hit.doc_id,
+            source=str(hit.metadata.get("source", "")),
+            chunk_id=hit.chunk_id,
+            score=round(float(hit.score), 6),
+            text=hit.text,
+            title=str(hit.metadata.get("title", "")),
+            page=int(page) if page is not None else None,
+            **extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The citation as JSON data, as the APIs send it (the eval harness writes it to its rows)."""
+        return self.model_dump(mode="json")
+
+
+class ChatResult(BaseModel):
+    """A complete answer. Its public fields are the JSON answer of `/v1/chat` (and its `done` event)."""
+
+    conversation_id: str
+    response_id: str
+    answer: str
+    citations: list[Citation] = Field(description="The sources the answer cites (all of them if none).")
+    prompt: str = Field(description='The prompt template that produced it, "name@version".')
+    model: str
+    usage: dict[str, int]
+    collection: str
+    retrieval: dict[str, Any] = Field(description="Retrieval settings used, and the search query.")
+    # Internal, for the eval harness: never sent. Defaults, because FastAPI re-validates the dumped
+    # answer against this model, and the dump leaves them out.
+    query: str = Field("", exclude=True)
+    contexts: list[Citation] = Field(default_factory=list, exclude=True)
+    latency_ms: float = Field(0.0, exclude=True)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of the answer's text, as the model produces it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CitationsEvent:
+    """The sources the finished answer cites."""
+
+    citations: list[Citation]
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The end of a streamed answer, with the complete result."""
+
+    result: ChatResult
+
+
+ChatEvent = TokenEvent | CitationsEvent | DoneEvent
+"""What `ChatService.stream` yields: tokens, then one `CitationsEvent`, then one `DoneEvent`."""
