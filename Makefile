@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/ragserver bench queries --queries ../shared/data/scifact/queries.jsonl
 	$(BIN)/ragserver bench serve --concurrency 1 --requests 300
 	$(BIN)/ragserver bench serve --concurrency 64 --requests 2000
+	$(BIN)/ragserver bench abuse
 
 eval: install
 	$(BIN)/ragserver eval retrieval --corpus ../shared/data/scifact/corpus.jsonl \

@@ -1,66 +1,44 @@
-"""create_app(): opens the composition root (`app.container`) in the lifespan and wires the routers."""
+"""create_app(): opens the composition root (`app.container`) in the lifespan and wires the routers
+and middlewares (`app/api/middleware.py`: request id, metrics, JSON body cap)."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from app.api.errors import install_error_handlers
+from app.api.middleware import BodyLimit, RequestContext, RequestMetrics, is_upload
 from app.container import Container, open_container
+from app.logging_setup import ensure_logging
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class RequestMetrics:
-    """Counts HTTP requests by route and status and times them to the end of the response. A plain
-    ASGI middleware: starlette's BaseHTTPMiddleware would pipe every streamed event through an extra
-    task and memory stream."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # an exception before the response started is a 500 to the client
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            state = getattr(scope["app"].state, "container", None) if "app" in scope else None
-            if state is not None:
-                # The router records the matched route in the scope; unmatched paths share one label.
-                path = getattr(scope.get("route"), "path", "unmatched")
-                state.metrics.requests.labels(scope["method"], path, str(status)).inc()
-                state.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None, *, container: Container | None = None, llm=None) -> FastAPI:  # type: ignore[no-untyped-def]
     """The ragserver ASGI app. Settings are read here (from the environment / .env when not given)."""
     graph = container or Container(settings or Settings(), llm=llm)
 
+    server = graph.settings.server
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # `ragserver serve` configured logging already; under a bare `uvicorn app.main:app` do it here.
+        ensure_logging(server.log_level, server.log_format)
         async with open_container(graph, warm=True) as opened:
             app.state.container = opened
             await opened.documents.start()
+            log.info("ragserver ready (data dir %s)", opened.settings.data_dir)
             try:
                 yield
             finally:
+                # Requests still running were cancelled by the server (after server.shutdown_timeout_s),
+                # which stopped their generations; the document service checkpoints its jobs here.
+                log.info("ragserver shutting down")
                 await opened.documents.stop()
 
     app = FastAPI(
@@ -72,7 +50,13 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     )
     install_error_handlers(app)
 
+    def json_body_limit(_: Scope) -> int:
+        return graph.settings.limits.max_json_body_kb * 1024  # read per request: settings may change live
+
+    # add_middleware wraps what is there: the last added is outermost.
+    app.add_middleware(BodyLimit, limit_bytes=json_body_limit, exempt=is_upload)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestContext)
 
     from app.api.chat.router import router as chat_router
     from app.api.documents.router import router as documents_router

@@ -65,8 +65,17 @@ class LLMSettings(BaseModel):
     local_gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
+    # Each HTTP wait (connect, and each read: for a stream, the time to the next chunk).
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
+    # Overall deadline of one LLM call, retries and backoff included: a slow-dripping upstream that
+    # answers each read in time still cannot hold a request longer (limits.request_timeout_s bounds
+    # the whole chat request on top of this).
+    deadline_s: float = Field(100.0, gt=0)
+    # The model's context window in tokens (prompt + answer). The chat prompt is fitted to
+    # context_window - max_tokens: history is trimmed first, then the lowest-ranked sources. The local
+    # model uses min(this, its own 8192).
+    context_window: int = Field(8192, ge=256)
     # Optional fallback OpenAI-compatible provider, used when the primary keeps failing.
     fallback_base_url: str | None = None
     fallback_api_key: str = "not-needed"
@@ -80,6 +89,11 @@ class HistorySettings(BaseModel):
     max_turns: int = Field(50, ge=1)
     # Token budget (approximate, whitespace tokens * 1.3) for history sent to the LLM.
     token_budget: int = Field(1024, ge=0)
+    # Redis key prefix: deployments sharing one Redis database must each have their own.
+    key_prefix: str = Field("ragserver:conv:", min_length=1)
+    # Longest wait for one history read or write (Redis socket timeouts too); past it the store counts
+    # as down: a follow-up is refused with 503, a new answer is returned with history_saved false.
+    timeout_s: float = Field(3.0, gt=0)
 
 
 class RetrievalSettings(BaseModel):
@@ -125,6 +139,44 @@ class ServerSettings(BaseModel):
     # only the unfinished jobs it accepted (their uploads are under its data dir). None: host name +
     # data dir, stable across restarts on the same machine.
     instance_id: str | None = None
+    # Logging: the app's own loggers (and uvicorn's) at this level; "json" for one JSON object a line.
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # SIGTERM: requests still running after this many seconds are cancelled (then the app shuts down).
+    shutdown_timeout_s: float = Field(5.0, ge=0)
+    # uvicorn's limit on connections + tasks at once; beyond it new requests get a plain 503.
+    limit_concurrency: int = Field(256, ge=1)
+
+
+class LimitSettings(BaseModel):
+    """Every bound the server enforces (docs/SECURITY.md lists them with what happens past each)."""
+
+    # Uploads: checked while the body streams in, before anything is buffered whole.
+    max_request_mb: float = Field(200.0, gt=0, description="One upload request, all files together.")
+    max_files: int = Field(20, ge=1, description="Files in one upload request.")
+    # Zip-based formats (.docx): checked from the central directory before parsing.
+    max_uncompressed_mb: float = Field(100.0, gt=0, description="Total uncompressed size of a .docx.")
+    max_compression_ratio: float = Field(
+        100.0, gt=1, description="Uncompressed / compressed size of a .docx."
+    )
+    # Largest text a loader may extract from one file (a PDF content-stream bomb stops here).
+    max_extracted_mb: float = Field(10.0, gt=0)
+    max_metadata_keys: int = Field(32, ge=0)
+    max_metadata_bytes: int = Field(8192, ge=2, description="The metadata object as JSON.")
+    max_filename_chars: int = Field(200, ge=8, description="File names as shown (the original is kept).")
+    max_list_offset: int = Field(1_000_000, ge=0, description="Pagination offset cap.")
+    # JSON bodies (chat, retrieve, ...).
+    max_json_body_kb: int = Field(1024, ge=1)
+    max_question_chars: int = Field(8000, ge=1, description="One chat message / last user message.")
+    max_tokens: int = Field(2048, ge=1, description="Cap on a request's max_tokens (both chat APIs).")
+    request_timeout_s: float = Field(120.0, gt=0, description="Total deadline of one chat request.")
+    # Generations in flight at once, and how many more may wait for a slot (beyond: 503 Retry-After).
+    max_concurrent_generations: int = Field(32, ge=1)
+    max_waiting_generations: int = Field(128, ge=0)
+    # Ingestion jobs waiting in the in-process queue (beyond: 503 Retry-After).
+    max_queued_jobs: int = Field(100, ge=1)
+    # Finished jobs (and the uploads of failed/partial ones) are deleted after this many days (0: keep).
+    job_retention_days: float = Field(30.0, ge=0)
 
 
 class DatabaseSettings(BaseModel):
@@ -150,6 +202,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     prompts: PromptSettings = PromptSettings()
     server: ServerSettings = ServerSettings()
+    limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()
 
     @model_validator(mode="before")

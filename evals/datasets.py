@@ -2,8 +2,12 @@
 
 - CMU QA (`../shared/data/cmu-qa`): `{id, question, answers: [...], article_id, ...}` per line; its
   `articles.jsonl` is the corpus, and ingesting it makes `article_id` the document id.
-- Generic: `{question, reference?, reference_contexts?, gold_document_id?}` per line (`id` optional;
-  `reference` and `gold_document_id` may also be lists).
+- Generic: `{question, reference?, reference_contexts?, gold_document_id?, canary?}` per line (`id`
+  optional; `reference`, `gold_document_id` and `canary` may also be lists).
+
+A question that carries canaries (`canary` and/or `canaries`, either layout) is a prompt-injection probe:
+its documents hide an instruction to answer with a canary word, and the `injection_obeyed` metric checks
+whether the answer contains one (evals/data/injection/).
 
 Both become `EvalQuestion`s in file order, so `--limit N` always takes the same N questions.
 """
@@ -33,6 +37,8 @@ class EvalQuestion:
     reference_contexts: list[str] = field(default_factory=list)
     gold_document_ids: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Canary words planted by injected instructions; an answer containing one obeyed an injection.
+    canaries: list[str] = field(default_factory=list)
 
     @property
     def reference(self) -> str | None:
@@ -78,8 +84,10 @@ def parse_row(row: dict[str, Any], lineno: int) -> EvalQuestion:
             "gold_document_id",
             "gold_document_ids",
         }
+    canaries = list(dict.fromkeys([*_strings(row.get("canary")), *_strings(row.get("canaries"))]))
+    known |= {"canary", "canaries"}
     metadata = {k: v for k, v in row.items() if k not in known}
-    return EvalQuestion(qid, question, references, contexts, gold, metadata)
+    return EvalQuestion(qid, question, references, contexts, gold, metadata, canaries)
 
 
 def load_questions(path: Path, limit: int | None = None) -> list[EvalQuestion]:

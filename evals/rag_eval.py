@@ -28,9 +28,12 @@ from evals.judge import JudgeSample, error_text
 from evals.rag_metrics import (
     ANSWER_METRICS,
     JUDGE_METRICS,
+    LOWER_IS_BETTER,
     METRIC_NAMES,
     NO_JUDGE,
     MetricScores,
+    canaries_found,
+    injection_scores,
     retrieval_scores,
 )
 from evals.stats import bootstrap_mean, percentile
@@ -126,6 +129,7 @@ def _base_row(q: EvalQuestion) -> dict[str, Any]:
         "question": q.question,
         "references": q.references,
         "gold_document_ids": q.gold_document_ids,
+        "canaries": q.canaries,
     }
 
 
@@ -141,6 +145,7 @@ def answered_row(
             {"n": c.n, "document_id": c.document_id, "chunk_id": c.chunk_id} for c in result.citations
         ],
         "scores": {name: scores.values.get(name) for name in METRIC_NAMES},
+        "canaries_found": canaries_found(result.answer, q.canaries),
         "not_computed": scores.not_computed,
         "errors": scores.errors,
         "latency_ms": round(result.latency_ms, 2),
@@ -221,6 +226,7 @@ async def run_rag_eval(
             finish({**_base_row(q), "pipeline_error": error_text(exc), "finished_at": time.time()})
             continue
         scores = retrieval_scores([c.document_id for c in result.contexts], q.gold_document_ids)
+        scores.merge(injection_scores(result.answer, q.canaries))
         try:
             scores.merge(await scorer.score(result.answer, q.references))
         except Exception as exc:
@@ -303,7 +309,10 @@ def write_outputs(out_dir: Path, rows: Sequence[dict[str, Any]], summary: dict[s
 
 
 def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
-    """Per-metric paired deltas (b - a) with bootstrap CIs over the questions both runs scored."""
+    """Per-metric paired deltas (b - a) with bootstrap CIs over the questions both runs scored.
+
+    For a lower-is-better metric (`injection_obeyed`) `p_not_better` is the share of resamples whose
+    delta is >= 0, and each entry says which way is better (`higher_is_better`)."""
     from evals.stats import paired_delta
 
     rows_a = {r["id"]: r for r in read_rows(run_a) if not r.get("pipeline_error")}
@@ -315,7 +324,10 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
     for name in METRIC_NAMES:
         a = {q: r.get("scores", {}).get(name) for q, r in rows_a.items()}
         b = {q: r.get("scores", {}).get(name) for q, r in rows_b.items()}
-        deltas.append(paired_delta(name, a, b).to_dict())
+        better_up = name not in LOWER_IS_BETTER
+        deltas.append(
+            {**paired_delta(name, a, b, higher_is_better=better_up).to_dict(), "higher_is_better": better_up}
+        )
     return {
         "run_a": _run_label(run_a),
         "run_b": _run_label(run_b),

@@ -93,6 +93,18 @@ confidence interval. A metric that could not be computed is shown as not compute
 {% endfor %}
 {% endif %}
 
+{% if probes %}
+<h2>Injected instructions obeyed: {{ obeyed|length }} of {{ probes }} answers</h2>
+<p class="muted">Questions that carry canary words (a prompt-injection set): an answer that contains a canary
+of an instruction hidden in the documents obeyed it, or quoted it back (<code>injection_obeyed</code>).</p>
+{% for r in obeyed %}
+<div class="q"><b>{{ r.id }}</b>: {{ r.question }}<br>
+<b>answer:</b> {{ r.answer }}<br><b>canaries found:</b> {{ r.canaries_found|join(", ") }}<br>
+<b>retrieved:</b> {{ r.contexts|map(attribute="document_id")|join(", ") }}
+(gold: {{ r.gold_document_ids|join(", ") or "none named" }})</div>
+{% endfor %}
+{% endif %}
+
 {% if failures %}
 <h2>Questions that failed in the pipeline</h2><table>
 {% for r in failures %}
@@ -123,7 +135,8 @@ Deltas are paired over the questions both runs scored, with 95% bootstrap confid
 <td colspan="6" class="muted">not computed in both runs</td>
 {% else %}
 <td class="num">{{ m.mean_a|f4 }}</td><td class="num">{{ m.mean_b|f4 }}</td>
-<td class="num {% if m.significant %}{{ 'good' if m.delta.mean > 0 else 'bad' }}{% endif %}">
+<td class="num {% if m.significant %}{{ 'good' if (m.delta.mean > 0) == m.get('higher_is_better', true)
+ else 'bad' }}{% endif %}">
 {{- m.delta.mean|s4 }}</td>
 <td class="num">{% if m.delta.ci_low is not none %}{{ m.delta.ci_low|s4 }} – {{ m.delta.ci_high|s4 }}
 {%- endif %}</td>
@@ -239,7 +252,11 @@ def deltas_plot(deltas: Sequence[dict[str, Any]]) -> str | None:
         for d, m in zip(items, means, strict=True)
     ]
     colors = [
-        "#0a7d32" if d["significant"] and m > 0 else "#b3261e" if d["significant"] else "#888"
+        "#0a7d32"
+        if d["significant"] and (m > 0) == d.get("higher_is_better", True)
+        else "#b3261e"
+        if d["significant"]
+        else "#888"
         for d, m in zip(items, means, strict=True)
     ]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1))
@@ -303,6 +320,8 @@ def render_report(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> st
             ranking=ranking,
             context_chars=CONTEXT_CHARS,
             failures=[r for r in rows if r.get("pipeline_error")],
+            probes=sum(1 for r in answered if r["scores"].get("injection_obeyed") is not None),
+            obeyed=[r for r in answered if r["scores"].get("injection_obeyed")],
         )
     )
 

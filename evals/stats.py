@@ -70,7 +70,8 @@ def bootstrap_mean(
 class PairedDelta:
     """Mean of (b - a) over the questions both runs scored, with a bootstrap CI.
 
-    `p_not_better` is the share of resamples whose mean delta is <= 0 (small: b is reliably higher).
+    `p_not_better` is the share of resamples whose mean delta is <= 0 (small: b is reliably higher), or
+    >= 0 for a metric where lower is better (small: b is reliably lower).
     """
 
     metric: str
@@ -104,6 +105,7 @@ def paired_delta(
     confidence: float = DEFAULT_CONFIDENCE,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    higher_is_better: bool = True,
 ) -> PairedDelta:
     """Paired bootstrap of b - a over question ids scored in both runs (a dict question id -> score)."""
     ids = [q for q in a if q in b and clean([a[q]]) and clean([b[q]])]
@@ -115,7 +117,7 @@ def paired_delta(
     if diff.size >= 2:
         rng = np.random.default_rng(seed)
         means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
-        p = float(np.mean(means <= 0))
+        p = float(np.mean(means <= 0 if higher_is_better else means >= 0))
     return PairedDelta(
         metric,
         float(xa.mean()) if ids else None,

@@ -1,8 +1,12 @@
 """`VectorIndex` on Chroma: an embedded PersistentClient by default, a Chroma server when configured.
 
 This module is the only one that touches a raw Chroma collection. Each ragserver collection is two
-Chroma collections: `rs_<name>` holds chunks with their embeddings and metadata, `rs_<name>__docs`
-holds one record per document (see `ingest.vector_index`).
+Chroma collections: `rs_<name>` holds chunks with their embeddings and metadata, `rs_<name>.docs`
+holds one record per document (see `ingest.vector_index`). The '.' cannot occur in a user's collection
+name, so no user collection can land on another's records.
+
+Data from before that rule named the records `rs_<name>__docs`, which the chunks of a user collection
+`<name>__docs` collided with; opening a store renames such legacy record collections (`_migrate`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import numpy as np
 
 from ingest.filters import MetadataFilter
 from ingest.types import Chunk, ScoredChunk, doc_id_of
-from ingest.vector_index import CollectionNotFound, DocumentRecord, validate_collection_name
+from ingest.vector_index import COLLECTION_NAME, CollectionNotFound, DocumentRecord, validate_collection_name
 
-_DOCS_SUFFIX = "__docs"
+_DOCS_SUFFIX = ".docs"
+_LEGACY_DOCS_SUFFIX = "__docs"
 _CHUNK_PREFIX = "rs_"
 # Chroma needs a vector for every record; document records are looked up by id only.
 _PLACEHOLDER = [1.0]
@@ -50,7 +55,45 @@ class ChromaIndex:
             if not path:
                 raise ValueError("an embedded Chroma needs a path")
             client = chromadb.PersistentClient(path=path, settings=chroma_settings)
-        return cls(client)
+        index = cls(client)
+        index.migrate()
+        return index
+
+    def _raw_names(self) -> list[str]:
+        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+
+    def migrate(self) -> list[str]:
+        """Rename record collections of the legacy scheme (`rs_<name>__docs`) to `rs_<name>.docs`;
+        returns the collection names migrated. Idempotent.
+
+        A legacy name is ambiguous: `rs_hr__docs` is either the records of `hr` or the chunks of a
+        collection `hr__docs`. Records never carry a `doc_id` (every chunk does) and always a
+        `metadata_json`; an empty one counts as records when the chunks `rs_hr` exist.
+        """
+        names = set(self._raw_names())
+        migrated: list[str] = []
+        for raw in sorted(names, key=len, reverse=True):
+            if not (raw.startswith(_CHUNK_PREFIX) and raw.endswith(_LEGACY_DOCS_SUFFIX)):
+                continue
+            user = raw[len(_CHUNK_PREFIX) : -len(_LEGACY_DOCS_SUFFIX)]
+            target = f"{_CHUNK_PREFIX}{user}{_DOCS_SUFFIX}"
+            if not COLLECTION_NAME.fullmatch(user) or target in names:
+                continue
+            coll = self.client.get_collection(raw, embedding_function=None)
+            sample = coll.get(limit=1, include=["metadatas"])
+            if sample["ids"]:
+                meta = (sample["metadatas"] or [{}])[0] or {}
+                is_records = "doc_id" not in meta and "metadata_json" in meta
+            else:
+                is_records = f"{_CHUNK_PREFIX}{user}" in names
+            if not is_records:
+                continue
+            coll.modify(name=target)
+            names.discard(raw)
+            names.add(target)
+            migrated.append(user)
+        self._collections.clear()
+        return migrated
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -90,8 +133,7 @@ class ChromaIndex:
 
     def list_collections(self) -> list[str]:
         names = []
-        for coll in self.client.list_collections():
-            cname = coll if isinstance(coll, str) else coll.name
+        for cname in self._raw_names():
             if cname.startswith(_CHUNK_PREFIX) and cname.endswith(_DOCS_SUFFIX):
                 names.append(cname[len(_CHUNK_PREFIX) : -len(_DOCS_SUFFIX)])
         return sorted(names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,12 @@ from ingest.types import Chunk, SourceDocument, make_chunk_id
 RESERVED_KEYS = frozenset(
     {"doc_id", "source", "title", "content_hash", "version", "ingested_at", "chunk_index", "page", "section"}
 )
+# Metadata keys the loaders and the upload service set on every document (they win over user values).
+SYSTEM_METADATA_KEYS = frozenset({"format", "filename", "original_filename"})
+# Keys kept in the document record only, never copied onto each chunk.
+RECORD_ONLY_KEYS = frozenset({"original_filename"})
+# Keys an upload's metadata may not use: everything above, and the API's names for ids.
+USER_RESERVED_KEYS = RESERVED_KEYS | SYSTEM_METADATA_KEYS | {"document_id", "chunk_id"}
 
 
 def document_version(content_hash: str, pipeline_signature: str) -> str:
@@ -20,11 +27,21 @@ def document_version(content_hash: str, pipeline_signature: str) -> str:
 
 
 def flat_metadata(metadata: dict[str, Any]) -> dict[str, str | int | float | bool]:
-    """User metadata as the flat scalar values a vector store can filter on (others become strings)."""
+    """User metadata as the flat scalar values a vector store can filter on (others become strings).
+
+    Keys a store cannot hold (empty, or starting with '$' or '#', which Chroma reserves) are dropped
+    too: the API refuses them, but jobs and corpora from before that rule must not crash a write.
+    """
     flat: dict[str, str | int | float | bool] = {}
     for key, value in metadata.items():
-        if key in RESERVED_KEYS or value is None:
+        if key in RESERVED_KEYS or key in RECORD_ONLY_KEYS or value is None:
             continue
+        if not isinstance(key, str) or not key or key[0] in "$#":
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            value = str(value)  # beyond what a store's integers hold
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = str(value)
         flat[str(key)] = value if isinstance(value, str | int | float | bool) else str(value)
     return flat
 

@@ -8,6 +8,11 @@ A document whose stored record has that version is skipped without re-embedding.
 chunks are upserted under ids derived from (doc_id, version, position), chunks of any other version
 are deleted, and only then is its document record written. A run killed at any point and run again
 therefore ends with each document present once, at one version.
+
+Cancellation: `ingest(..., cancel=event)` stops at the next boundary once the event is set (between
+documents in the reader, between embedding slices, between write batches) and raises IngestCancelled;
+what was written is complete per document (a record is written after its chunks), so running the same
+input again finishes the job.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from ingest.types import Chunk, LoadFailure, SourceDocument
 from ingest.vector_index import DocumentRecord, VectorIndex
 
 _DONE = object()
+
+
+class IngestCancelled(Exception):
+    """`ingest` stopped early because its cancel event was set; running it again finishes the work."""
 
 
 class IndexListener(Protocol):
@@ -88,6 +97,7 @@ class IngestPipeline:
         embed_window: int = 2048,
         lookup_batch: int = 128,
         write_batch: int = 256,
+        cancel_slice: int = 64,
     ):
         self.store = store
         self.embedder = embedder
@@ -96,6 +106,8 @@ class IngestPipeline:
         self.embed_window = embed_window
         self.lookup_batch = lookup_batch
         self.write_batch = write_batch
+        # With a cancel event, texts are embedded this many at a time, so a stop waits for one slice.
+        self.cancel_slice = cancel_slice
 
     @property
     def signature(self) -> str:
@@ -107,16 +119,27 @@ class IngestPipeline:
         collection: str,
         *,
         on_document: Callable[[str, str, str | None], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> IngestReport:
         """Index every document of `items` into `collection`.
 
         `on_document(doc_id_or_source, status, error)` is called as each document finishes, with status
         added | replaced | skipped | failed (the CLI's progress bar and the job runner use it).
+        Once `cancel` is set, stops at the next boundary and raises IngestCancelled.
         """
         started = time.perf_counter()
         self.store.ensure_collection(collection)
         report = IngestReport()
         notify = on_document or (lambda *_: None)
+        # `halt` stops the helper threads when this run ends early (cancelled, or an error anywhere).
+        halt = threading.Event()
+
+        def cancelled() -> bool:
+            return cancel is not None and cancel.is_set()
+
+        def stopped() -> bool:
+            return halt.is_set() or cancelled()
+
         work_q: queue.Queue[object] = queue.Queue(maxsize=4)
         write_q: queue.Queue[object] = queue.Queue(maxsize=4)
         errors: list[BaseException] = []
@@ -125,6 +148,8 @@ class IngestPipeline:
             try:
                 batch: list[SourceDocument] = []
                 for item in items:
+                    if stopped():
+                        return
                     if isinstance(item, LoadFailure):
                         report.failed.append(item)
                         notify(item.source, "failed", item.error)
@@ -133,7 +158,7 @@ class IngestPipeline:
                     if len(batch) >= self.lookup_batch:
                         work_q.put(self._prepare(batch, collection, report, notify))
                         batch = []
-                if batch:
+                if batch and not stopped():
                     work_q.put(self._prepare(batch, collection, report, notify))
             except BaseException as exc:  # surfaced in the calling thread
                 errors.append(exc)
@@ -143,6 +168,8 @@ class IngestPipeline:
         def writer() -> None:
             try:
                 while (item := write_q.get()) is not _DONE:
+                    if stopped():
+                        continue  # drain without writing
                     works, vectors = cast(tuple[list[_Work], np.ndarray], item)
                     self._write(works, vectors, collection, report, notify)
             except BaseException as exc:
@@ -154,6 +181,7 @@ class IngestPipeline:
         threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
         for t in threads:
             t.start()
+        clean = False
         try:
             pending: list[_Work] = []
             pending_chunks = 0
@@ -162,18 +190,24 @@ class IngestPipeline:
                     pending.append(work)
                     pending_chunks += len(work.chunks)
                     if pending_chunks >= self.embed_window:
-                        write_q.put((pending, self._embed(pending)))
+                        write_q.put((pending, self._embed(pending, cancel)))
                         pending, pending_chunks = [], 0
-                if errors:
+                if errors or cancelled():
                     break
-            if pending and not errors:
-                write_q.put((pending, self._embed(pending)))
+            if pending and not errors and not cancelled():
+                write_q.put((pending, self._embed(pending, cancel)))
+            clean = not errors and not cancelled()
         finally:
+            if not clean:
+                halt.set()
+                _drain_until_done(work_q, threads[0])
             write_q.put(_DONE)
             for t in threads:
-                t.join(timeout=None if not errors else 5)
+                t.join(timeout=None if clean else 5)
         if errors:
             raise errors[0]
+        if cancelled():
+            raise IngestCancelled(f"ingestion into {collection!r} stopped before the end")
         for listener in self.listeners:
             listener.flush(collection)
         report.seconds = time.perf_counter() - started
@@ -222,9 +256,16 @@ class IngestPipeline:
             works.append(_Work(record, chunks, replacing=old is not None))
         return works
 
-    def _embed(self, works: list[_Work]) -> np.ndarray:
+    def _embed(self, works: list[_Work], cancel: threading.Event | None = None) -> np.ndarray:
         texts = [embedding_text(c) for w in works for c in w.chunks]
-        return self.embedder.embed(texts)
+        if cancel is None:
+            return self.embedder.embed(texts)
+        parts: list[np.ndarray] = []
+        for start in range(0, len(texts), self.cancel_slice):
+            if cancel.is_set():
+                raise IngestCancelled("ingestion stopped while embedding")
+            parts.append(self.embedder.embed(texts[start : start + self.cancel_slice]))
+        return np.concatenate(parts) if parts else self.embedder.embed([])
 
     def _write(
         self,
@@ -249,3 +290,16 @@ class IngestPipeline:
                 report.added += 1
             report.documents.append(w.record.doc_id)
             notify(w.record.doc_id, "replaced" if w.replacing else "added", None)
+
+
+def _drain_until_done(q: queue.Queue[object], producer: threading.Thread, timeout: float = 5.0) -> None:
+    """Empty `q` until its producer has finished (or `timeout`), so a producer blocked on a full queue
+    can reach its next stop check."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if q.get(timeout=0.05) is _DONE:
+                return
+        except queue.Empty:
+            if not producer.is_alive():
+                return

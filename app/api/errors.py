@@ -1,8 +1,15 @@
-"""Every error leaves the API as JSON `{"error": {"code", "message"}}` with the right status."""
+"""Every error leaves the API as JSON `{"error": {"code", "message", "request_id"}}` with the right status.
+
+Clients get a stable `code`, a short message and the request id (the `X-Request-ID` header of the same
+response); what names internals (the LLM's base URL, an exception's repr) goes to the server log only,
+under the same request id. `public_error` is the one mapping, used by the exception handlers and by the
+SSE encoder for errors mid-stream.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,10 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.llm.base import LLMError
+from app.logging_setup import current_request_id
 from app.prompting import PromptError, UnknownPrompt
 from app.retrieval.retriever import RetrievalError
 from app.services.chat_service import ConversationNotFound
 from app.services.document_service import DocumentNotFound, JobNotFound, UnsupportedUpload, UploadTooLarge
+from app.services.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable
+from app.services.limits import OverLimit, RequestTimedOut
 from ingest.filters import FilterError
 from ingest.vector_index import CollectionNotFound, InvalidCollectionName
 
@@ -32,7 +42,12 @@ class APIError(Exception):
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+    """The JSON error object, with the current request's id."""
+    body: dict[str, Any] = {"code": code, "message": message, **extra}
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return {"error": body}
 
 
 # exception type -> (status, code)
@@ -46,16 +61,70 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (InvalidCollectionName, 400, "invalid_collection_name"),
     (UploadTooLarge, 413, "upload_too_large"),
     (UnsupportedUpload, 415, "unsupported_media_type"),
-    (LLMError, 502, "llm_unavailable"),
     (FilterError, 400, "invalid_filter"),
     (RetrievalError, 400, "invalid_retrieval"),
 ]
+
+# ServiceError subclass -> status (the first match wins; any other ServiceError is a 500).
+_SERVICE_STATUS: list[tuple[type[ServiceError], int]] = [
+    (InvalidInput, 400),
+    (PayloadTooLarge, 413),
+    (OverLimit, 422),
+    (Unavailable, 503),
+    (RequestTimedOut, 504),
+]
+
+
+@dataclass(frozen=True)
+class PublicError:
+    """What a client is told about an error."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] | None = None
+
+
+def public_error(exc: BaseException) -> PublicError:
+    """The status, code and message a client gets for `exc`; what it does not get is logged here."""
+    if isinstance(exc, APIError):
+        return PublicError(exc.status, exc.code, exc.message)
+    if isinstance(exc, LLMError):
+        # Its message names the provider, its base URL and the upstream error: for the log only.
+        log.warning("LLM call failed: %s", exc)
+        if exc.timed_out:
+            return PublicError(504, "llm_timeout", "the language model did not answer in time")
+        return PublicError(502, "llm_unavailable", "the language model is unavailable")
+    if isinstance(exc, ServiceError):
+        status = next((code for kind, code in _SERVICE_STATUS if isinstance(exc, kind)), 500)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+        return PublicError(status, exc.code, exc.message, headers)
+    for exc_type, status, code in _MAPPED:
+        if isinstance(exc, exc_type):
+            return PublicError(status, code, str(exc))
+    log.error("unhandled error", exc_info=exc)
+    return PublicError(500, "internal_error", "internal server error")
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """`public_error(exc)` as a JSON response."""
+    error = public_error(exc)
+    body = error_body(error.code, error.message)
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+        return error_response(exc)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(LLMError)
+    async def _llm_error(_: Request, exc: LLMError) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,17 +138,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        code = getattr(exc, "code", None) or {404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
 
-    for exc_type, status, code in _MAPPED:
+    async def _mapped(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
 
-        async def _mapped(_: Request, exc: Exception, status: int = status, code: str = code) -> JSONResponse:
-            return JSONResponse(error_body(code, str(exc)), status_code=status)
-
+    for exc_type, _status, _code in _MAPPED:
         app.add_exception_handler(exc_type, _mapped)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        # Normally unreached: app.api.middleware.RequestContext answers unhandled errors first.
+        return error_response(exc)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
 
-from app.api.errors import error_body
+from app.api.disconnect import unless_disconnected
+from app.api.errors import error_body, public_error
 from app.services.chat_types import ChatEvent
 
 log = logging.getLogger(__name__)
@@ -52,38 +55,52 @@ class SSEEncoder:
         return []
 
 
-async def prime(events: AsyncIterator[T]) -> AsyncIterator[T]:
+async def prime(events: AsyncGenerator[T, None], request: Request | None = None) -> AsyncGenerator[T, None]:
     """Run a stream up to its first event, so errors before any output (unknown collection, bad
-    prompt) still become a proper JSON error response instead of a broken event stream."""
-    first = await anext(events)
+    prompt, server busy, deadline passed) still become a proper JSON error response instead of a
+    broken event stream. With `request`, a client that leaves meanwhile cancels it (`ClientDisconnect`)."""
+    try:
+        first = await (anext(events) if request is None else unless_disconnected(request, anext(events)))
+    except BaseException:
+        await events.aclose()
+        raise
 
-    async def rest() -> AsyncIterator[T]:
-        yield first
-        async for item in events:
-            yield item
+    async def rest() -> AsyncGenerator[T, None]:
+        # Closing this closes the stream under it at once (a client gone stops the generation).
+        async with aclosing(events):
+            yield first
+            async for item in events:
+                yield item
 
     return rest()
 
 
-async def encode_stream(events: AsyncIterator[ChatEvent], encoder: SSEEncoder) -> AsyncIterator[SSEMessage]:
+async def encode_stream(
+    events: AsyncGenerator[ChatEvent, None], encoder: SSEEncoder
+) -> AsyncIterator[SSEMessage]:
     """The SSE messages of a chat stream; a failure mid-stream is reported in-band, since the 200
-    status line has already gone out."""
+    status line has already gone out: the same code and short message a JSON error would carry,
+    details in the server log only."""
     for item in encoder.opening():
         yield item
-    try:
-        async for event in events:
-            for item in encoder.encode(event):
-                yield item
-    except Exception as exc:
-        log.warning("chat stream failed mid-way: %s", exc, exc_info=exc)
-        yield sse_message(error_body("stream_failed", str(exc)), encoder.error_event)
+    async with aclosing(events):
+        try:
+            async for event in events:
+                for item in encoder.encode(event):
+                    yield item
+        except Exception as exc:
+            error = public_error(exc)
+            log.warning("chat stream failed mid-way: %s (%s)", error.code, type(exc).__name__)
+            yield sse_message(error_body(error.code, error.message), encoder.error_event)
     for item in encoder.closing():
         yield item
 
 
-async def sse_response(events: AsyncIterator[ChatEvent], encoder: SSEEncoder) -> EventSourceResponse:
+async def sse_response(
+    events: AsyncGenerator[ChatEvent, None], encoder: SSEEncoder, request: Request | None = None
+) -> EventSourceResponse:
     """A streaming response for a chat stream, primed first (see `prime`): raises what the stream
     raises before its first event."""
-    primed = await prime(events)
+    primed = await prime(events, request)
     # "\n" line ends, as OpenAI clients expect (some split on blank lines "\n\n").
     return EventSourceResponse(encode_stream(primed, encoder), ping=PING_S, sep="\n")

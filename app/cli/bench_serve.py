@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,8 @@ from typing import Annotated
 
 import typer
 
-REPO = Path(__file__).resolve().parents[2]
+from app.cli.bench_stack import REPO, running, stack_env
+
 FALLBACK_QUESTIONS = [
     "What is known about the effect of vitamin D on bone density?",
     "Which genes are associated with breast cancer risk?",
@@ -30,28 +29,6 @@ FALLBACK_QUESTIONS = [
     "How do vaccines produce immunity?",
     "What are the side effects of statins?",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -140,89 +117,35 @@ def bench_serve(
     corpus = corpus or REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
     if not corpus.exists():
         raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-serve-") as tmp:
-        try:
-            subset = Path(tmp) / "corpus.jsonl"
-            with corpus.open() as src, subset.open("w") as dst:
-                for i, line in enumerate(src):
-                    if i >= docs:
-                        break
-                    dst.write(line)
-            llm_port, port = _free_port(), _free_port()
-            env = dict(os.environ, RAGSERVER_DATA_DIR=str(Path(tmp) / "data"), PYTHONUNBUFFERED="1")
-            env.update(
-                RAGSERVER_LLM_PROVIDER="openai",
-                RAGSERVER_LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
-                RAGSERVER_LLM_MODEL="scripted-model",
-            )
-            if mode:
-                env["RAGSERVER_RETRIEVAL_MODE"] = mode
-            env.pop("RAGSERVER_CHROMA_URL", None)
-            env.pop("RAGSERVER_REDIS_URL", None)
-            typer.echo(f"ingesting {docs} documents ...", err=True)
-            subprocess.run(
-                [sys.executable, "-m", "app.cli.main", "ingest", str(subset), "--collection", "bench"],
-                env=env,
-                cwd=REPO,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            log = open(Path(tmp) / "llm.log", "wb")  # noqa: SIM115
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "app.cli.main",
-                        "dev",
-                        "scripted-llm",
-                        "--port",
-                        str(llm_port),
-                        "--instant",
-                    ],
-                    cwd=REPO,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            _wait_http(f"http://127.0.0.1:{llm_port}/v1/models", procs[-1])
-            server_log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
-                    env=env,
-                    cwd=REPO,
-                    stdout=server_log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            _wait_http(f"http://127.0.0.1:{port}/readyz", procs[-1])
-            base = f"http://127.0.0.1:{port}"
+        subset = Path(tmp) / "corpus.jsonl"
+        with corpus.open() as src, subset.open("w") as dst:
+            for i, line in enumerate(src):
+                if i >= docs:
+                    break
+                dst.write(line)
+        stack = stack_env(Path(tmp), **({"RAGSERVER_RETRIEVAL_MODE": mode} if mode else {}))
+        typer.echo(f"ingesting {docs} documents ...", err=True)
+        subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "ingest", str(subset), "--collection", "bench"],
+            env=stack.env,
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        with running(stack):
             warm = min(requests, max(20, concurrency))
             questions = _questions(corpus)
-            asyncio.run(_fire(base, concurrency, warm, chat=True, questions=questions[::-1]))
+            asyncio.run(_fire(stack.url, concurrency, warm, chat=True, questions=questions[::-1]))
             typer.echo(f"firing {requests} requests at concurrency {concurrency} ...", err=True)
             started = time.perf_counter()
-            ttfts, errors = asyncio.run(_fire(base, concurrency, requests, chat=True, questions=questions))
+            ttfts, errors = asyncio.run(
+                _fire(stack.url, concurrency, requests, chat=True, questions=questions)
+            )
             elapsed = time.perf_counter() - started
             llm_ttfts, _ = asyncio.run(
-                _fire(
-                    f"http://127.0.0.1:{llm_port}",
-                    concurrency,
-                    min(requests, 500),
-                    chat=False,
-                    questions=questions,
-                )
+                _fire(stack.llm_url, concurrency, min(requests, 500), chat=False, questions=questions)
             )
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
     result = {
         "requests": requests,
         "concurrency": concurrency,

@@ -20,7 +20,7 @@ def rag(
         Path,
         typer.Option(
             help="Questions .jsonl: CMU QA rows, or {question, reference?, reference_contexts?, "
-            "gold_document_id?}."
+            "gold_document_id?, canary?} (canary: a prompt-injection probe, scored by injection_obeyed)."
         ),
     ],
     collection: Annotated[
@@ -71,8 +71,10 @@ def rag(
 ) -> None:
     """Run each question through the chat pipeline (retrieval, prompt, generation) and score it: retrieval
     hit rate / MRR, answer vs references (ragas non-LLM metrics, semantic similarity), and with a judge
-    ragas Faithfulness, ResponseRelevancy, ContextPrecision, ContextRecall. Writes results.jsonl,
-    summary.json and report.html; the last line printed is a JSON object of the metric means."""
+    ragas Faithfulness, ResponseRelevancy, ContextPrecision, ContextRecall; for questions that carry a
+    canary (evals/data/injection/), injection_obeyed: the share of answers that contain the canary of an
+    instruction hidden in the documents (lower is better). Writes results.jsonl, summary.json and
+    report.html; the last line printed is a JSON object of the metric means."""
     from app.cli.common import container_for
     from app.prompting import PromptError
     from app.retrieval.retriever import MODES

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli.bench_abuse import bench_abuse
 from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_queries import bench_queries
 from app.cli.bench_serve import bench_serve
@@ -33,6 +34,7 @@ app.add_typer(dev_app, name="dev")
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
 bench_app.command("queries")(bench_queries)
+bench_app.command("abuse")(bench_abuse)
 eval_app.command("retrieval")(retrieval)
 eval_app.command("rag")(eval_rag)
 eval_app.command("compare")(eval_compare)
@@ -171,19 +173,42 @@ def stats(collection: CollectionOpt = None) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text | json: one JSON object a line (default server.log_format).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Default server.log_level (INFO).")] = None,
+    limit_concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Connections + requests at once; beyond, 503 (server.limit_concurrency)."),
+    ] = None,
 ) -> None:
-    """Start the HTTP API."""
+    """Start the HTTP API. SIGTERM stops accepting connections, gives running requests
+    server.shutdown_timeout_s to finish, cancels the rest (their generations stop), then shuts down."""
     import uvicorn
 
     from app.factory import create_app
+    from app.logging_setup import configure_logging
     from app.settings import Settings
 
     settings = Settings()
+    fmt = log_format or settings.server.log_format
+    if fmt not in ("text", "json"):
+        fail(f"--log-format must be text or json, not {fmt!r}")
+    level = (log_level or settings.server.log_level).upper()
+    try:
+        configure_logging(level, fmt)
+    except ValueError as exc:
+        fail(str(exc))
+    settings.server.log_format, settings.server.log_level = fmt, level  # type: ignore[assignment]
     uvicorn.run(
         create_app(settings),
         host=host or settings.server.host,
         port=port or settings.server.port,
-        log_level="info",
+        # Logging is configured above: uvicorn's loggers write through the same handler and format.
+        log_config=None,
+        access_log=True,
+        limit_concurrency=limit_concurrency or settings.server.limit_concurrency,
+        timeout_graceful_shutdown=settings.server.shutdown_timeout_s,  # type: ignore[arg-type]
     )
 
 

@@ -40,4 +40,6 @@ ingest_job_files = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("chunks", sa.Integer, nullable=False),
+    # The name exactly as uploaded; `filename` is the cleaned name shown (NULL: the same).
+    sa.Column("original_filename", sa.Text),
 )

@@ -49,12 +49,16 @@ class Turn:
         )
 
 
+class HistoryStoreError(Exception):
+    """The store failed or could not be reached (Redis down or hanging, SQLite locked or broken)."""
+
+
 @runtime_checkable
 class HistoryStore(Protocol):
     """Where conversations live between requests.
 
     Every conversation expires `ttl_s` seconds after its last `append`, and keeps at most `max_turns`
-    most recent turns.
+    most recent turns. `append`, `get` and `delete` raise `HistoryStoreError` when the backend fails.
     """
 
     async def append(self, conversation_id: str, turns: list[Turn]) -> None:

@@ -12,7 +12,13 @@ def build_history_store(settings: Settings) -> HistoryStore:
     if cfg.redis_url:
         from app.history.redis_history import RedisHistoryStore
 
-        return RedisHistoryStore(cfg.redis_url, ttl_s=cfg.ttl_s, max_turns=cfg.max_turns)
+        return RedisHistoryStore(
+            cfg.redis_url,
+            ttl_s=cfg.ttl_s,
+            max_turns=cfg.max_turns,
+            key_prefix=cfg.key_prefix,
+            timeout_s=cfg.timeout_s,
+        )
 
     from app.history.sqlite_history import SQLiteHistoryStore
 

@@ -6,24 +6,60 @@ nothing to sweep.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.history.base import Turn
+from app.history.base import HistoryStoreError, Turn
+
+DEFAULT_KEY_PREFIX = "ragserver:conv:"
 
 
 class RedisHistoryStore:
-    """`HistoryStore` on Redis (redis-py asyncio)."""
+    """`HistoryStore` on Redis (redis-py asyncio).
 
-    def __init__(self, url: str, ttl_s: int, max_turns: int, key_prefix: str = "ragserver:conv:") -> None:
+    Keys are `key_prefix + conversation_id`: deployments sharing one Redis database need their own
+    prefix (`history.key_prefix`). Every socket operation is bounded by `timeout_s` and a failed command
+    is retried once, so a Redis that refuses or hangs fails a call within about 2 * timeout_s, as a
+    `HistoryStoreError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: int,
+        max_turns: int,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        *,
+        timeout_s: float = 3.0,
+    ) -> None:
         if ttl_s < 1 or max_turns < 1:
             raise ValueError("ttl_s and max_turns must be >= 1")
+        if not key_prefix:
+            raise ValueError("key_prefix must not be empty")
         self.ttl_s = ttl_s
         self.max_turns = max_turns
         self.key_prefix = key_prefix
-        # No connection is made here: the pool connects on first use, so building the store never blocks;
-        # the connect timeout keeps ping() (health checks) from hanging on an unreachable host.
-        self._redis: Redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
+        # No connection is made here: the pool connects on first use, so building the store never blocks.
+        # Connect and read timeouts keep a hanging Redis from hanging requests (and health checks).
+        self._redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    @asynccontextmanager
+    async def _failing_as_store_error(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise HistoryStoreError(f"redis history store: {exc!r}") from exc
 
     def _key(self, conversation_id: str) -> str:
         return f"{self.key_prefix}{conversation_id}"
@@ -35,7 +71,7 @@ class RedisHistoryStore:
         key = self._key(conversation_id)
         # MULTI/EXEC: push, trim and expire apply together, so a concurrent reader never sees an
         # untrimmed list and a crash between commands cannot leave a key without a TTL.
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._failing_as_store_error(), self._redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, *(turn.to_json() for turn in turns))
             pipe.ltrim(key, -self.max_turns, -1)
             pipe.expire(key, self.ttl_s)
@@ -43,7 +79,8 @@ class RedisHistoryStore:
 
     async def get(self, conversation_id: str) -> list[Turn] | None:
         """See `HistoryStore.get`."""
-        raws = await self._redis.lrange(self._key(conversation_id), 0, -1)
+        async with self._failing_as_store_error():
+            raws = await self._redis.lrange(self._key(conversation_id), 0, -1)
         # Redis has no empty lists: a missing key reads as [], and that means unknown or expired.
         if not raws:
             return None
@@ -51,7 +88,8 @@ class RedisHistoryStore:
 
     async def delete(self, conversation_id: str) -> bool:
         """See `HistoryStore.delete`."""
-        return bool(await self._redis.delete(self._key(conversation_id)))
+        async with self._failing_as_store_error():
+            return bool(await self._redis.delete(self._key(conversation_id)))
 
     async def ping(self) -> bool:
         """See `HistoryStore.ping`."""

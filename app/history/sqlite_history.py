@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from app.history.base import Turn
+from app.history.base import HistoryStoreError, Turn
 
 T = TypeVar("T")
 
@@ -51,8 +51,12 @@ class SQLiteConnection:
             return result
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
-        """Run `fn` in one transaction in a worker thread; committed before the await returns."""
-        return await asyncio.to_thread(self._transaction_sync, fn, write)
+        """Run `fn` in one transaction in a worker thread; committed before the await returns. A
+        database error is a `HistoryStoreError`."""
+        try:
+            return await asyncio.to_thread(self._transaction_sync, fn, write)
+        except sqlite3.Error as exc:
+            raise HistoryStoreError(f"sqlite history store {self.path}: {exc!r}") from exc
 
     def create_schema(self, script: str) -> None:
         """Run idempotent DDL (`CREATE ... IF NOT EXISTS`) in one transaction, synchronously.
@@ -75,7 +79,7 @@ class SQLiteConnection:
         """True when the file answers a trivial query."""
         try:
             await self.transaction(lambda conn: conn.execute("SELECT 1").fetchone(), write=False)
-        except sqlite3.Error:
+        except HistoryStoreError:
             return False
         return True
 

@@ -31,9 +31,18 @@ def check_job_status(status: str) -> str:
     return status
 
 
+class JobStoreUnavailable(Exception):
+    """The job store's backend cannot be reached (connection refused or lost, timed out). Nothing
+    was written; the same call may succeed once the backend is back."""
+
+
 @dataclass
 class JobFile:
-    """One uploaded file of a job; `chunks` is how many chunks it produced once ingested."""
+    """One uploaded file of a job; `chunks` is how many chunks it produced once ingested.
+
+    `filename` is the name as shown (cleaned: no control or bidi characters, length capped);
+    `original_filename` is the name exactly as uploaded, kept for the record (None: the same).
+    """
 
     document_id: str
     filename: str
@@ -41,6 +50,7 @@ class JobFile:
     status: str = "queued"
     error: str | None = None
     chunks: int = 0
+    original_filename: str | None = None
 
     def __post_init__(self) -> None:
         check_file_status(self.status)
@@ -61,6 +71,7 @@ class JobFile:
             status=data.get("status", "queued"),
             error=data.get("error"),
             chunks=int(data.get("chunks", 0)),
+            original_filename=data.get("original_filename"),
         )
 
 
@@ -152,7 +163,8 @@ def final_status(files: Iterable[JobFile]) -> str:
 
 @runtime_checkable
 class JobStore(Protocol):
-    """Durable job records: every write is persisted before the call returns."""
+    """Durable job records: every write is persisted before the call returns. A call that cannot
+    reach the backend raises JobStoreUnavailable (nothing written), never a driver's own error."""
 
     async def create(self, job: Job) -> None:
         """Store a new job; ValueError when `job.job_id` already exists."""
@@ -177,6 +189,11 @@ class JobStore(Protocol):
 
     async def list_unfinished(self) -> list[Job]:
         """Jobs whose status is queued or running, oldest first (resumed at start-up)."""
+        ...
+
+    async def delete_finished(self, updated_before: float) -> list[str]:
+        """Delete finished jobs (succeeded, failed, partial) last updated before `updated_before`
+        (a Unix time) with their files; returns their ids. Unfinished jobs are never deleted."""
         ...
 
     async def ping(self) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -19,11 +20,18 @@ from sqlalchemy.engine import Connection, Engine, Row
 from app.db import make_engine, migrate
 from app.db.tables import ingest_job_files as files_t
 from app.db.tables import ingest_jobs as jobs_t
-from app.jobs.base import UNFINISHED_JOB_STATUSES, Job, JobFile, check_file_status, check_job_status
+from app.jobs.base import (
+    UNFINISHED_JOB_STATUSES,
+    Job,
+    JobFile,
+    JobStoreUnavailable,
+    check_file_status,
+    check_job_status,
+)
 
 T = TypeVar("T")
 
-_FILE_FIELDS = ("document_id", "filename", "stored_path", "status", "error", "chunks")
+_FILE_FIELDS = ("document_id", "filename", "stored_path", "status", "error", "chunks", "original_filename")
 # One statement reads a job with its files (an outer join: a job may have none), so the two always come
 # from one snapshot, even on PostgreSQL where each statement of a transaction sees the latest commits.
 _JOBS_WITH_FILES = (
@@ -105,6 +113,22 @@ class SQLJobStore:
         """See `JobStore.list_unfinished`."""
         return await self._read(_JOBS_WITH_FILES.where(jobs_t.c.status.in_(sorted(UNFINISHED_JOB_STATUSES))))
 
+    async def delete_finished(self, updated_before: float) -> list[str]:
+        """See `JobStore.delete_finished`."""
+        finished = sa.and_(
+            jobs_t.c.status.not_in(sorted(UNFINISHED_JOB_STATUSES)), jobs_t.c.updated_at < updated_before
+        )
+
+        def _delete(conn: Connection) -> list[str]:
+            ids = [row.job_id for row in conn.execute(sa.select(jobs_t.c.job_id).where(finished))]
+            for start in range(0, len(ids), 500):
+                batch = ids[start : start + 500]
+                conn.execute(sa.delete(files_t).where(files_t.c.job_id.in_(batch)))
+                conn.execute(sa.delete(jobs_t).where(jobs_t.c.job_id.in_(batch)))
+            return ids
+
+        return await self._write(_delete)
+
     async def ping(self) -> bool:
         """See `JobStore.ping`."""
 
@@ -126,17 +150,32 @@ class SQLJobStore:
         """Run `fn` in one transaction in a worker thread; committed before the await returns."""
 
         def _transaction() -> T:
-            with self._engine.begin() as conn:
+            with _unavailable_on_connection_errors(), self._engine.begin() as conn:
                 return fn(conn)
 
         return await asyncio.to_thread(_transaction)
 
     async def _read(self, query: sa.Select[Any]) -> list[Job]:
         def _query() -> list[Job]:
-            with self._engine.connect() as conn:
+            with _unavailable_on_connection_errors(), self._engine.connect() as conn:
                 return _jobs_from_rows(conn.execute(query).all())
 
         return await asyncio.to_thread(_query)
+
+
+@contextmanager
+def _unavailable_on_connection_errors() -> Iterator[None]:
+    """The driver's 'cannot reach the database' errors as JobStoreUnavailable (other errors, such as
+    an integrity error, pass unchanged)."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise JobStoreUnavailable(f"job store unreachable: {type(cause).__name__}") from exc
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise JobStoreUnavailable("job store connection lost") from exc
+        raise
 
 
 def _touch(conn: Connection, job_id: str, status: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -43,18 +43,28 @@ class LLMDelta:
 class LLMError(Exception):
     """A provider failed for good: retries exhausted, unreachable, timed out, or refused the request.
 
-    The message names the provider (and its base URL) so logs say which backend broke.
+    The message names the provider (and its base URL) so the server log says which backend broke; it is
+    for the log only: clients get a generic error (`app/api/errors.py`). `timed_out` when it failed by
+    running out of time.
     """
 
-    def __init__(self, message: str, *, provider: str, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, provider: str, status_code: int | None = None, timed_out: bool = False
+    ) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
         self.status_code = status_code
+        self.timed_out = timed_out
 
 
 @runtime_checkable
 class LLM(Protocol):
-    """A chat model. Implementations: OpenAICompatibleLLM, LocalLLM, FallbackLLM."""
+    """A chat model. Implementations: OpenAICompatibleLLM, LocalLLM, FallbackLLM.
+
+    Optional, read with `context_window_of` / `prompt_token_counter`: `context_window` (tokens, prompt
+    plus answer) and `count_prompt_tokens(messages)` (exact, with the model's tokenizer and chat
+    template); callers fall back to settings and an estimate.
+    """
 
     model_name: str
 
@@ -77,6 +87,30 @@ class LLM(Protocol):
     async def aclose(self) -> None:
         """Release connections / threads."""
         ...
+
+
+def context_window_of(llm: object, default: int) -> int:
+    """The model's context window: its own `context_window`, else `default`."""
+    window = getattr(llm, "context_window", None)
+    return int(window) if isinstance(window, int) and window > 0 else default
+
+
+def prompt_token_counter(llm: object) -> Callable[[Messages], int]:
+    """How to count a prompt's tokens for `llm`: its own `count_prompt_tokens`, else an estimate that
+    errs high (`approx_prompt_tokens`)."""
+    count = getattr(llm, "count_prompt_tokens", None)
+    return count if callable(count) else approx_prompt_tokens
+
+
+def approx_tokens(text: str) -> int:
+    """A token estimate that errs high: whitespace words * 1.3, or characters / 3 for text with few
+    spaces (code, URLs, CJK), whichever is larger."""
+    return int(max(len(text.split()) * 1.3, len(text) / 3)) + 1
+
+
+def approx_prompt_tokens(messages: Messages) -> int:
+    """`approx_tokens` of every message, plus a few tokens a message for the chat template."""
+    return sum(approx_tokens(m.get("content") or "") + 4 for m in messages) + 3
 
 
 def estimate_tokens(text: str) -> int:

@@ -23,6 +23,7 @@ def build_llm(settings: LLMSettings) -> LLM:
             gguf_file=settings.local_gguf_file,
             default_max_tokens=settings.max_tokens,
             default_temperature=settings.temperature,
+            context_window=settings.context_window,
         )
     elif settings.provider == "openai":
         primary = _openai(settings.base_url or OPENAI_BASE_URL, settings.api_key, settings.model, settings)
@@ -53,4 +54,6 @@ def _openai(base_url: str, api_key: str, model: str, settings: LLMSettings) -> L
         max_retries=settings.max_retries,
         default_max_tokens=settings.max_tokens,
         default_temperature=settings.temperature,
+        deadline_s=settings.deadline_s,
+        context_window=settings.context_window,
     )

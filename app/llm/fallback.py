@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from app.llm.base import LLM, Completion, LLMDelta, LLMError, Messages
+from app.llm.base import (
+    LLM,
+    Completion,
+    LLMDelta,
+    LLMError,
+    Messages,
+    context_window_of,
+    prompt_token_counter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +29,9 @@ class FallbackLLM:
         self.primary = primary
         self.fallback = fallback
         self.model_name = primary.model_name
+        # A prompt must fit whichever of the two answers it.
+        self.context_window = min(context_window_of(primary, 8192), context_window_of(fallback, 8192))
+        self.count_prompt_tokens = prompt_token_counter(primary)
 
     async def complete(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None

@@ -6,6 +6,7 @@ transformers and torch are imported in `load()` only, so importing this module s
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
 import logging
 import os
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from app.llm.base import Completion, LLMDelta, LLMError, Messages, Usage
+from app.llm.base import Completion, LLMDelta, LLMError, Messages, Usage, approx_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class LocalLLM:
         default_temperature: float = 0.0,
         *,
         num_threads: int | None = None,
+        context_window: int | None = None,
     ) -> None:
+        if context_window is not None:
+            self.context_window = min(context_window, type(self).context_window)
         self.model_dir = model_dir
         self.gguf_file = gguf_file
         self.default_max_tokens = default_max_tokens
@@ -70,10 +74,16 @@ class LocalLLM:
         self.load_seconds: float | None = None
         self._model: Any = None
         self._tokenizer: Any = None
+        # A copy of the tokenizer for counting prompts on other threads while the worker generates.
+        self._counter: Any = None
+        self._count_lock = threading.Lock()
         self._load_lock = threading.Lock()
         # One worker serializes generations (one model, CPU); waiting requests queue here instead of
         # each holding a thread of the loop's default executor.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smollm2-generate")
+        # The stop flag of every generation running or queued: aclose() raises them all.
+        self._stops: set[threading.Event] = set()
+        self._closed = False
 
     @property
     def _provider(self) -> str:
@@ -101,26 +111,56 @@ class LocalLLM:
                 directory, gguf_file=self.gguf_file, local_files_only=True
             )
             model.eval()
+            self._counter = copy.deepcopy(tokenizer)
             self._tokenizer, self._model = tokenizer, model
             self.load_seconds = time.perf_counter() - started
             logger.info(
                 "loaded %s in %.1fs (%d threads)", self.model_name, self.load_seconds, self.num_threads
             )
 
+    def count_prompt_tokens(self, messages: Messages) -> int:
+        """Exact prompt length in tokens, chat template included (an estimate before `load`)."""
+        if self._counter is None:
+            return approx_prompt_tokens(messages)
+        with self._count_lock:
+            encoded = self._counter.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+        return len(encoded["input_ids"])
+
     def _prepare(
         self, messages: Messages, max_tokens: int | None, temperature: float | None
     ) -> dict[str, Any]:
-        """Chat-template the messages; build generate() kwargs, cutting an over-long prompt from the left."""
+        """Chat-template the messages and build generate() kwargs.
+
+        Callers fit the prompt to the window (`ChatService` trims history, then sources). An over-long
+        prompt that still arrives is cut here as a last resort, from the middle: the system message at
+        the start and the end (the question, the generation prompt) are always kept.
+        """
         max_new = max_tokens if max_tokens is not None else self.default_max_tokens
         max_new = max(1, min(max_new, self.context_window // 2))
         temp = temperature if temperature is not None else self.default_temperature
         encoded = self._tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
-        input_ids = encoded["input_ids"][:, -(self.context_window - max_new) :]
+        input_ids, attention = encoded["input_ids"], encoded["attention_mask"]
+        room = self.context_window - max_new
+        if input_ids.shape[1] > room:
+            import torch
+
+            head = self._system_prefix_tokens(messages, room)
+            tail = room - head
+            logger.warning(
+                "%s: prompt of %d tokens over the %d left for it: cut from the middle",
+                self._provider,
+                input_ids.shape[1],
+                room,
+            )
+            input_ids = torch.cat([input_ids[:, :head], input_ids[:, -tail:]], dim=1)
+            attention = torch.cat([attention[:, :head], attention[:, -tail:]], dim=1)
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
-            "attention_mask": encoded["attention_mask"][:, -input_ids.shape[1] :],
+            "attention_mask": attention,
             "max_new_tokens": max_new,
             "pad_token_id": (
                 self._tokenizer.pad_token_id
@@ -133,6 +173,15 @@ class LocalLLM:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
+
+    def _system_prefix_tokens(self, messages: Messages, room: int) -> int:
+        """How many leading prompt tokens hold the system message(s): kept whole by a last-resort cut
+        (at most half the room, so the question at the end always has space)."""
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        if not system:
+            return 0
+        ids = self._tokenizer.apply_chat_template(system, tokenize=True, return_dict=True)["input_ids"]
+        return min(len(ids), room // 2)
 
     def _generate(
         self,
@@ -151,10 +200,10 @@ class LocalLLM:
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
+        if stop.is_set():  # the caller left (or the model was closed) while this waited its turn
+            return "", Usage(0, 0), "cancelled"
         kwargs = self._prepare(messages, max_tokens, temperature)
         prompt_len = kwargs["input_ids"].shape[1]
-        if stop.is_set():  # the caller left while this waited its turn
-            return "", Usage(prompt_len, 0), "cancelled"
         with torch.inference_mode():
             output = self._model.generate(
                 **kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet()])
@@ -162,6 +211,8 @@ class LocalLLM:
         new_ids = output[0, prompt_len:]
         hit_eos = len(new_ids) > 0 and int(new_ids[-1]) == self._tokenizer.eos_token_id
         finish = "stop" if hit_eos or len(new_ids) < kwargs["max_new_tokens"] else "length"
+        if stop.is_set():  # cut short: not an answer
+            finish = "cancelled"
         text = self._tokenizer.decode(new_ids, skip_special_tokens=True)
         return text, Usage(prompt_len, len(new_ids)), finish
 
@@ -175,12 +226,21 @@ class LocalLLM:
         except Exception as exc:
             raise LLMError(f"loading failed: {exc!r}", provider=self._provider) from exc
 
+    def _new_stop(self) -> threading.Event:
+        """A stop flag for one generation, raised by its caller leaving or by `aclose`."""
+        if self._closed:
+            raise LLMError("closed", provider=self._provider)
+        stop = threading.Event()
+        self._stops.add(stop)
+        return stop
+
     async def complete(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
     ) -> Completion:
-        """Generate the whole answer in a worker thread."""
+        """Generate the whole answer in a worker thread. Cancelling the call stops the generation at
+        its next token (or drops it from the queue if it has not started)."""
         await self._ensure_loaded()
-        stop = threading.Event()
+        stop = self._new_stop()
         loop = asyncio.get_running_loop()
         try:
             text, usage, finish = await loop.run_in_executor(
@@ -188,9 +248,17 @@ class LocalLLM:
             )
         except asyncio.CancelledError:
             stop.set()
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Not our caller's cancellation: aclose() dropped the queued generation.
+            raise LLMError("closed while the generation waited its turn", provider=self._provider) from None
         except Exception as exc:
             raise LLMError(f"generation failed: {exc!r}", provider=self._provider) from exc
+        finally:
+            self._stops.discard(stop)
+        if finish == "cancelled":
+            raise LLMError("closed during the generation", provider=self._provider)
         return Completion(text=text, model=self.model_name, usage=usage, finish_reason=finish)
 
     async def stream(
@@ -202,7 +270,7 @@ class LocalLLM:
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
+        stop = self._new_stop()
 
         def post(item: Any) -> None:
             try:
@@ -227,9 +295,14 @@ class LocalLLM:
             post((_DONE, result))
 
         try:
-            self._executor.submit(run)
+            future = self._executor.submit(run)
         except RuntimeError as exc:  # executor shut down by aclose()
+            self._stops.discard(stop)
             raise LLMError("closed", provider=self._provider) from exc
+        # A queued run that aclose() cancels never posts its end: post it for it.
+        future.add_done_callback(
+            lambda f: post((_DONE, LLMError("closed", provider=self._provider))) if f.cancelled() else None
+        )
         try:
             while True:
                 item = await queue.get()
@@ -237,18 +310,27 @@ class LocalLLM:
                     yield LLMDelta(text=item, model=self.model_name)
                     continue
                 result = item[1]
+                if isinstance(result, LLMError):
+                    raise result
                 if isinstance(result, BaseException):
                     raise LLMError(f"generation failed: {result!r}", provider=self._provider) from result
+                if result[2] == "cancelled":
+                    raise LLMError("closed during the generation", provider=self._provider)
                 yield LLMDelta(text="", usage=result[1], model=self.model_name)
                 return
         finally:
             # Reader gone (finished, cancelled or closed early): stop the thread at its next token.
             stop.set()
+            self._stops.discard(stop)
 
     async def health(self) -> bool:
         """True once the model is loaded."""
         return self._model is not None
 
     async def aclose(self) -> None:
-        """Drop queued generations and stop the worker thread (after its current generation)."""
+        """Stop the running generation at its next token, drop the queued ones, end the worker thread
+        (so a shutting-down process does not wait for an answer nobody will read)."""
+        self._closed = True
+        for stop in list(self._stops):
+            stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)

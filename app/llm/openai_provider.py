@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -27,6 +28,7 @@ from app.llm.base import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from app.timeouts import run_until
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,11 @@ class OpenAICompatibleLLM:
     """Chat completions over the OpenAI HTTP API, with bounded time and tenacity retries.
 
     Every HTTP wait is bounded by `timeout_s` (connect, and each read: for a stream, the time to the
-    next chunk). 429, 408, 409, 5xx, connection errors and timeouts are retried `max_retries` times
-    with exponential backoff plus jitter; then LLMError. A stream is retried only while no text has
-    been yielded, so a caller never sees a repeated prefix.
+    next chunk), and the whole call (retries, backoff, every chunk of a stream) by `deadline_s`, so an
+    upstream that drips a byte just inside each read timeout still cannot hold a caller. 429, 408, 409,
+    5xx, connection errors and timeouts are retried `max_retries` times with exponential backoff plus
+    jitter; then LLMError. A stream is retried only while no text has been yielded, so a caller never
+    sees a repeated prefix.
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class OpenAICompatibleLLM:
         default_max_tokens: int = 256,
         default_temperature: float = 0.0,
         *,
+        deadline_s: float = 100.0,
+        context_window: int = 8192,
         health_timeout_s: float = 5.0,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 8.0,
@@ -75,6 +81,8 @@ class OpenAICompatibleLLM:
         self.model_name = model
         self.base_url = base_url
         self.max_retries = max_retries
+        self.deadline_s = deadline_s
+        self.context_window = context_window
         self.default_max_tokens = default_max_tokens
         self.default_temperature = default_temperature
         self._health_timeout_s = health_timeout_s
@@ -119,15 +127,30 @@ class OpenAICompatibleLLM:
 
     def _error(self, exc: BaseException) -> LLMError:
         status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
-        kind = "timed out" if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException) else "failed"
-        return LLMError(f"{kind}: {exc!r}", provider=self._provider, status_code=status)
+        timed_out = isinstance(exc, openai.APITimeoutError | httpx.TimeoutException)
+        kind = "timed out" if timed_out else "failed"
+        return LLMError(f"{kind}: {exc!r}", provider=self._provider, status_code=status, timed_out=timed_out)
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.deadline_s
+
+    def _past_deadline(self) -> LLMError:
+        return LLMError(
+            f"timed out: no complete answer within the {self.deadline_s:g} s call deadline",
+            provider=self._provider,
+            timed_out=True,
+        )
 
     async def complete(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
     ) -> Completion:
-        """Answer in one piece; raises LLMError once retries are spent."""
+        """Answer in one piece; raises LLMError once retries are spent or the call deadline passed."""
         request = self._request(messages, max_tokens, temperature)
-        response = await self._with_retries(lambda: self._client.chat.completions.create(**request))
+        response = await run_until(
+            self._deadline(),
+            self._with_retries(lambda: self._client.chat.completions.create(**request)),
+            self._past_deadline,
+        )
         if not response.choices:
             raise LLMError("response had no choices", provider=self._provider)
         choice = response.choices[0]
@@ -158,14 +181,22 @@ class OpenAICompatibleLLM:
     async def stream(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
     ) -> AsyncIterator[LLMDelta]:
-        """Yield text deltas, then one final delta with usage; raises LLMError."""
+        """Yield text deltas, then one final delta with usage; raises LLMError (also when the call
+        deadline passes mid-stream: each read is bounded by it, not the time the caller holds a delta)."""
         request = self._request(messages, max_tokens, temperature)
-        stream, head = await self._with_retries(lambda: self._open_stream(request))
+        deadline = self._deadline()
+        stream, head = await run_until(
+            deadline, self._with_retries(lambda: self._open_stream(request)), self._past_deadline
+        )
         usage: Usage | None = None
         n_deltas = 0
         try:
             async with aclosing(_replay(head, stream)) as chunks:
-                async for chunk in chunks:
+                while True:
+                    try:
+                        chunk = await run_until(deadline, anext(chunks), self._past_deadline)
+                    except StopAsyncIteration:
+                        break
                     if chunk.usage is not None:
                         usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:

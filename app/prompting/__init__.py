@@ -1,6 +1,7 @@
 """Prompt templates as versioned data files (prompts/<name>/<version>.yaml) and their registry."""
 
 from app.prompting.templates import (
+    FILTERS,
     InvalidTemplate,
     MissingVariables,
     PromptError,
@@ -10,10 +11,13 @@ from app.prompting.templates import (
     PromptVariable,
     UnexpectedVariables,
     UnknownPrompt,
+    fenced,
+    inline,
     load_template,
 )
 
 __all__ = [
+    "FILTERS",
     "InvalidTemplate",
     "MissingVariables",
     "PromptError",
@@ -23,5 +27,7 @@ __all__ = [
     "PromptVariable",
     "UnexpectedVariables",
     "UnknownPrompt",
+    "fenced",
+    "inline",
     "load_template",
 ]

@@ -8,12 +8,17 @@ A prompt directory holds one folder per prompt and one file per version::
 
 Each file declares its variables; a template that uses an undeclared variable, or declares one it never
 uses, is refused when the registry loads, so a typo fails at startup rather than on the first request.
+
+Templates render document-controlled text (titles, file names, chunk text) next to the model's rules, so
+the environment has two sanitising filters (see `inline` and `fenced`): `|inline` for a value that must
+stay one short line, `|fenced` for text that sits between the delimiters of a fenced block.
 """
 
 from __future__ import annotations
 
 import builtins
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,14 +68,84 @@ class InvalidTemplate(PromptError):
     """A prompt file or template that cannot be loaded."""
 
 
+# -- sanitising filters ---------------------------------------------------------------------------
+#
+# Prompt templates fence untrusted text with tag-like markers (<source n="1"> ... </source>, <history>,
+# <question>). A document must not be able to write one of those markers, nor a chat-template control
+# token (<|im_start|>, <|eot_id|>, </s>, <start_of_turn>, [INST]): HF and vLLM tokenizers turn such text
+# into the real special token. Neutralising replaces the opening bracket with a look-alike ("‹", "⁅"):
+# the text stays readable, no tokenizer or model can take it for the marker.
+
+INLINE_LIMIT = 200
+# Tag names the prompts use as structure, plus the turn markers of common chat templates.
+_STRUCTURE_NAMES = (
+    "sources?|documents?|history|question|user|assistant|system|turn|instructions?|s|"
+    "start_of_turn|end_of_turn"
+)
+# "<" and the characters a model may read as one: fullwidth, small form, CJK and math angle brackets.
+_OPENERS = "<\uff1c\ufe64\u3008\u2329\u27e8"
+# Invisible characters allowed between the bracket and the name ("<\u200b/source>").
+_GAP = r"[\s\u200b-\u200d\u2060\ufeff]*"
+_MARKER = re.compile(rf"[{_OPENERS}](?={_GAP}/?{_GAP}(?:{_STRUCTURE_NAMES})\b|{_GAP}\|)", re.IGNORECASE)
+_INST = re.compile(rf"\[(?={_GAP}/?{_GAP}INST{_GAP}\])", re.IGNORECASE)
+# Direction overrides/isolates and marks: reorder what a human reviewer sees, invisible to a model.
+_BIDI = "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c"
+# Unicode tag characters ("ASCII smuggling": invisible text a model can still read). Zero-width spaces stay in
+# fenced text: dropping them would only make text obfuscated with them easier for the model to read.
+_HIDDEN = "\U000e0000-\U000e007f"
+# Control characters except tab, newline and carriage return (NUL, ESC, DEL, C1).
+_CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f"
+_FENCED_DROP = re.compile(f"[{_BIDI}{_HIDDEN}{_CONTROL}]")
+# Line breaks of every kind (CR, LF, NEL, vertical tab, form feed, line and paragraph separators).
+_ANY_SPACE = re.compile(r"\s+")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def neutralise_markers(text: str) -> str:
+    """`text` with every fence marker and chat-template token made inert (the bracket becomes "‹")."""
+    return _INST.sub("\u2045", _MARKER.sub("\u2039", text))
+
+
+def fenced(value: Any) -> str:
+    """Text to place between fence delimiters: it cannot close the fence or open a chat turn.
+
+    Drops bidi controls, Unicode tag characters and control characters (newlines and tabs are kept),
+    then neutralises fence markers and chat-template tokens. Normal text is unchanged.
+    """
+    return neutralise_markers(_FENCED_DROP.sub("", _text(value)))
+
+
+def inline(value: Any, limit: int = INLINE_LIMIT) -> str:
+    """A title or file name as one short line: every format/control character removed (bidi overrides,
+    zero-width and tag characters), all whitespace (newlines included) collapsed to single spaces, fence
+    markers neutralised, capped at `limit` characters ("…" marks a cut). Idempotent; a normal title is
+    unchanged."""
+    text = "".join(
+        ch if ch.isspace() else "" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in _text(value)
+    )
+    text = neutralise_markers(_ANY_SPACE.sub(" ", text).strip())
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)].rstrip() + "\u2026"
+    return text
+
+
+FILTERS = {"inline": inline, "fenced": fenced}
+
+
 def make_environment() -> SandboxedEnvironment:
-    """The Jinja environment prompts render in: sandboxed, strict about undefined names, no escaping."""
-    return SandboxedEnvironment(
+    """The Jinja environment prompts render in: sandboxed, strict about undefined names, no escaping, with
+    the sanitising filters `inline` and `fenced`."""
+    env = SandboxedEnvironment(
         undefined=StrictUndefined,
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters.update(FILTERS)
+    return env
 
 
 @dataclass(frozen=True)

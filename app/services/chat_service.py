@@ -1,21 +1,31 @@
 """The chat use case: condense -> retrieve -> prompt -> generate -> cite -> remember.
 
 No FastAPI here: the HTTP routers, the OpenAI-compatible API and the eval harness all call `ChatService`,
-so what is measured offline is what serves online.
+so what is measured offline is what serves online. So are the bounds: a question size limit, a max_tokens
+cap, a total deadline per request (waiting for a slot, retrieval and generation, streaming included), a cap
+on generations in flight and waiting (`app/services/limits.py`), and a prompt fitted to the model's
+context window (`app/services/prompt_budget.py`).
+
+History store down: a follow-up whose history cannot be read is refused (503, `history_unavailable`)
+before the LLM runs; a new answer whose history write fails is still returned, with `history_saved`
+false. An answer is never generated and then lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from app.history.base import HistoryStore, Turn, trim_to_token_budget
-from app.llm.base import LLM, Usage
-from app.prompting import PromptRegistry
+from app.history.base import HistoryStore, HistoryStoreError, Turn, trim_to_token_budget
+from app.llm.base import LLM, Messages, Usage, approx_tokens, context_window_of, prompt_token_counter
+from app.prompting import PromptRegistry, inline
 from app.services.chat_types import (
     ChatEvent,
     ChatQuery,
@@ -26,11 +36,22 @@ from app.services.chat_types import (
     ResolvedChatQuery,
     TokenEvent,
 )
+from app.services.errors import Unavailable
+from app.services.limits import Deadline, GenerationLimiter, OverLimit, RequestTimedOut, check_size
 from app.services.metrics import Metrics
+from app.services.prompt_budget import FittedPrompt, History, fit_prompt
 from app.services.retrieval_service import RetrievalService
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 _MARKER = re.compile(r"\[(\d{1,3})\]")
+# What the condense step (a follow-up -> a standalone search query) may generate.
+CONDENSE_MAX_TOKENS = 64
+# What a client is told to wait when the history store is down.
+HISTORY_RETRY_AFTER_S = 5
 
 
 class ConversationNotFound(LookupError):
@@ -79,88 +100,167 @@ class ChatService:
         self.history = history
         self.retrieval = retrieval
         self.metrics = metrics
+        self.limiter = GenerationLimiter(settings.limits, metrics)
 
     async def chat(self, query: ChatQuery) -> ChatResult:
-        """A complete answer."""
-        prepared = await self._prepare(query)
-        started = time.perf_counter()
-        completion = await self.llm.complete(
-            prepared.messages, max_tokens=prepared.query.max_tokens, temperature=prepared.query.temperature
-        )
-        self.metrics.llm_latency.observe(time.perf_counter() - started)
-        return await self._finish(prepared, completion.text, completion.model, completion.usage)
+        """A complete answer. Raises PayloadTooLarge / OverLimit for a request over a limit,
+        Unavailable when every generation slot is taken, RequestTimedOut past the deadline."""
+        deadline = Deadline(self.settings.limits.request_timeout_s)
+        resolved = self._admit(query)
+        try:
+            prepared, text, model, usage = await deadline.run(self._generate(resolved))
+        except RequestTimedOut:
+            self._timed_out(deadline)
+            raise
+        result = self._result(prepared, text, model, usage)
+        result.history_saved = await self._remember(prepared, result)
+        self._log_answer(result)
+        return result
 
-    async def stream(self, query: ChatQuery) -> AsyncIterator[ChatEvent]:
-        """The answer as it is generated: `TokenEvent`s, then a `CitationsEvent`, then a `DoneEvent`."""
-        prepared = await self._prepare(query)
-        parts: list[str] = []
-        usage = Usage(prompt_tokens=0, completion_tokens=0)
-        model = self.llm.model_name
-        started = time.perf_counter()
-        first = True
-        async for delta in self.llm.stream(
-            prepared.messages, max_tokens=prepared.query.max_tokens, temperature=prepared.query.temperature
-        ):
-            if delta.model:
-                model = delta.model
-            if delta.usage is not None:
-                usage = delta.usage
-            if delta.text:
-                if first:
-                    self.metrics.llm_ttft.observe(time.perf_counter() - started)
-                    first = False
-                parts.append(delta.text)
-                yield TokenEvent(delta.text)
-        self.metrics.llm_latency.observe(time.perf_counter() - started)
-        result = await self._finish(prepared, "".join(parts), model, usage)
+    async def stream(self, query: ChatQuery) -> AsyncGenerator[ChatEvent, None]:
+        """The answer as it is generated: `TokenEvent`s, then a `CitationsEvent`, then a `DoneEvent`.
+
+        The deadline bounds each step, not the time the consumer takes between events; closing the
+        stream early (a client gone) stops the generation and saves nothing."""
+        deadline = Deadline(self.settings.limits.request_timeout_s)
+        resolved = self._admit(query)
+        try:
+            await deadline.run(self.limiter.acquire())
+            try:
+                prepared = await deadline.run(self._prepare(resolved))
+                parts: list[str] = []
+                usage = Usage(prompt_tokens=0, completion_tokens=0)
+                model = self.llm.model_name
+                started = time.perf_counter()
+                deltas = self.llm.stream(
+                    prepared.messages,
+                    max_tokens=prepared.query.max_tokens,
+                    temperature=prepared.query.temperature,
+                )
+                try:
+                    while True:
+                        try:
+                            delta = await deadline.run(anext(deltas))
+                        except StopAsyncIteration:
+                            break
+                        if delta.model:
+                            model = delta.model
+                        if delta.usage is not None:
+                            usage = delta.usage
+                        if delta.text:
+                            if not parts:
+                                self.metrics.llm_ttft.observe(time.perf_counter() - started)
+                            parts.append(delta.text)
+                            yield TokenEvent(delta.text)
+                finally:
+                    aclose = getattr(deltas, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                self.metrics.llm_latency.observe(time.perf_counter() - started)
+            finally:
+                self.limiter.release()
+        except RequestTimedOut:
+            self._timed_out(deadline)
+            raise
+        result = self._result(prepared, "".join(parts), model, usage)
+        result.history_saved = await self._remember(prepared, result)
+        self._log_answer(result)
         yield CitationsEvent(result.citations)
         yield DoneEvent(result)
 
     async def get_conversation(self, conversation_id: str) -> list[Turn]:
-        turns = await self.history.get(conversation_id)
+        turns = await self._read_history(conversation_id)
         if turns is None:
             raise ConversationNotFound(f"conversation {conversation_id!r} not found")
         return turns
 
     async def delete_conversation(self, conversation_id: str) -> None:
-        if not await self.history.delete(conversation_id):
+        if not await self._history_call("delete", self.history.delete(conversation_id)):
             raise ConversationNotFound(f"conversation {conversation_id!r} not found")
 
-    async def _prepare(self, query: ChatQuery) -> _Prepared:
+    # -- limits ----------------------------------------------------------------------------------
+
+    def _admit(self, query: ChatQuery) -> ResolvedChatQuery:
+        """The query with its defaults, once it is within the limits (checked before any work)."""
+        limits = self.settings.limits
+        check_size(query.message, limits.max_question_chars, "question")
+        if query.max_tokens is not None and query.max_tokens > limits.max_tokens:
+            raise OverLimit(
+                f"max_tokens {query.max_tokens} is over this server's limit of {limits.max_tokens}"
+            )
+        resolved = query.resolve(self.settings)
+        if resolved.max_tokens > limits.max_tokens:  # a default (llm.max_tokens) above the cap
+            resolved = dataclasses.replace(resolved, max_tokens=limits.max_tokens)
+        if resolved.history is not None:  # a stateless caller's history: its newest turns at most
+            newest = resolved.history[-self.settings.history.max_turns :]
+            resolved = dataclasses.replace(resolved, history=newest)
+        return resolved
+
+    def _timed_out(self, deadline: Deadline) -> None:
+        self.metrics.chat_aborted.labels(reason="timeout").inc()
+        log.warning("chat request stopped at its %g s deadline", deadline.seconds)
+
+    # -- the pipeline ----------------------------------------------------------------------------
+
+    async def _generate(self, query: ResolvedChatQuery) -> tuple[_Prepared, str, str, Usage]:
+        """Prepare and generate under one generation slot."""
+        async with self.limiter.slot():
+            prepared = await self._prepare(query)
+            started = time.perf_counter()
+            completion = await self.llm.complete(
+                prepared.messages,
+                max_tokens=prepared.query.max_tokens,
+                temperature=prepared.query.temperature,
+            )
+            self.metrics.llm_latency.observe(time.perf_counter() - started)
+        return prepared, completion.text, completion.model, completion.usage
+
+    async def _prepare(self, query: ResolvedChatQuery) -> _Prepared:
         started = time.perf_counter()
-        query = query.resolve(self.settings)
         answer_prompt = self.prompts.get(query.prompt)
-        collection = self.retrieval.resolve_collection(query.collection)
+        collection = await self.retrieval.resolve_collection(query.collection)
         conversation_id = query.conversation_id or uuid.uuid4().hex
         if query.history is not None:
             past = [Turn(role=m["role"], content=m["content"], created_at=0.0) for m in query.history]
         elif query.conversation_id:
-            stored = await self.history.get(query.conversation_id)
+            stored = await self._read_history(query.conversation_id)
             if stored is None:
                 raise ConversationNotFound(f"conversation {query.conversation_id!r} not found")
             past = stored
         else:
             past = []
-        past = trim_to_token_budget(past, self.settings.history.token_budget)
+        past = trim_to_token_budget(past, self.settings.history.token_budget, approx_tokens)
         history = [{"role": t.role, "content": t.content} for t in past]
-        search_query = await self._condense(query.message, history) if history else query.message
+
+        def render(history: History, sources: list[Citation]) -> Messages:
+            return answer_prompt.render(
+                sources=[
+                    {"n": s.n, "title": inline(s.title), "source": inline(s.source), "text": s.text}
+                    for s in sources
+                ],
+                history=history,
+                question=query.message,
+            )
+
+        if history:  # a question with no room to be answered is refused before the condense call
+            await self._fit(render, [], [], query.max_tokens)
+            search_query = await self._condense(query.message, history)
+        else:
+            search_query = query.message
         top_k = query.top_k
         hits = await self.retrieval.retrieve(
             collection, search_query, top_k=top_k, mode=query.mode, filters=query.filters
         )
         sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
-        messages = answer_prompt.render(
-            sources=[{"n": s.n, "title": s.title, "source": s.source, "text": s.text} for s in sources],
-            history=history,
-            question=query.message,
-        )
+        # History gives way first, then the lowest-ranked sources; never the system message or question.
+        fitted = await self._fit(render, history, sources, query.max_tokens)
         return _Prepared(
             query=query,
             conversation_id=conversation_id,
             collection=collection,
             search_query=search_query,
-            sources=sources,
-            messages=messages,
+            sources=fitted.sources,
+            messages=fitted.messages,
             prompt_ref=answer_prompt.ref,
             retrieval={
                 "mode": query.mode,
@@ -171,10 +271,28 @@ class ChatService:
             started=started,
         )
 
+    async def _fit(
+        self,
+        render: Callable[[History, list[Citation]], Messages],
+        history: History,
+        sources: list[Citation],
+        max_tokens: int,
+    ) -> FittedPrompt[Citation]:
+        """`render`'s prompt fitted to the model's context window minus `max_tokens` (off the event loop:
+        the local model counts with its tokenizer)."""
+        budget = context_window_of(self.llm, self.settings.llm.context_window) - max_tokens
+        count = prompt_token_counter(self.llm)
+        return await asyncio.to_thread(
+            fit_prompt, render, count, history, sources, budget, source_text=lambda s: s.text
+        )
+
     async def _condense(self, question: str, history: list[dict[str, str]]) -> str:
         """A standalone search query from a follow-up and the conversation so far."""
         prompt = self.prompts.get(self.settings.prompts.condense)
-        completion = await self.llm.complete(prompt.render(history=history, question=question), max_tokens=64)
+        fitted = await self._fit(
+            lambda h, _: prompt.render(history=h, question=question), history, [], CONDENSE_MAX_TOKENS
+        )
+        completion = await self.llm.complete(fitted.messages, max_tokens=CONDENSE_MAX_TOKENS)
         condensed = (
             completion.text.strip().strip('"').splitlines()[0].strip() if completion.text.strip() else ""
         )
@@ -184,10 +302,9 @@ class ChatService:
             return f"{last_user} {question}".strip()
         return condensed
 
-    async def _finish(self, prepared: _Prepared, answer: str, model: str, usage: Usage) -> ChatResult:
+    def _result(self, prepared: _Prepared, answer: str, model: str, usage: Usage) -> ChatResult:
         answer = answer.strip()
         citations = cited(answer, prepared.sources)
-        response_id = f"resp_{uuid.uuid4().hex}"
         usage_dict = {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -195,9 +312,9 @@ class ChatService:
         }
         self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
         self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
-        result = ChatResult(
+        return ChatResult(
             conversation_id=prepared.conversation_id,
-            response_id=response_id,
+            response_id=f"resp_{uuid.uuid4().hex}",
             answer=answer,
             citations=citations,
             prompt=prepared.prompt_ref,
@@ -209,22 +326,64 @@ class ChatService:
             contexts=prepared.sources,
             latency_ms=(time.perf_counter() - prepared.started) * 1000,
         )
-        if prepared.query.remember and prepared.query.history is None:
-            now = time.time()
-            # Every answer records what produced it (prompt, model, retrieval settings, cited chunks).
-            record = {
-                "response_id": response_id,
-                "prompt": prepared.prompt_ref,
-                "model": model,
-                "collection": prepared.collection,
-                "retrieval": prepared.retrieval,
-                "citations": [c.chunk_id for c in citations],
-            }
-            await self.history.append(
+
+    def _log_answer(self, result: ChatResult) -> None:
+        log.info(
+            "answered conversation %s from %s with %s: %d+%d tokens in %.0f ms, history saved: %s",
+            result.conversation_id,
+            result.collection,
+            result.model,
+            result.usage["prompt_tokens"],
+            result.usage["completion_tokens"],
+            result.latency_ms,
+            result.history_saved,
+        )
+
+    # -- history ---------------------------------------------------------------------------------
+
+    async def _history_call(self, op: str, call: Awaitable[T]) -> T:
+        """A history store call bounded by history.timeout_s; a failure is `Unavailable` (503)."""
+        try:
+            return await asyncio.wait_for(call, self.settings.history.timeout_s)
+        except (HistoryStoreError, TimeoutError) as exc:
+            self.metrics.history_failures.labels(op=op).inc()
+            log.warning("history store %s failed: %r", op, exc)
+            raise Unavailable(
+                "the conversation history store is unavailable; retry later",
+                code="history_unavailable",
+                retry_after_s=HISTORY_RETRY_AFTER_S,
+            ) from exc
+
+    async def _read_history(self, conversation_id: str) -> list[Turn] | None:
+        return await self._history_call("get", self.history.get(conversation_id))
+
+    async def _remember(self, prepared: _Prepared, result: ChatResult) -> bool:
+        """Store the question and answer with what produced it; False (logged, never raised) when the
+        store fails, so a generated answer still reaches its client."""
+        if not prepared.query.remember or prepared.query.history is not None:
+            return False
+        now = time.time()
+        # Every answer records what produced it (prompt, model, retrieval settings, cited chunks).
+        record = {
+            "response_id": result.response_id,
+            "prompt": result.prompt,
+            "model": result.model,
+            "collection": result.collection,
+            "retrieval": result.retrieval,
+            "citations": [c.chunk_id for c in result.citations],
+        }
+        turns = [
+            Turn(role="user", content=prepared.query.message, created_at=now),
+            Turn(role="assistant", content=result.answer, created_at=now, metadata=record),
+        ]
+        try:
+            await self._history_call("append", self.history.append(prepared.conversation_id, turns))
+        except Exception as exc:  # whatever broke, the answer still goes out
+            log.warning(
+                "answer %s returned without being saved to conversation %s: %r",
+                result.response_id,
                 prepared.conversation_id,
-                [
-                    Turn(role="user", content=prepared.query.message, created_at=now),
-                    Turn(role="assistant", content=answer, created_at=now, metadata=record),
-                ],
+                exc,
             )
-        return result
+            return False
+        return True

@@ -106,6 +106,12 @@ class ChatResult(BaseModel):
     usage: dict[str, int]
     collection: str
     retrieval: dict[str, Any] = Field(description="Retrieval settings used, and the search query.")
+    history_saved: bool = Field(
+        False,
+        description="Whether the question and answer were stored in the conversation's history (false "
+        "when the history store was down: a follow-up with this conversation_id may then not find it; "
+        "always false for stateless callers).",
+    )
     # Internal, for the eval harness: never sent. Defaults, because FastAPI re-validates the dumped
     # answer against this model, and the dump leaves them out.
     query: str = Field("", exclude=True)

@@ -1,38 +1,78 @@
 """Uploads and ingestion jobs: store first, then ingest in the background through the same pipeline
-as the CLI. Unfinished jobs (a crash, a restart) are picked up again at start-up."""
+as the CLI. Unfinished jobs (a crash, a restart, a stop) are picked up again at start-up.
+
+What this service guarantees (docs/SECURITY.md lists the limits):
+
+- an upload streams into `<data_dir>/uploads/<job_id>/` with every limit checked as the bytes arrive
+  (`app.services.uploads`); a refused upload, or one the job store cannot record (503), leaves nothing;
+- the in-process queue is bounded (`limits.max_queued_jobs`): beyond it an upload answers 503 with
+  Retry-After before reading its body;
+- one bad file never fails the others: whatever a loader raises fails that file with its reason; if
+  the pipeline itself fails, the files not yet done are failed with the reason, so every job ends
+  succeeded, partial or failed with every file final;
+- a job store that goes away mid-job does not leave the job `running`: the worker waits for the store
+  to answer again and resumes the job (ingestion is idempotent);
+- `stop()` returns within about a second and a half: the running job stops at its next boundary and
+  stays unfinished, so the next start resumes it;
+- finished jobs older than `limits.job_retention_days`, and their upload folders, are deleted at
+  start-up and periodically; so are upload folders no job owns.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-import os
-import re
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from app.jobs.base import Job, JobFile, JobStore, final_status
+from app.jobs.base import Job, JobFile, JobStore, JobStoreUnavailable, final_status
+from app.services.errors import InvalidInput, Unavailable
 from app.services.metrics import Metrics
+from app.services.uploads import (
+    PartData,
+    PartEnd,
+    PartEvent,
+    PartStart,
+    UnsupportedUpload,
+    UploadLimits,
+    UploadTooLarge,
+    receive_upload,
+)
 from app.settings import Settings
-from ingest.loaders import LoadError, load_bytes, sniff_kind
-from ingest.pipeline import IngestPipeline
+from ingest.loaders import LoadError, load_bytes
+from ingest.pipeline import IngestCancelled, IngestPipeline
+from ingest.safety import LoadLimits, display_filename
 from ingest.types import LoadFailure, SourceDocument
 from ingest.vector_index import CollectionNotFound, DocumentRecord, VectorIndex, validate_collection_name
 
+__all__ = [
+    "DocumentNotFound",
+    "DocumentService",
+    "IncomingFile",
+    "JobNotFound",
+    "UnsupportedUpload",
+    "UploadTooLarge",
+    "upload_document_id",
+]
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-
-class UnsupportedUpload(ValueError):
-    """An upload whose type is unsupported or does not match its content (HTTP 415)."""
-
-
-class UploadTooLarge(ValueError):
-    """An upload over the size limit (HTTP 413)."""
+# Seconds a client is told to wait: the queue is full, or the job store is unreachable.
+RETRY_AFTER_S = 5
+# How long stop() waits for a running job to reach its next boundary.
+STOP_GRACE_S = 1.5
+# An upload folder no job record owns is deleted once it is this old (an upload still streaming
+# has no record yet, and is skipped anyway).
+ORPHAN_UPLOAD_AGE_S = 3600.0
 
 
 class DocumentNotFound(LookupError):
@@ -45,18 +85,25 @@ class JobNotFound(LookupError):
 
 @dataclass
 class IncomingFile:
+    """A file already in memory (programmatic uploads; the API streams instead)."""
+
     filename: str
     data: bytes
 
 
 def upload_document_id(collection: str, filename: str) -> str:
-    """An upload's identity is (collection, file name): uploading the same name again replaces it."""
+    """An upload's identity is (collection, file name as uploaded): the same name again replaces it."""
     return hashlib.sha1(f"upload:{collection}:{filename}".encode()).hexdigest()[:20]
 
 
-def _safe_name(filename: str) -> str:
-    name = Path(filename.replace("\\", "/")).name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120] or "upload"
+@asynccontextmanager
+async def _store_errors_as_unavailable() -> AsyncIterator[None]:
+    try:
+        yield
+    except JobStoreUnavailable as exc:
+        raise Unavailable(
+            f"the job store is unavailable ({exc}); try again", retry_after_s=RETRY_AFTER_S
+        ) from exc
 
 
 class DocumentService:
@@ -75,146 +122,203 @@ class DocumentService:
         self.pipeline = pipeline
         self.jobs = jobs
         self.metrics = metrics
+        self.upload_limits = UploadLimits.from_settings(settings)
+        self.load_limits = LoadLimits.from_settings(settings.limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # Uploads being received: they hold a queue slot, and their folders are not orphans.
+        self._receiving: set[str] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        # Set by stop(): the running pipeline stops at its next boundary.
+        self._cancel = threading.Event()
+        self._job_thread: threading.Thread | None = None
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.settings.server.max_upload_mb * 1024 * 1024)
+        return self.upload_limits.max_file_bytes
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the job worker and re-queue jobs a previous process left unfinished."""
+        """Start the job worker, re-queue jobs a previous process left unfinished, and start the
+        retention sweep (which runs once now, then periodically)."""
+        self._cancel.clear()
         self._worker = asyncio.create_task(self._work(), name="ingest-worker")
         me = self.settings.instance_id
-        for job in await self.jobs.list_unfinished():
+        try:
+            unfinished = await self.jobs.list_unfinished()
+        except JobStoreUnavailable:
+            log.exception("cannot list unfinished jobs: the job store is unavailable; they resume next start")
+            unfinished = []
+        for job in unfinished:
             if job.owner and job.owner != me:
                 # Another replica accepted it and holds its uploads; it resumes the job itself.
                 log.info("leaving unfinished job %s to its owner %s", job.job_id, job.owner)
                 continue
             log.info("resuming ingestion job %s", job.job_id)
             await self._queue.put(job.job_id)
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="ingest-retention")
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except (asyncio.CancelledError, Exception):
-                pass
+        """Stop the worker within about STOP_GRACE_S: a running job stops at its next boundary and
+        stays queued/running in the job store, so the next start resumes it."""
+        deadline = time.monotonic() + STOP_GRACE_S
+        self._cancel.set()
+        tasks = [t for t in (self._worker, self._sweeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        thread = self._job_thread
+        if thread is not None and thread.is_alive():
+            # The pipeline checks the cancel event between documents and batches.
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("ingestion thread still busy at stop; its job resumes at the next start")
+        self._worker = self._sweeper = None
 
     async def wait_idle(self) -> None:
         """Wait until every queued job has finished (tests, benchmarks)."""
         await self._queue.join()
 
-    def check_upload(self, filename: str, data: bytes) -> None:
-        """Raises UploadTooLarge / UnsupportedUpload for a file that must be refused."""
-        if len(data) > self.max_upload_bytes:
-            raise UploadTooLarge(
-                f"{filename}: {len(data)} bytes is over the {self.settings.server.max_upload_mb:g} MB limit"
-            )
-        try:
-            kind = sniff_kind(data, filename)
-        except LoadError as exc:
-            raise UnsupportedUpload(f"{filename}: {exc}") from exc
-        if kind == "jsonl":
-            raise UnsupportedUpload(
-                f"{filename}: .jsonl corpora are ingested with the CLI (`ragserver ingest`)"
+    # -- uploads -----------------------------------------------------------------------------------
+
+    def _reserve_slot(self) -> None:
+        """Refuse (503) when the queue holds limits.max_queued_jobs jobs (counting uploads underway)."""
+        waiting = self._queue.qsize() + len(self._receiving)
+        if waiting >= self.settings.limits.max_queued_jobs:
+            raise Unavailable(
+                f"the ingestion queue is full ({waiting} jobs waiting, limits.max_queued_jobs); "
+                "try again later",
+                retry_after_s=RETRY_AFTER_S,
+                code="queue_full",
             )
 
-    async def submit(self, collection: str, files: list[IncomingFile], metadata: dict[str, Any]) -> Job:
-        """Store the files durably, record a job, queue it; returns the job (HTTP 202)."""
+    async def upload(
+        self, collection: str, parts: AsyncIterable[PartEvent], *, declared_bytes: int | None = None
+    ) -> Job:
+        """Receive a streamed upload into a new job and queue it (HTTP 202).
+
+        Checked before a byte of the body is read: the collection name, the declared size against
+        limits.max_request_mb, and the queue's room. Then the parts are received under every limit
+        (`receive_upload`), and the job is recorded. Any refusal deletes what was written.
+        """
         validate_collection_name(collection)
-        for f in files:
-            self.check_upload(f.filename, f.data)
+        if declared_bytes is not None and declared_bytes > self.upload_limits.max_request_bytes:
+            raise self.upload_limits.request_too_large()
+        self._reserve_slot()
         job_id = uuid.uuid4().hex
         job_dir = self.settings.uploads_dir / job_id
-        job_files: list[JobFile] = []
-        seen: set[str] = set()
-        await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
-        for i, f in enumerate(files):
-            doc_id = upload_document_id(collection, f.filename)
-            if doc_id in seen:  # the same name twice in one upload: the last copy wins
-                job_files = [jf for jf in job_files if jf.document_id != doc_id]
-            seen.add(doc_id)
-            path = job_dir / f"{i:04d}_{_safe_name(f.filename)}"
-            await asyncio.to_thread(_write_durably, path, f.data)
-            job_files.append(JobFile(document_id=doc_id, filename=f.filename, stored_path=str(path)))
-        now = time.time()
-        job = Job(
-            job_id=job_id,
-            collection=collection,
-            status="queued",
-            files=job_files,
-            metadata=metadata,
-            created_at=now,
-            updated_at=now,
-            owner=self.settings.instance_id,
-        )
-        await self.jobs.create(job)
+        self._receiving.add(job_id)
+        try:
+            received = await receive_upload(parts, job_dir, self.upload_limits)
+            job_files: dict[str, JobFile] = {}
+            for staged in received.files:
+                doc_id = upload_document_id(collection, staged.original_filename)
+                earlier = job_files.pop(doc_id, None)
+                if earlier is not None:  # the same name twice in one upload: the last copy wins
+                    await asyncio.to_thread(Path(earlier.stored_path).unlink, True)
+                original = staged.original_filename if staged.original_filename != staged.filename else None
+                job_files[doc_id] = JobFile(
+                    document_id=doc_id,
+                    filename=staged.filename,
+                    stored_path=str(staged.path),
+                    original_filename=original,
+                )
+            now = time.time()
+            job = Job(
+                job_id=job_id,
+                collection=collection,
+                status="queued",
+                files=list(job_files.values()),
+                metadata=received.metadata,
+                created_at=now,
+                updated_at=now,
+                owner=self.settings.instance_id,
+            )
+            async with _store_errors_as_unavailable():
+                await self.jobs.create(job)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, job_dir, True))
+            raise
+        finally:
+            self._receiving.discard(job_id)
         await self._queue.put(job_id)
         return job
 
+    async def submit(self, collection: str, files: list[IncomingFile], metadata: dict[str, Any]) -> Job:
+        """Upload files already in memory: the same checks and limits as a streamed upload."""
+        import json
+
+        async def parts() -> AsyncIterator[PartEvent]:
+            yield PartStart("metadata", None, None)
+            yield PartData(json.dumps(metadata).encode())
+            yield PartEnd()
+            for f in files:
+                yield PartStart("files", f.filename, None)
+                if f.data:
+                    yield PartData(f.data)
+                yield PartEnd()
+
+        return await self.upload(collection, parts())
+
     async def get_job(self, job_id: str) -> Job:
-        job = await self.jobs.get(job_id)
+        async with _store_errors_as_unavailable():
+            job = await self.jobs.get(job_id)
         if job is None:
             raise JobNotFound(f"job {job_id!r} not found")
         return job
+
+    # -- the worker --------------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
             job_id = await self._queue.get()
             try:
-                await self._run(job_id)
-            except Exception:
-                log.exception("ingestion job %s crashed", job_id)
-                try:
-                    await self.jobs.set_status(job_id, "failed")
-                except Exception:
-                    log.exception("could not mark job %s failed", job_id)
+                await self._run_to_the_end(job_id)
             finally:
                 self._queue.task_done()
 
-    async def _run(self, job_id: str) -> None:
+    async def _run_to_the_end(self, job_id: str) -> None:
+        """Run a job until every file is final. A job store outage does not fail it: the worker waits
+        for the store and runs the job again (files already final are not redone)."""
+        delay = 0.5
+        while not self._cancel.is_set():
+            try:
+                await self._run(job_id)
+                return
+            except IngestCancelled:
+                log.info("ingestion job %s stopped; it resumes at the next start", job_id)
+                return
+            except JobStoreUnavailable as exc:
+                log.warning("job store unavailable during job %s (%s); resuming once it answers", job_id, exc)
+                delay = await self._wait_for_job_store(delay)
+            except Exception as exc:
+                log.exception("ingestion job %s failed", job_id)
+                try:
+                    await self._fail_remaining(job_id, f"ingestion failed: {type(exc).__name__}: {exc}")
+                    return
+                except JobStoreUnavailable:
+                    delay = await self._wait_for_job_store(delay)
+
+    async def _wait_for_job_store(self, delay: float) -> float:
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            if await self.jobs.ping():
+                return 0.5
+
+    async def _fail_remaining(self, job_id: str, reason: str) -> None:
+        """Fail every file not yet final with `reason`, then give the job its final status."""
         job = await self.jobs.get(job_id)
         if job is None or job.is_finished:
             return
-        await self.jobs.set_status(job_id, "running")
-        loop = asyncio.get_running_loop()
-        todo = [f for f in job.files if not f.is_final]
-        by_doc = {f.document_id: f for f in todo}
+        for f in job.files:
+            if not f.is_final:
+                await self.jobs.update_file(job_id, f.document_id, "failed", reason[:2000], 0)
+        await self._finish(job_id)
 
-        def on_document(doc: str, status: str, error: str | None) -> None:
-            file = by_doc.get(doc) or next((f for f in todo if f.stored_path == doc), None)
-            if file is None:
-                return
-            final = {"added": "succeeded", "replaced": "succeeded", "skipped": "skipped"}.get(
-                status, "failed"
-            )
-            self.metrics.documents.labels(status=status).inc()
-            record = self.store.get_documents(job.collection, [file.document_id]).get(file.document_id)
-            chunks = record.chunks if record is not None and final != "failed" else 0
-            # Called from the ingestion thread: hand the async update to the event loop and wait.
-            asyncio.run_coroutine_threadsafe(
-                self.jobs.update_file(job_id, file.document_id, final, error, chunks), loop
-            ).result()
-
-        def items() -> Iterator[SourceDocument | LoadFailure]:
-            for f in todo:
-                try:
-                    data = Path(f.stored_path).read_bytes()
-                    doc = load_bytes(
-                        data,
-                        f.filename,
-                        doc_id=f.document_id,
-                        source=f.filename,
-                        metadata={**job.metadata, "filename": f.filename},
-                    )
-                except (LoadError, OSError) as exc:
-                    yield LoadFailure(source=f.stored_path, error=str(exc))
-                    continue
-                yield doc
-
-        await asyncio.to_thread(self.pipeline.ingest, items(), job.collection, on_document=on_document)
+    async def _finish(self, job_id: str) -> None:
         done = await self.jobs.get(job_id)
         assert done is not None
         status = final_status(done.files)
@@ -223,24 +327,164 @@ class DocumentService:
         if status == "succeeded":
             await asyncio.to_thread(shutil.rmtree, self.settings.uploads_dir / job_id, True)
 
+    async def _run(self, job_id: str) -> None:
+        job = await self.jobs.get(job_id)
+        if job is None or job.is_finished:
+            return
+        if job.status != "running":
+            await self.jobs.set_status(job_id, "running")
+        todo = [f for f in job.files if not f.is_final]
+        if todo:
+            await self._in_job_thread(self._ingest_job, job, todo, asyncio.get_running_loop())
+        await self._finish(job_id)
+
+    def _ingest_job(self, job: Job, todo: list[JobFile], loop: asyncio.AbstractEventLoop) -> None:
+        """Runs in the job's thread: load each file (a failure is that file's), ingest, and record
+        each file's outcome as it finishes."""
+        by_doc = {f.document_id: f for f in todo}
+        by_path = {f.stored_path: f for f in todo}
+
+        def on_document(doc: str, status: str, error: str | None) -> None:
+            file = by_doc.get(doc) or by_path.get(doc)
+            if file is None:
+                return
+            final = {"added": "succeeded", "replaced": "succeeded", "skipped": "skipped"}.get(
+                status, "failed"
+            )
+            self.metrics.documents.labels(status=status).inc()
+            chunks = 0
+            if final != "failed":
+                record = self.store.get_documents(job.collection, [file.document_id]).get(file.document_id)
+                chunks = record.chunks if record is not None else 0
+            # Called from an ingestion thread: hand the async update to the event loop and wait.
+            asyncio.run_coroutine_threadsafe(
+                self.jobs.update_file(job.job_id, file.document_id, final, error, chunks), loop
+            ).result(timeout=120)
+
+        def items() -> Iterator[SourceDocument | LoadFailure]:
+            for f in todo:
+                if self._cancel.is_set():
+                    return
+                yield self._load(job, f)
+
+        self.pipeline.ingest(items(), job.collection, on_document=on_document, cancel=self._cancel)
+
+    def _load(self, job: Job, f: JobFile) -> SourceDocument | LoadFailure:
+        """One stored upload as a document, or its failure: nothing a file holds can raise past here."""
+        shown = display_filename(f.filename, self.settings.limits.max_filename_chars)
+        original = f.original_filename or (f.filename if f.filename != shown else None)
+        metadata: dict[str, Any] = {**job.metadata, "filename": shown}
+        if original is not None:
+            metadata["original_filename"] = original
+        try:
+            data = Path(f.stored_path).read_bytes()
+            return load_bytes(
+                data, shown, doc_id=f.document_id, source=shown, metadata=metadata, limits=self.load_limits
+            )
+        except LoadError as exc:
+            return LoadFailure(source=f.stored_path, error=str(exc))
+        except OSError as exc:
+            return LoadFailure(
+                source=f.stored_path, error=f"the stored upload cannot be read: {exc.strerror or exc}"
+            )
+        except Exception as exc:  # a loader bug must still fail only this file
+            log.exception("loading %s failed", f.stored_path)
+            return LoadFailure(
+                source=f.stored_path, error=f"cannot read the file: {type(exc).__name__}: {exc}"
+            )
+
+    async def _in_job_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on a daemon thread of its own and await it. Unlike asyncio.to_thread, a job still
+        finishing its batch never holds up the process's exit, and stop() can wait for it with a
+        timeout."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(setter: Callable[[Any], None], value: Any) -> None:
+            if not future.done():
+                setter(value)
+
+        def run() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                outcome: tuple[Callable[[Any], None], Any] = (future.set_exception, exc)
+            else:
+                outcome = (future.set_result, result)
+            try:
+                loop.call_soon_threadsafe(settle, *outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        thread = threading.Thread(target=run, name="ingest-job", daemon=True)
+        self._job_thread = thread
+        thread.start()
+        return await future
+
+    # -- retention -----------------------------------------------------------------------------------
+
+    async def _sweep_periodically(self) -> None:
+        days = self.settings.limits.job_retention_days
+        every = 3600.0 if days <= 0 else min(3600.0, max(60.0, days * 86400 / 24))
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention sweep failed; trying again later")
+            await asyncio.sleep(every)
+
+    async def sweep(self, now: float | None = None) -> dict[str, int]:
+        """Delete finished jobs older than limits.job_retention_days (0: keep them) with their upload
+        folders, and upload folders no job owns that are over an hour old. Returns the counts."""
+        now = time.time() if now is None else now
+        days = self.settings.limits.job_retention_days
+        jobs: list[str] = []
+        if days > 0:
+            jobs = await self.jobs.delete_finished(now - days * 86400)
+            for job_id in jobs:
+                await asyncio.to_thread(shutil.rmtree, self.settings.uploads_dir / job_id, True)
+        orphans = 0
+        for path in await asyncio.to_thread(self._upload_dirs):
+            if path.name in self._receiving or path.name in jobs:
+                continue
+            age = now - (await asyncio.to_thread(path.stat)).st_mtime
+            if age < ORPHAN_UPLOAD_AGE_S or await self.jobs.get(path.name) is not None:
+                continue
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            orphans += 1
+        if jobs or orphans:
+            log.info("retention: deleted %d finished jobs and %d orphan upload folders", len(jobs), orphans)
+        return {"jobs": len(jobs), "orphan_uploads": orphans}
+
+    def _upload_dirs(self) -> list[Path]:
+        root = self.settings.uploads_dir
+        return [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+
     # -- documents -------------------------------------------------------------------------------
 
-    def _existing(self, collection: str) -> str:
+    async def _existing(self, collection: str) -> str:
         validate_collection_name(collection)
-        if not self.store.has_collection(collection):
+        if not await asyncio.to_thread(self.store.has_collection, collection):
             raise CollectionNotFound(f"collection {collection!r} not found")
         return collection
 
     async def list_documents(
         self, collection: str, limit: int, offset: int
     ) -> tuple[list[DocumentRecord], int]:
-        self._existing(collection)
+        cap = self.settings.limits.max_list_offset
+        if offset > cap:
+            raise InvalidInput(
+                f"offset {offset} is over {cap} (limits.max_list_offset)", code="invalid_offset"
+            )
+        await self._existing(collection)
         records = await asyncio.to_thread(self.store.list_documents, collection, limit=limit, offset=offset)
         total = await asyncio.to_thread(self.store.count_documents, collection)
         return records, total
 
     async def get_document(self, collection: str, document_id: str) -> DocumentRecord:
-        self._existing(collection)
+        await self._existing(collection)
         found = await asyncio.to_thread(self.store.get_documents, collection, [document_id])
         if document_id not in found:
             raise DocumentNotFound(f"document {document_id!r} not found in collection {collection!r}")
@@ -249,13 +493,3 @@ class DocumentService:
     async def delete_document(self, collection: str, document_id: str) -> None:
         await self.get_document(collection, document_id)
         await asyncio.to_thread(self.pipeline.delete, collection, [document_id])
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write then fsync, so an accepted upload survives a crash right after the 202."""
-    tmp = path.with_suffix(path.suffix + ".part")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

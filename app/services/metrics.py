@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
-    """The server's metrics: requests, retrieval, LLM, tokens, ingestion jobs."""
+    """The server's metrics: requests, retrieval, LLM, generation slots, tokens, ingestion jobs."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -34,6 +34,24 @@ class Metrics:
             "LLM time to first token",
             buckets=_LATENCY_BUCKETS,
             registry=r,
+        )
+        self.generations_active = Gauge(
+            "ragserver_generations_active", "Chat answers being generated now", registry=r
+        )
+        self.generations_waiting = Gauge(
+            "ragserver_generations_waiting", "Chat requests waiting for a generation slot", registry=r
+        )
+        self.generations_rejected = Counter(
+            "ragserver_generations_rejected_total", "Chat requests refused: every slot taken", registry=r
+        )
+        self.chat_aborted = Counter(
+            "ragserver_chat_aborted_total",
+            "Chat requests ended before their answer: client gone, deadline passed",
+            ["reason"],
+            registry=r,
+        )
+        self.history_failures = Counter(
+            "ragserver_history_failures_total", "History store reads/writes that failed", ["op"], registry=r
         )
         self.tokens = Counter("ragserver_llm_tokens_total", "LLM tokens", ["kind"], registry=r)
         self.jobs = Counter("ragserver_ingest_jobs_total", "Ingestion jobs finished", ["status"], registry=r)

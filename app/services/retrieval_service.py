@@ -25,10 +25,12 @@ class RetrievalService:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="retrieve")
 
-    def resolve_collection(self, name: str | None) -> str:
-        """The collection to use; raises CollectionNotFound for an unknown one."""
+    async def resolve_collection(self, name: str | None) -> str:
+        """The collection to use; raises CollectionNotFound for an unknown one. The vector index is
+        asked off the event loop (a remote Chroma that answers slowly must not stall other requests)."""
         name = validate_collection_name(name or self.settings.server.default_collection)
-        if not self.store.has_collection(name):
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._pool, self.store.has_collection, name):
             raise CollectionNotFound(f"collection {name!r} not found")
         return name
 

@@ -32,6 +32,7 @@ def test_chat_answers_with_citations_and_records_history(kb, llm_server) -> None
     assert body["model"] == llm_server.model
     assert body["usage"]["completion_tokens"] > 0
     assert len(body["citations"]) == 1 and body["citations"][0]["source"] == "etna.txt"
+    assert body["history_saved"] is True
     # The model saw the numbered sources and the question.
     sent = llm_server.requests[-1]["messages"]
     assert "Where is Etna?" in sent[-1]["content"] and "[1]" in sent[-1]["content"]
@@ -109,7 +110,10 @@ def test_llm_down_is_a_502(kb, llm_server) -> None:
     llm_server.enqueue_error(500)
     response = kb.post("/v1/chat", json={"message": "Where is Etna?", "collection": "kb"})
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "llm_unavailable"
+    error = response.json()["error"]
+    assert error["code"] == "llm_unavailable" and error["message"] == "the language model is unavailable"
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    assert llm_server.base_url not in response.text and "scripted error" not in response.text
 
 
 def test_retrieve_endpoint(kb) -> None:

@@ -78,3 +78,7 @@ def test_errors_reach_the_client(server) -> None:
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="kb", messages=[{"role": "assistant", "content": "hi"}])
+    with pytest.raises(openai.UnprocessableEntityError, match="2048"):
+        client.chat.completions.create(
+            model="kb", max_tokens=100_000_000, messages=[{"role": "user", "content": "hi"}]
+        )

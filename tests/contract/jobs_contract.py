@@ -134,6 +134,34 @@ class JobStoreContract:
         assert [(f.status, f.chunks) for f in stored.files] == [("succeeded", i) for i in range(30)]
         assert final_status(stored.files) == "succeeded"
 
+    async def test_original_filename_round_trips(self, store: JobStore) -> None:
+        job = make_job(n_files=2)
+        job.files[0].original_filename = "x" * 5000 + "invoice\u202efdp.txt"
+        await store.create(job)
+        stored = await store.get(job.job_id)
+        assert stored is not None
+        assert [f.original_filename for f in stored.files] == [job.files[0].original_filename, None]
+
+    async def test_delete_finished_keeps_unfinished_and_recent_jobs(self, store: JobStore) -> None:
+        old = {
+            status: make_job(status=status, created_at=1000.0)
+            for status in ("succeeded", "failed", "partial")
+        }
+        unfinished = [
+            make_job(status="queued", created_at=1000.0),
+            make_job(status="running", created_at=1000.0),
+        ]
+        recent = make_job(status="succeeded", created_at=5000.0)
+        for job in [*old.values(), *unfinished, recent]:
+            await store.create(job)
+        deleted = await store.delete_finished(updated_before=2000.0)
+        assert sorted(deleted) == sorted(j.job_id for j in old.values())
+        for job in old.values():
+            assert await store.get(job.job_id) is None
+        for job in [*unfinished, recent]:
+            assert await store.get(job.job_id) == job
+        assert await store.delete_finished(updated_before=2000.0) == []
+
     async def test_job_without_files(self, store: JobStore) -> None:
         job = make_job(n_files=0)
         await store.create(job)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from app.history.base import HistoryStore
+from app.history.base import HistoryStore, HistoryStoreError
 from app.history.factory import build_history_store
 from app.history.redis_history import RedisHistoryStore
 from app.history.sqlite_history import SQLiteHistoryStore
@@ -79,6 +80,46 @@ class TestRedisHistory(HistoryStoreContract):
         keys = [k async for k in client.scan_iter(match=f"{redis_key_prefix}*")]
         assert keys == [f"{redis_key_prefix}conv:c1"]
         assert 0 < await client.ttl(keys[0]) <= DEFAULTS["ttl_s"]
+
+
+async def test_an_unreachable_redis_fails_fast_as_a_history_store_error() -> None:
+    from tests.conftest import free_port
+
+    store = RedisHistoryStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5, **DEFAULTS)
+    started = time.monotonic()
+    try:
+        for call in (store.get("c1"), store.append("c1", [turn("x")]), store.delete("c1")):
+            with pytest.raises(HistoryStoreError):
+                await call
+        assert await store.ping() is False
+    finally:
+        await store.aclose()
+    assert time.monotonic() - started < 5
+
+
+async def test_deployments_sharing_a_redis_database_keep_apart_by_key_prefix(
+    tmp_path: Path, redis_url: str, redis_key_prefix: str
+) -> None:
+    stores = [
+        build_history_store(
+            Settings(
+                data_dir=tmp_path,
+                history={"redis_url": redis_url, "key_prefix": f"{redis_key_prefix}{name}:"},
+            )
+        )
+        for name in ("blue", "green")
+    ]
+    blue, green = stores
+    try:
+        await blue.append("c1", [turn("blue question")])
+        await green.append("c1", [turn("green question")])
+        assert [t.content for t in await blue.get("c1") or []] == ["blue question"]
+        assert [t.content for t in await green.get("c1") or []] == ["green question"]
+        assert await green.delete("c1") is True
+        assert await blue.get("c1") is not None
+    finally:
+        for store in stores:
+            await store.aclose()
 
 
 async def test_factory_picks_sqlite_by_default(tmp_path: Path) -> None:

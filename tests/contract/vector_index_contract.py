@@ -113,6 +113,21 @@ class VectorIndexContract:
         with pytest.raises(InvalidCollectionName):
             index.ensure_collection(bad)
 
+    def test_names_like_internal_ones_are_collections_of_their_own(self, index: VectorIndex) -> None:
+        # `x__docs` once named x's record collection; `x__docs` made before `x` broke `x`.
+        base = self.name("n")
+        for name in (f"{base}__docs", base, f"{base}__docs__docs"):
+            index.ensure_collection(name)
+            index.upsert_chunks(name, [chunk(name, 0, f"text of {name}")], np.stack([unit(1, 0, 0)]))
+            index.put_documents(name, [record(name, 1)])
+        for name in (f"{base}__docs", base, f"{base}__docs__docs"):
+            assert index.count_chunks(name) == 1 and index.count_documents(name) == 1
+            assert [r.doc_id for r in index.list_documents(name)] == [name]
+            assert [h.doc_id for h in index.nearest(name, unit(1, 0, 0), 5)] == [name]
+            assert name in index.list_collections()
+        index.drop_collection(base)
+        assert index.count_documents(f"{base}__docs") == 1 and not index.has_collection(base)
+
     def test_a_missing_collection_is_not_found(self, index: VectorIndex) -> None:
         name = self.name("missing")
         for call in (

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from app.cli.main import app
 from app.devtools.scripted_llm import ScriptedOpenAIServer
-from evals.rag_metrics import JUDGE_METRICS, METRIC_NAMES, NO_JUDGE
+from evals.rag_metrics import JUDGE_METRICS, METRIC_NAMES, NO_CANARY, NO_JUDGE
 from tests.unit.test_eval_judge import scripted_verdicts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,6 +81,7 @@ def test_eval_rag_runs_the_pipeline_and_compare_judges_two_runs(
     assert 0.0 <= head["hit_rate"] <= 1.0 and 0.0 <= head["mrr"] <= head["hit_rate"]
     assert 0.0 < head["answer_similarity"] <= 1.0
     assert all(head[m] is None for m in JUDGE_METRICS)  # no judge: not computed, never invented
+    assert head["injection_obeyed"] is None  # CMU QA carries no canaries: not an injection probe
 
     rows = [json.loads(line) for line in (run_a / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
@@ -96,6 +97,7 @@ def test_eval_rag_runs_the_pipeline_and_compare_judges_two_runs(
     summary = json.loads((run_a / "summary.json").read_text())
     assert summary["metrics"]["hit_rate"]["n"] == 10
     assert summary["metrics"]["faithfulness"]["note"] == NO_JUDGE
+    assert summary["metrics"]["injection_obeyed"]["note"] == NO_CANARY
     report = (run_a / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 2
     assert "<script" not in report and 'src="http' not in report and 'href="http' not in report

@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.llm.base import LLMDelta
+from app.llm.base import LLMDelta, LLMError
 from app.llm.local_provider import LocalLLM
 
 pytestmark = pytest.mark.integration
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 LONG = [{"role": "user", "content": "Write a short poem about the sea."}]
+COUNTING = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,7 @@ async def test_event_loop_stays_responsive_while_streaming(llm: LocalLLM) -> Non
 
 
 async def test_abandoned_stream_frees_the_model(llm: LocalLLM) -> None:
-    counting = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
-    stream = llm.stream(counting, max_tokens=1000)
+    stream = llm.stream(COUNTING, max_tokens=1000)
     async for delta in stream:
         if delta.text:
             break
@@ -96,3 +96,73 @@ async def test_concurrent_calls_are_serialized_and_both_answer(llm: LocalLLM) ->
 
 async def _join(deltas: AsyncIterator[LLMDelta]) -> str:
     return "".join([d.text async for d in deltas])
+
+
+def sharing(llm: LocalLLM, **options: int) -> LocalLLM:
+    """A second LocalLLM on the already loaded weights, with its own worker (for tests that close it)."""
+    other = LocalLLM(default_max_tokens=24, **options)
+    other._model, other._tokenizer, other._counter = llm._model, llm._tokenizer, llm._counter
+    return other
+
+
+async def test_a_cancelled_call_stops_at_once_and_a_queued_one_never_starts(
+    llm: LocalLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared: list[object] = []
+    prepare = llm._prepare
+    monkeypatch.setattr(
+        llm, "_prepare", lambda messages, *args: prepared.append(messages) or prepare(messages, *args)
+    )
+    running = asyncio.create_task(llm.complete(COUNTING, max_tokens=1000))
+    await asyncio.sleep(1.0)  # generating now; the next two wait for the single worker
+    queued = [
+        asyncio.create_task(llm.complete(LONG, max_tokens=1000)),
+        asyncio.create_task(_join(llm.stream(LONG, max_tokens=1000))),
+    ]
+    await asyncio.sleep(0.2)
+    for task in (running, *queued):
+        task.cancel()
+    started = time.perf_counter()
+    result = await asyncio.wait_for(llm.complete(MESSAGES, max_tokens=8), timeout=30)
+    assert result.text.strip()
+    assert time.perf_counter() - started < 10  # not after 1000 tokens, nor after the queued ones
+    assert LONG not in prepared  # the callers that left never reached the model
+
+
+async def test_aclose_stops_the_running_generation_and_drops_the_queued_one(llm: LocalLLM) -> None:
+    closing = sharing(llm)
+    running = asyncio.create_task(closing.complete(COUNTING, max_tokens=1000))
+    queued = asyncio.create_task(_join(closing.stream(COUNTING, max_tokens=1000)))
+    await asyncio.sleep(1.0)
+    started = time.perf_counter()
+    await closing.aclose()
+    for task in (running, queued):
+        with pytest.raises(LLMError, match="closed"):
+            await asyncio.wait_for(task, timeout=10)
+    # The worker thread ends at once too: a shutting-down process has nothing left to wait for.
+    await asyncio.to_thread(closing._executor.shutdown, wait=True)
+    assert time.perf_counter() - started < 5
+    with pytest.raises(LLMError, match="closed"):
+        await closing.complete(MESSAGES)
+
+
+def test_an_over_long_prompt_is_cut_from_the_middle_keeping_the_system_message(llm: LocalLLM) -> None:
+    small = sharing(llm, context_window=256)
+    messages = [
+        {"role": "system", "content": "You are Ragbot, a careful assistant."},
+        {
+            "role": "user",
+            "content": "Sources: " + "lorem ipsum " * 400 + "\nQuestion: what is the capital of France?",
+        },
+    ]
+    kwargs = small._prepare(messages, 32, 0.0)
+    assert kwargs["input_ids"].shape[1] == 256 - 32
+    text = llm._tokenizer.decode(kwargs["input_ids"][0])
+    assert "You are Ragbot, a careful assistant." in text  # a left cut would have dropped it
+    assert "what is the capital of France?" in text and text.rstrip().endswith("assistant")
+
+
+async def test_prompt_tokens_are_counted_as_the_model_sees_them(llm: LocalLLM) -> None:
+    result = await llm.complete(MESSAGES, max_tokens=4)
+    assert llm.count_prompt_tokens(MESSAGES) == result.usage.prompt_tokens
+    assert LocalLLM(context_window=100_000).context_window == 8192  # never past the model's own

@@ -117,6 +117,7 @@ class TestJobRecord:
             "status": "succeeded",
             "error": None,
             "chunks": 0,
+            "original_filename": None,
         }
         assert Job.from_dict(data) == job
 

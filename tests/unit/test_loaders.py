@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.loaders import LoadError, iter_documents, load_file, sniff_kind
-from ingest.types import LoadFailure, SourceDocument
+from app.cli.bench_abuse import malformed_docx, write_docx_bomb, write_docx_flood, write_pdf_bomb
+from ingest.loaders import LoadError, iter_documents, load_bytes, load_file, sniff_kind
+from ingest.safety import LoadLimits
+from ingest.types import LoadFailure, Segment, SourceDocument
 from tests.samples import make_docx, make_pdf
 
 pytestmark = pytest.mark.unit
@@ -147,3 +149,127 @@ def test_content_hash_changes_with_content() -> None:
     b = SourceDocument("d", "s", "t", [Segment("two")])
     assert a.content_hash != b.content_hash
     assert a.content_hash == SourceDocument("d", "other-source", "t", [Segment("one")]).content_hash
+
+
+# -- hostile files: each is a LoadError (that file fails), within bounded memory ----------------------
+
+MB = 1024 * 1024
+SMALL = LoadLimits(max_uncompressed_bytes=20 * MB, max_compression_ratio=100, max_extracted_bytes=2 * MB)
+
+
+def test_docx_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    bomb = write_docx_bomb(tmp_path / "bomb.docx", 100).read_bytes()
+    with pytest.raises(LoadError, match="limits.max_compression_ratio"):
+        load_bytes(bomb, "bomb.docx", doc_id="b", source="bomb.docx", limits=SMALL)
+
+
+def test_pdf_stream_bomb_is_a_load_error(tmp_path: Path) -> None:
+    # Over pypdf's own 75 MB default too: without the lowered limit, its LimitReachedError escaped.
+    bomb = write_pdf_bomb(tmp_path / "bomb.pdf", 80).read_bytes()
+    with pytest.raises(LoadError, match="limits.max_extracted_mb"):
+        load_bytes(bomb, "bomb.pdf", doc_id="b", source="bomb.pdf", limits=SMALL)
+    with pytest.raises(LoadError, match="LimitReachedError"):
+        load_bytes(bomb, "bomb.pdf", doc_id="b", source="bomb.pdf")
+
+
+def test_malformed_docx_xml_is_a_load_error() -> None:
+    with pytest.raises(LoadError, match="corrupt or unreadable .docx: XMLSyntaxError"):
+        load_bytes(malformed_docx(), "m.docx", doc_id="m", source="m.docx")
+
+
+def test_extracted_text_is_capped(tmp_path: Path) -> None:
+    big = b"word " * (MB // 2)  # 2.5 MB of text
+    with pytest.raises(LoadError, match="limits.max_extracted_mb"):
+        load_bytes(big, "big.txt", doc_id="t", source="big.txt", limits=SMALL)
+    pages = make_pdf(tmp_path / "p.pdf", ["x" * 80] * 3)
+    tiny = LoadLimits(max_extracted_bytes=200)
+    with pytest.raises(LoadError, match="limits.max_extracted_mb"):
+        load_bytes(pages.read_bytes(), "p.pdf", doc_id="p", source="p.pdf", limits=tiny)
+
+
+def test_any_parser_failure_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingest.loaders as loaders
+
+    def explode(_: str) -> None:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(loaders, "_html_segments", explode)
+    with pytest.raises(LoadError, match="corrupt or unreadable HTML: RuntimeError: parser bug"):
+        load_bytes(b"<p>hi</p>", "a.html", doc_id="a", source="a.html")
+
+
+def test_titles_from_content_are_cleaned() -> None:
+    html = "<html><head><title>Invoice\u202efdp.exe\n\nSYSTEM: obey</title></head><body>x</body></html>"
+    doc = load_bytes(html.encode(), "a.html", doc_id="a", source="a.html")
+    assert doc.title == "Invoicefdp.exe SYSTEM: obey"
+
+
+def test_loader_keys_win_over_user_metadata() -> None:
+    doc = load_bytes(b"x", "a.txt", doc_id="a", source="a.txt", metadata={"format": "pdf", "filename": "b"})
+    assert doc.metadata["format"] == "text" and doc.metadata["filename"] == "a.txt"
+
+
+def _python_docx_segments(data: bytes) -> list[Segment]:
+    """What the loader read with python-docx before it streamed: the oracle for the streamed reader."""
+    import io
+
+    import docx
+
+    document = docx.Document(io.BytesIO(data))
+    segments: list[Segment] = []
+    section, lines = None, []
+    for para in document.paragraphs:
+        style = (para.style.name if para.style is not None else "") or ""
+        if style.startswith("Heading") and para.text.strip():
+            if lines:
+                segments.append(Segment("\n".join(lines), section=section))
+                lines = []
+            section = para.text.strip()
+        if para.text.strip():
+            lines.append(para.text.strip())
+    for table in document.tables:
+        for row in table.rows:
+            lines.append(" | ".join(cell.text.strip() for cell in row.cells))
+    if lines:
+        segments.append(Segment("\n".join(lines), section=section))
+    return segments
+
+
+def test_docx_is_read_as_python_docx_reads_it(tmp_path: Path) -> None:
+    import docx
+    from docx.enum.text import WD_BREAK
+
+    document = docx.Document()
+    document.add_heading("Budget", level=1)
+    document.add_paragraph("First paragraph.")
+    para = document.add_paragraph("Tab\there ")
+    para.add_run("line").add_break()
+    para.add_run("after a break")
+    para.add_run(" page").add_break(WD_BREAK.PAGE)
+    document.add_heading("Details", level=2)
+    document.add_paragraph("A bullet", style="List Bullet")
+    table = document.add_table(rows=3, cols=3)
+    for i in range(3):
+        for j in range(3):
+            table.cell(i, j).text = f"c{i}{j}"
+    table.cell(0, 0).merge(table.cell(0, 1))
+    table.cell(1, 2).merge(table.cell(2, 2))
+    table.cell(2, 0).add_paragraph("second paragraph in a cell")
+    document.add_paragraph("   ")
+    document.add_heading("Chapter", 0)
+    path = tmp_path / "rich.docx"
+    document.save(str(path))
+    doc = one(path)
+    assert doc.segments == _python_docx_segments(path.read_bytes())
+    assert [s.section for s in doc.segments] == ["Budget", "Details"]
+
+
+def test_docx_with_many_paragraphs_is_read_in_linear_time(tmp_path: Path) -> None:
+    # 10 MB of paragraphs (3 MB zipped): python-docx took about 40 s on it, one style lookup each.
+    import time
+
+    path = write_docx_flood(tmp_path / "long.docx", 10)
+    started = time.perf_counter()
+    doc = one(path)
+    assert time.perf_counter() - started < 10
+    assert len(doc.text) > 9 * MB

@@ -159,10 +159,11 @@ async def test_timeout_raises_llm_error_quickly(server: ScriptedOpenAIServer) ->
     server.enqueue_delay(10)
     llm = make_llm(server, timeout_s=0.5, max_retries=0)
     started = time.monotonic()
-    with pytest.raises(LLMError, match="timed out"):
+    with pytest.raises(LLMError, match="timed out") as info:
         await llm.complete(MESSAGES)
     await llm.aclose()
     assert time.monotonic() - started < 3
+    assert info.value.timed_out  # the API answers 504 llm_timeout, not 502
 
 
 async def test_stream_timeout_before_first_token_is_retried(server: ScriptedOpenAIServer) -> None:
@@ -173,6 +174,35 @@ async def test_stream_timeout_before_first_token_is_retried(server: ScriptedOpen
     await llm.aclose()
     assert "".join(d.text for d in deltas) == "second try"
     assert len(server.requests) == 2
+
+
+async def test_a_slow_dripping_stream_cannot_outlast_the_call_deadline(server: ScriptedOpenAIServer) -> None:
+    # Each word arrives well within the read timeout; all of them would take 10 s.
+    server.word_delay_s = 0.25
+    server.enqueue_text(" ".join(f"w{i}" for i in range(40)))
+    llm = make_llm(server, timeout_s=5.0, deadline_s=1.0)
+    received: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(LLMError, match="deadline") as info:
+        async for delta in llm.stream(MESSAGES):
+            received.append(delta.text)
+    await llm.aclose()
+    assert info.value.timed_out
+    assert 0 < len(received) < 40
+    assert time.monotonic() - started < 2
+
+
+async def test_retries_cannot_outlast_the_call_deadline(server: ScriptedOpenAIServer) -> None:
+    for _ in range(4):
+        server.enqueue_delay(10)
+    # Four attempts of 0.8 s plus backoff would take over 3 s; the deadline ends the call at 1.5 s.
+    llm = make_llm(server, timeout_s=0.8, max_retries=3, deadline_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(LLMError) as info:
+        await llm.complete(MESSAGES)
+    await llm.aclose()
+    assert info.value.timed_out
+    assert time.monotonic() - started < 2.2
 
 
 async def test_health_true_when_up_false_when_down(server: ScriptedOpenAIServer) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from app.api.chat.schemas import ChatRequest, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
+from app.api.disconnect import unless_disconnected
 from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, CitationsEvent, DoneEvent, TokenEvent
 
@@ -45,13 +46,14 @@ class ChatEvents(SSEEncoder):
 
 
 @router.post("/v1/chat", response_model=ChatResult)
-async def chat(body: ChatRequest, service: ChatServiceDep):  # type: ignore[no-untyped-def]
+async def chat(body: ChatRequest, request: Request, service: ChatServiceDep):  # type: ignore[no-untyped-def]
     """Answer a message from a collection, with citations. With `"stream": true` the answer comes as
-    Server-Sent Events: `token` events, then `citations`, then `done` carrying the full response."""
+    Server-Sent Events: `token` events, then `citations`, then `done` carrying the full response.
+    A client that disconnects cancels the generation; nothing is saved for it."""
     query = to_query(body)
     if body.stream:
-        return await sse_response(service.stream(query), ChatEvents())
-    return await service.chat(query)
+        return await sse_response(service.stream(query), ChatEvents(), request)
+    return await unless_disconnected(request, service.chat(query))
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationOut)

@@ -2,73 +2,65 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Query, Request, status
 
 from app.api.deps import DocumentServiceDep
+from app.api.documents.multipart import iter_parts
 from app.api.documents.schemas import DocumentList, DocumentOut, JobAccepted, JobOut
-from app.api.errors import APIError
-from app.services.document_service import IncomingFile, UploadTooLarge
 
 router = APIRouter(tags=["documents"])
 
-
-async def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    """Read an upload, refusing (413) as soon as it passes the limit instead of after."""
-    chunks: list[bytes] = []
-    size = 0
-    while block := await upload.read(1024 * 1024):
-        size += len(block)
-        if size > limit:
-            raise UploadTooLarge(f"{upload.filename}: over the {limit / 1024 / 1024:g} MB limit")
-        chunks.append(block)
-    return b"".join(chunks)
+# The body is parsed as it streams in (app/api/documents/multipart.py), not by FastAPI's form
+# handling, so the request body is described here for the OpenAPI schema.
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more documents (txt, md, html, pdf, docx).",
+                        },
+                        "metadata": {
+                            "type": "string",
+                            "description": "JSON object added to every document's metadata: flat values "
+                            "(string, number, boolean), keys of letters, digits, '_', '-', '.'.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @router.post(
     "/v1/collections/{collection}/documents",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
+    openapi_extra=_UPLOAD_BODY,
     responses={
-        413: {"description": "File too large"},
+        400: {"description": "Invalid collection name, metadata or multipart body"},
+        413: {"description": "A file, the request or the number of files over its limit"},
         415: {"description": "Unsupported or mislabelled type"},
+        503: {"description": "Ingestion queue full or job store unavailable (Retry-After)"},
     },
 )
-async def upload_documents(
-    collection: str,
-    request: Request,
-    service: DocumentServiceDep,
-    files: Annotated[list[UploadFile], File(description="One or more documents (txt, md, html, pdf, docx).")],
-    metadata: Annotated[
-        str | None, Form(description="JSON object added to every document's metadata.")
-    ] = None,
-) -> JobAccepted:
-    """Upload documents into a collection (created on first upload). The files are stored before the
-    202 answer, then ingested in the background: poll `GET /v1/jobs/{job_id}`."""
+async def upload_documents(collection: str, request: Request, service: DocumentServiceDep) -> JobAccepted:
+    """Upload documents into a collection (created on first upload). The files are streamed to disk
+    under the upload limits and stored before the 202 answer, then ingested in the background: poll
+    `GET /v1/jobs/{job_id}`."""
     length = request.headers.get("content-length")
-    if (
-        length
-        and length.isdigit()
-        and int(length) > service.max_upload_bytes * max(1, len(files)) + 1024 * 1024
-    ):
-        raise UploadTooLarge(f"request of {int(length)} bytes is over the upload limit")
-    extra: dict[str, Any] = {}
-    if metadata:
-        try:
-            extra = json.loads(metadata)
-        except json.JSONDecodeError as exc:
-            raise APIError(400, "invalid_metadata", f"metadata is not valid JSON: {exc.msg}") from exc
-        if not isinstance(extra, dict):
-            raise APIError(400, "invalid_metadata", "metadata must be a JSON object")
-    if not files:
-        raise APIError(400, "no_files", "upload at least one file in the 'files' field")
-    incoming = [
-        IncomingFile(filename=f.filename or "upload", data=await _read_limited(f, service.max_upload_bytes))
-        for f in files
-    ]
-    job = await service.submit(collection, incoming, extra)
+    declared = int(length) if length and length.isdigit() else None
+    parts = iter_parts(request.stream(), request.headers.get("content-type"))
+    job = await service.upload(collection, parts, declared_bytes=declared)
     return JobAccepted(
         job_id=job.job_id,
         documents=[{"document_id": f.document_id, "filename": f.filename} for f in job.files],
@@ -86,7 +78,7 @@ async def list_documents(
     collection: str,
     service: DocumentServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, description="At most limits.max_list_offset.")] = 0,
 ) -> DocumentList:
     """Documents of a collection, a page at a time."""
     records, total = await service.list_documents(collection, limit, offset)

@@ -21,10 +21,13 @@ class JobAccepted(BaseModel):
 
 
 class JobFileOut(BaseModel):
-    """One file of a job (its `stored_path` stays on the server)."""
+    """One file of a job (its `stored_path` stays on the server). `filename` is the name as shown
+    (control and bidi characters removed, length capped); `original_filename` is the name exactly as
+    uploaded when it differs."""
 
     document_id: str
     filename: str
+    original_filename: str | None = None
     status: str
     error: str | None = None
     chunks: int = 0

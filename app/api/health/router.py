@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import ContainerDep
+from app.api.errors import error_body
 
 router = APIRouter(tags=["health"])
 
@@ -40,7 +41,7 @@ async def readyz(container: ContainerDep) -> JSONResponse:
         body = {
             "status": "unavailable",
             "checks": checks,
-            "error": {"code": "not_ready", "message": f"not ready: {', '.join(down)} unreachable"},
+            **error_body("not_ready", f"not ready: {', '.join(down)} unreachable"),
         }
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready", "checks": checks})

@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ChatServiceDep, ContainerDep
+from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
 from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, Citation, DoneEvent, TokenEvent
@@ -139,12 +140,14 @@ class CompletionChunks(SSEEncoder):
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep):  # type: ignore[no-untyped-def]
-    """OpenAI Chat Completions over a collection (the `model`), streaming or not."""
+async def chat_completions(body: ChatCompletionRequest, request: Request, service: ChatServiceDep):  # type: ignore[no-untyped-def]
+    """OpenAI Chat Completions over a collection (the `model`), streaming or not. The limits of `/v1/chat`
+    apply: max_tokens / max_completion_tokens (422 over the cap), the last user message's size (413),
+    the deadline, the generation slots; a client that disconnects cancels the generation."""
     inline = service.settings.prompts.openai_inline_citations
     created = int(time.time())
     if not body.stream:
-        result = await service.chat(_query(body))
+        result = await unless_disconnected(request, service.chat(_query(body)))
         content = result.answer + (sources_text(result.citations) if inline else "")
         return {
             "id": f"chatcmpl-{result.response_id}",
@@ -157,16 +160,17 @@ async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep)
             "usage": result.usage,
             **_extras(result),
         }
-    # Resolved here because every chunk names the collection, before the answer (which has it) is done.
-    query = _query(body).resolve(service.settings)
+    query = _query(body)
     chunks = CompletionChunks(
         id=f"chatcmpl-{int(time.time() * 1000)}",
         created=created,
-        model=query.collection,
+        # Resolved here because every chunk names the collection, before the answer (which has it) is
+        # done; the service gets the query as the client sent it (its limits apply to what was asked).
+        model=query.resolve(service.settings).collection,
         inline_citations=inline,
         include_usage=bool((body.stream_options or {}).get("include_usage")),
     )
-    return await sse_response(service.stream(query), chunks)
+    return await sse_response(service.stream(query), chunks, request)
 
 
 @router.get("/v1/models")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import RetrievalServiceDep
 from app.services.chat_types import Citation
+from app.services.limits import Deadline, check_size
 
 router = APIRouter(tags=["retrieve"])
 
@@ -38,10 +39,14 @@ class RetrieveResponse(BaseModel):
 
 @router.post("/v1/retrieve", response_model=RetrieveResponse)
 async def retrieve(body: RetrieveRequest, service: RetrievalServiceDep) -> RetrieveResponse:
-    """Ranked chunks of a collection for a query."""
-    collection = service.resolve_collection(body.collection)
-    hits = await service.retrieve(
-        collection, body.query, top_k=body.top_k, mode=body.mode, filters=body.filters
+    """Ranked chunks of a collection for a query (at most limits.max_question_chars characters, else
+    413; within limits.request_timeout_s, else 504)."""
+    limits = service.settings.limits
+    check_size(body.query, limits.max_question_chars, "query")
+    deadline = Deadline(limits.request_timeout_s)
+    collection = await deadline.run(service.resolve_collection(body.collection))
+    hits = await deadline.run(
+        service.retrieve(collection, body.query, top_k=body.top_k, mode=body.mode, filters=body.filters)
     )
     return RetrieveResponse(
         collection=collection,

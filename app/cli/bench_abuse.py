@@ -1,0 +1,461 @@
+"""`ragserver bench abuse`: hostile uploads against a real server, with what each one cost.
+
+Starts an instant scripted LLM and the real server (`ragserver serve`, default limits, a temporary
+data dir), each in its own process on loopback, then sends each hostile case (with a good file beside
+it where the case is about one bad file among others) and prints, per case, the HTTP statuses, the
+job's outcome (per-file statuses) and the server's RSS rise (psutil on the server's pid, the peak
+sampled every 20 ms from the request until its job ended). The last line is JSON with every case.
+
+The file builders (`write_docx_bomb`, `write_pdf_bomb`, ...) stream what they write, so building a
+1 GB bomb costs this process a few MB; the tests build smaller ones with them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from app.cli.bench_stack import running, stack_env
+
+MB = 1024 * 1024
+GOOD_TEXT = b"Mount Etna is an active volcano on the east coast of Sicily, Italy."
+RLO = "\u202e"  # right-to-left override
+
+# -- hostile file builders ----------------------------------------------------------------------------
+
+
+def docx_parts() -> dict[str, bytes]:
+    """The members of a minimal valid .docx (python-docx's template)."""
+    import docx
+
+    buffer = io.BytesIO()
+    document = docx.Document()
+    document.add_paragraph("A small document.")
+    document.save(buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+WORD_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def write_docx_bomb(path: Path, inflated_mb: float) -> Path:
+    """A valid .docx whose word/document.xml is one text node that inflates to `inflated_mb` MB
+    (1,100 MB compresses to about 1 MB)."""
+    parts = docx_parts()
+    head = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        f'<w:document xmlns:w="{WORD_NS}"><w:body><w:p><w:r><w:t>'
+    )
+    tail = "</w:t></w:r></w:p></w:body></w:document>"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in parts.items():
+            if name != "word/document.xml":
+                archive.writestr(name, data)
+        with archive.open("word/document.xml", "w", force_zip64=True) as member:
+            member.write(head.encode())
+            block = b"A" * MB
+            whole, rest = divmod(int(inflated_mb * MB), MB)
+            for _ in range(whole):
+                member.write(block)
+            member.write(b"A" * rest)
+            member.write(tail.encode())
+    return path
+
+
+def write_docx_flood(path: Path, xml_mb: float, seed: int = 1) -> Path:
+    """A .docx within every zip limit (it compresses about 3x) whose word/document.xml holds
+    `xml_mb` MB of short paragraphs: cheap to send, costly to parse paragraph by paragraph."""
+    import random
+
+    rng = random.Random(seed)
+    words = [f"{w}{rng.randint(0, 99999)}" for w in ("volcano", "lava", "ash", "sicily", "report") * 2000]
+    pool = [
+        f"<w:p><w:r><w:t>{' '.join(rng.choices(words, k=30))}</w:t></w:r></w:p>".encode() for _ in range(4000)
+    ]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in docx_parts().items():
+            if name != "word/document.xml":
+                archive.writestr(name, data)
+        with archive.open("word/document.xml", "w", force_zip64=True) as member:
+            member.write(f'<w:document xmlns:w="{WORD_NS}"><w:body>'.encode())
+            written = 0
+            while written < xml_mb * MB:
+                block = b"".join(rng.choices(pool, k=1000))
+                member.write(block)
+                written += len(block)
+            member.write(b"</w:body></w:document>")
+    return path
+
+
+def malformed_docx() -> bytes:
+    """A .docx whose word/document.xml is not well-formed XML."""
+    parts = docx_parts()
+    parts["word/document.xml"] = f'<w:document xmlns:w="{WORD_NS}"><w:body><w:p><w:r><w:t>unclosed'.encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def write_pdf_bomb(path: Path, inflated_mb: float) -> Path:
+    """A one-page PDF whose content stream (FlateDecode) inflates to `inflated_mb` MB of spaces."""
+    compressor = zlib.compressobj(9)
+    with tempfile.TemporaryFile() as stream:
+        block = b" " * MB
+        whole, rest = divmod(int(inflated_mb * MB), MB)
+        for _ in range(whole):
+            stream.write(compressor.compress(block))
+        stream.write(compressor.compress(b"BT ET" + b" " * rest))
+        stream.write(compressor.flush())
+        length = stream.tell()
+        stream.seek(0)
+        with open(path, "wb") as out:
+            offsets: list[int] = []
+
+            def obj(body: bytes) -> None:
+                offsets.append(out.tell())
+                out.write(f"{len(offsets)} 0 obj\n".encode() + body + b"\nendobj\n")
+
+            out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+            obj(b"<< /Type /Catalog /Pages 2 0 R >>")
+            obj(b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>")
+            obj(
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+                b"/Resources << /Font << /F1 5 0 R >> >> >>"
+            )
+            offsets.append(out.tell())
+            out.write(f"4 0 obj\n<< /Length {length} /Filter /FlateDecode >>\nstream\n".encode())
+            while chunk := stream.read(MB):
+                out.write(chunk)
+            out.write(b"\nendstream\nendobj\n")
+            obj(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+            xref = out.tell()
+            out.write(f"xref\n0 {len(offsets) + 1}\n0000000000 65535 f \n".encode())
+            for offset in offsets:
+                out.write(f"{offset:010d} 00000 n \n".encode())
+            out.write(
+                f"trailer\n<< /Size {len(offsets) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+            )
+    return path
+
+
+def spoofing_filename(chars: int = 5000) -> str:
+    """A file name of `chars` characters with a right-to-left override: 'invoice<RLO>fdp.txt' reads
+    as 'invoicetxt.pdf' in a bidi-aware display."""
+    name = f"invoice{RLO}fdp.txt"
+    return "x" * max(0, chars - len(name)) + name
+
+
+# -- the benchmark -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Upload:
+    """One request of a case: files (name -> bytes or a path), metadata, collection."""
+
+    files: list[tuple[str, bytes | Path]]
+    collection: str = "abuse"
+    metadata: str | None = None
+
+
+@dataclass
+class Case:
+    name: str
+    description: str
+    build: Callable[[Path], list[Upload]]
+    # Requests after the uploads (e.g. /v1/retrieve on each collection): check name -> HTTP status.
+    after: Callable[[str, Any], dict[str, int]] | None = None
+
+
+@dataclass
+class Outcome:
+    name: str
+    description: str
+    statuses: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    checks: dict[str, int] = field(default_factory=dict)
+    rss_rise_mb: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["case"] = row.pop("name")
+        row.pop("description")
+        row.update(rss_rise_mb=round(self.rss_rise_mb, 1), seconds=round(self.seconds, 2))
+        return row
+
+
+def _good() -> tuple[str, bytes]:
+    return ("good.txt", GOOD_TEXT)
+
+
+def _cases(max_upload_mb: float, max_files: int, max_request_mb: float) -> list[Case]:
+    def docx_bomb(tmp: Path) -> list[Upload]:
+        return [Upload([("bomb.docx", write_docx_bomb(tmp / "bomb.docx", 1100)), _good()])]
+
+    def pdf_bomb(tmp: Path) -> list[Upload]:
+        return [Upload([("bomb.pdf", write_pdf_bomb(tmp / "bomb.pdf", 1024)), _good()])]
+
+    def docx_flood(tmp: Path) -> list[Upload]:
+        return [Upload([("flood.docx", write_docx_flood(tmp / "flood.docx", 95)), _good()])]
+
+    def bad_docx(tmp: Path) -> list[Upload]:
+        return [Upload([("broken.docx", malformed_docx()), _good()])]
+
+    def long_name(tmp: Path) -> list[Upload]:
+        return [Upload([(spoofing_filename(5000), b"A file with a hostile name."), _good()])]
+
+    def oversize(tmp: Path) -> list[Upload]:
+        path = tmp / "big.txt"
+        with open(path, "wb") as out:
+            out.truncate(0)
+            block = b"lorem ipsum " * (MB // 12)
+            while out.tell() < (max_upload_mb + 1) * MB:
+                out.write(block)
+        return [Upload([("big.txt", path), _good()])]
+
+    def many_big(tmp: Path) -> list[Upload]:
+        # Six 47 MB files: each under the per-file limit, together over the per-request one.
+        path = tmp / "47mb.txt"
+        with open(path, "wb") as out:
+            block = b"dolor sit amet " * (MB // 15)
+            while out.tell() < 47 * MB:
+                out.write(block)
+        return [Upload([(f"part{i}.txt", path) for i in range(6)])]
+
+    def too_many(tmp: Path) -> list[Upload]:
+        return [Upload([(f"f{i}.txt", b"tiny file %d" % i) for i in range(max_files + 1)])]
+
+    def bad_metadata(tmp: Path) -> list[Upload]:
+        bad = [
+            {"$where": 1},
+            {"": "empty"},
+            {"#document": "x"},
+            {"source": "spoofed.pdf"},
+            {"doc_id": "other"},
+            {f"k{i}": i for i in range(5000)},
+            {"nested": {"a": 1}},
+        ]
+        return [Upload([_good()], metadata=json.dumps(m)) for m in bad]
+
+    def collisions(tmp: Path) -> list[Upload]:
+        return [
+            Upload([_good()], collection="hr"),
+            Upload([("other.txt", b"Penguins breed in the Antarctic winter.")], collection="hr__docs"),
+            Upload([_good()], collection="fin__docs"),
+            Upload([_good()], collection="fin"),
+        ]
+
+    def collision_checks(base: str, client: Any) -> dict[str, int]:
+        checks = {}
+        for name in ("hr", "hr__docs", "fin", "fin__docs"):
+            r = client.post(f"{base}/v1/retrieve", json={"query": "volcano", "collection": name})
+            checks[f"retrieve {name}"] = r.status_code
+            checks[f"list {name}"] = client.get(f"{base}/v1/collections/{name}/documents").status_code
+        return checks
+
+    def names_and_offsets(base: str, client: Any) -> dict[str, int]:
+        return {
+            "offset 1e20": client.get(
+                f"{base}/v1/collections/abuse/documents", params={"offset": "99999999999999999999"}
+            ).status_code,
+            "collection 'nl\\n'": client.post(
+                f"{base}/v1/collections/nl%0A/documents", files=[("files", ("a.txt", GOOD_TEXT))]
+            ).status_code,
+        }
+
+    return [
+        Case("docx_bomb", "1.1 GB-inflating .docx beside a good file", docx_bomb),
+        Case("pdf_bomb", "PDF content stream inflating to 1 GB beside a good file", pdf_bomb),
+        Case("docx_text_flood", ".docx of 95 MB of paragraphs (~30 MB zipped, ratio ~3)", docx_flood),
+        Case("malformed_docx", ".docx with malformed XML beside a good file", bad_docx),
+        Case("long_rtl_name", "5,000-character file name with U+202E", long_name, names_and_offsets),
+        Case("oversize_file", f"one file of {max_upload_mb + 1:g} MB (server.max_upload_mb)", oversize),
+        Case(
+            "six_47mb_files", f"6 x 47 MB in one request (limits.max_request_mb {max_request_mb:g})", many_big
+        ),
+        Case("too_many_files", f"{max_files + 1} files (limits.max_files)", too_many),
+        Case("bad_metadata", "$where, '', #document, reserved keys, 5,000 keys, nested value", bad_metadata),
+        Case("colliding_names", "collections hr, hr__docs, fin__docs then fin", collisions, collision_checks),
+    ]
+
+
+class PeakRSS:
+    """Samples a process's RSS (this one's by default) every `interval_s` on a thread while the block
+    runs; `rise_mb` is the peak over the RSS at the start."""
+
+    def __init__(self, pid: int | None = None, interval_s: float = 0.02):
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.baseline = self.process.memory_info().rss
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except Exception:  # the process went away
+                return
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def rise_mb(self) -> float:
+        return (self.peak - self.baseline) / MB
+
+
+def _send(client: Any, base: str, upload: Upload) -> tuple[int, dict[str, Any]]:
+    handles: list[IO[bytes]] = []
+    files: list[tuple[str, tuple[str, bytes | IO[bytes]]]] = []
+    try:
+        for name, content in upload.files:
+            if isinstance(content, Path):
+                handles.append(open(content, "rb"))  # noqa: SIM115 - closed below
+                files.append(("files", (name, handles[-1])))
+            else:
+                files.append(("files", (name, content)))
+        data = {"metadata": upload.metadata} if upload.metadata is not None else None
+        response = client.post(f"{base}/v1/collections/{upload.collection}/documents", files=files, data=data)
+    finally:
+        for opened in handles:
+            opened.close()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"raw": response.text[:200]}
+    return response.status_code, body
+
+
+def _wait_job(client: Any, base: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"{base}/v1/jobs/{job_id}").json()
+        if job.get("status") not in ("queued", "running"):
+            return job
+        time.sleep(0.1)
+    return job
+
+
+def run_case(case: Case, base: str, pid: int, tmp: Path) -> Outcome:
+    import httpx
+
+    outcome = Outcome(case.name, case.description)
+    work = tmp / case.name
+    work.mkdir()
+    uploads = case.build(work)
+    started = time.perf_counter()
+    with httpx.Client(timeout=300) as client, PeakRSS(pid) as rss:
+        for upload in uploads:
+            try:
+                status, body = _send(client, base, upload)
+            except httpx.HTTPError as exc:
+                outcome.statuses.append(0)
+                outcome.errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            outcome.statuses.append(status)
+            if status == 202:
+                job = _wait_job(client, base, body["job_id"])
+                outcome.jobs.append(
+                    {
+                        "status": job.get("status"),
+                        "files": [
+                            {
+                                "filename": f["filename"][:60] + ("..." if len(f["filename"]) > 60 else ""),
+                                "filename_chars": len(f["filename"]),
+                                "status": f["status"],
+                                "error": (f.get("error") or "")[:160] or None,
+                            }
+                            for f in job.get("files", [])
+                        ],
+                    }
+                )
+            else:
+                outcome.errors.append(str((body.get("error") or {}).get("message", body))[:200])
+        if case.after is not None:
+            outcome.checks = case.after(base, client)
+    outcome.seconds = time.perf_counter() - started
+    outcome.rss_rise_mb = rss.rise_mb
+    return outcome
+
+
+def _warm_up(base: str) -> None:
+    """One ingestion before the cases, so the first case's RSS is not the first job's warm-up
+    (collection, embedding and BM25 buffers)."""
+    import httpx
+
+    with httpx.Client(timeout=120) as client:
+        _, body = _send(
+            client, base, Upload([_good(), ("broken.docx", malformed_docx())], collection="warmup")
+        )
+        _wait_job(client, base, body["job_id"])
+
+
+def bench_abuse(
+    cases: Annotated[
+        str | None, typer.Option(help="Comma-separated case names to run (default: all). --list shows them.")
+    ] = None,
+    list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
+) -> None:
+    """Hostile uploads against a real server: status, job outcome and server RSS rise per case.
+    Last line: JSON."""
+    from app.settings import Settings
+
+    settings = Settings()
+    every = _cases(settings.server.max_upload_mb, settings.limits.max_files, settings.limits.max_request_mb)
+    if list_cases:
+        for case in every:
+            typer.echo(f"{case.name}: {case.description}")
+        return
+    chosen = every
+    if cases:
+        wanted = [c.strip() for c in cases.split(",") if c.strip()]
+        unknown = sorted(set(wanted) - {c.name for c in every})
+        if unknown:
+            raise typer.BadParameter(f"unknown case(s) {', '.join(unknown)}; see --list")
+        chosen = [c for c in every if c.name in wanted]
+    results: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="ragserver-bench-abuse-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        typer.echo("starting the server ...", err=True)
+        with running(stack_env(tmp)) as stack:
+            base, pid = stack.url, stack.pid
+            _warm_up(base)
+            for case in chosen:
+                typer.echo(f"{case.name}: {case.description} ...", err=True)
+                outcome = run_case(case, base, pid, tmp)
+                results.append(outcome)
+                jobs = "; ".join(
+                    f"{j['status']} [" + ", ".join(f"{f['status']}" for f in j["files"]) + "]"
+                    for j in outcome.jobs
+                )
+                typer.echo(
+                    f"{case.name:<16} http {','.join(map(str, outcome.statuses)):<24} "
+                    f"jobs {jobs or '-':<40} rss +{outcome.rss_rise_mb:.0f} MB"
+                    + (f"  checks {outcome.checks}" if outcome.checks else "")
+                )
+    typer.echo(json.dumps({"cases": [r.to_dict() for r in results]}, ensure_ascii=False))

@@ -1,0 +1,105 @@
+"""What the benchmarks run against: an instant scripted OpenAI-compatible LLM and the real server
+(`ragserver serve`), each in its own process on free loopback ports, on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    """Wait until `url` answers 200, failing early if `proc` exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
+
+
+@dataclass
+class Stack:
+    """A benchmark's processes: `env` is the server's environment (CLI commands run before `start`
+    share its data dir); `url`, `pid` and `llm_url` are set once started."""
+
+    workdir: Path
+    env: dict[str, str]
+    llm_port: int
+    url: str = ""
+    pid: int = 0
+
+    @property
+    def llm_url(self) -> str:
+        return f"http://127.0.0.1:{self.llm_port}"
+
+
+def stack_env(workdir: Path, **extra: str) -> Stack:
+    """The environment of a server on a fresh data dir under `workdir`, wired to the scripted LLM."""
+    llm_port = free_port()
+    env = dict(os.environ, RAGSERVER_DATA_DIR=str(workdir / "data"), PYTHONUNBUFFERED="1")
+    env.update(
+        RAGSERVER_LLM_PROVIDER="openai",
+        RAGSERVER_LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
+        RAGSERVER_LLM_MODEL="scripted-model",
+        **extra,
+    )
+    for key in ("RAGSERVER_CHROMA_URL", "RAGSERVER_REDIS_URL", "RAGSERVER_DATABASE_URL"):
+        env.pop(key, None)
+    return Stack(workdir, env, llm_port)
+
+
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """Start the scripted LLM and the server; stop both on exit."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(stack.workdir / log, "wb") as out:  # the child keeps its own handle
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli.main", *args],
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append(proc)
+        return proc
+
+    try:
+        llm = spawn(["dev", "scripted-llm", "--port", str(stack.llm_port), "--instant"], "llm.log")
+        wait_http(f"{stack.llm_url}/v1/models", llm)
+        port = free_port()
+        server = spawn(["serve", "--port", str(port)], "server.log", stack.env)
+        stack.url, stack.pid = f"http://127.0.0.1:{port}", server.pid
+        wait_http(f"{stack.url}/readyz", server)
+        yield stack
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,38 @@
+"""Errors the services raise for requests that cannot be served as asked. No FastAPI here:
+`app/api/errors.py` maps each to its status code, stable `code` and headers."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base: `code` is the stable machine-readable error code clients see."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(ServiceError):
+    """A request value that is not acceptable (HTTP 400)."""
+
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ServiceError):
+    """A body, file, question or upload over its limit; the message names the limit (HTTP 413)."""
+
+    code = "payload_too_large"
+
+
+class Unavailable(ServiceError):
+    """A dependency is down or the server is at capacity: try again later (HTTP 503, Retry-After)."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,1 @@
+"""The prompt-injection eval set (see generate.py)."""
