@@ -12,18 +12,6 @@ from ingest.filters import FilterError, MetadataFilter, parse_filters
 
 pytestmark = pytest.mark.unit
 
-META = {
-    "doc_id": "d1",
-    "source": "/data/a.pdf",
-    "title": "A",
-    "ingested_at": 1_700_000_000.5,
-    "chunk_index": 0,
-    "page": 3,
-    "team": "blue",
-    "year": 2021,
-    "public": True,
-}
-
 
 def compiled(raw: dict) -> MetadataFilter:
     flt = parse_filters(raw)
