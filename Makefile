@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# `make serve` is the first try: auth off on 127.0.0.1 (the server warns loudly, and refuses `none` on
+# any other address). `make serve AUTH=api_key HOST=0.0.0.0 PORT=9000` for the real thing.
+AUTH ?= $(or $(RAGSERVER_AUTH__MODE),none)
+HOST ?=
+PORT ?=
 serve: install
-	$(BIN)/ragserver serve
+	RAGSERVER_AUTH__MODE=$(AUTH) $(BIN)/ragserver serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # Redis backs the history/job contract tests; start it on loopback when installed and not running.
 redis:

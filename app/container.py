@@ -22,6 +22,13 @@ from typing import TYPE_CHECKING
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from app.auth.admin import KeyAdmin
+    from app.auth.audit import AuditLog
+    from app.auth.authenticator import Authenticator
+    from app.auth.keys import KeyStore
+    from app.auth.rate_limits import RateLimits
     from app.history.base import HistoryStore
     from app.jobs.base import JobStore
     from app.llm.base import LLM
@@ -152,6 +159,45 @@ class Container:
         return build_job_store(self.settings)
 
     @cached_property
+    def database(self) -> Engine:
+        """The relational system of record (keys, audit log), migrated to the newest schema."""
+        from app.db import make_engine, migrate
+
+        engine = make_engine(self.settings.database_url)
+        migrate(engine)
+        return engine
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        from app.auth.keys import KeyStore
+
+        return KeyStore(self.database)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        from app.auth.audit import AuditLog
+
+        return AuditLog(self.database, on_failure=self.metrics.audit_failures.inc)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        from app.auth.authenticator import Authenticator
+
+        return Authenticator(self.settings.auth, self.keys)
+
+    @cached_property
+    def key_admin(self) -> KeyAdmin:
+        from app.auth.admin import KeyAdmin
+
+        return KeyAdmin(self.keys, self.audit, self.authenticator)
+
+    @cached_property
+    def rate_limits(self) -> RateLimits:
+        from app.auth.rate_limits import RateLimits
+
+        return RateLimits(self.settings, self.metrics)
+
+    @cached_property
     def metrics(self) -> Metrics:
         from app.services.metrics import Metrics
 
@@ -169,13 +215,30 @@ class Container:
     def documents(self) -> DocumentService:
         from app.services.document_service import DocumentService
 
-        return DocumentService(self.settings, self.store, self.pipeline, self.jobs, self.metrics)
+        return DocumentService(
+            self.settings,
+            self.store,
+            self.pipeline,
+            self.jobs,
+            self.metrics,
+            audit=self.audit,
+            document_id_key=self.keys.secret("document_id_key"),
+        )
 
     @cached_property
     def chat(self) -> ChatService:
         from app.services.chat_service import ChatService
 
-        return ChatService(self.settings, self.llm, self.prompts, self.history, self.retrieval, self.metrics)
+        return ChatService(
+            self.settings,
+            self.llm,
+            self.prompts,
+            self.history,
+            self.retrieval,
+            self.metrics,
+            rate_limits=self.rate_limits,
+            audit=self.audit,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -190,7 +253,7 @@ class Container:
         if load is not None:
             await asyncio.to_thread(load)
         await asyncio.to_thread(lambda: (self.prompts, self.store, self.embedder, self.retriever))
-        await asyncio.to_thread(lambda: (self.history, self.jobs))
+        await asyncio.to_thread(lambda: (self.history, self.jobs, self.authenticator, self.rate_limits))
         self.chat, self.documents  # noqa: B018 - built now, not on the first request
 
     async def aclose(self) -> None:
@@ -205,7 +268,10 @@ class Container:
                 except Exception:  # one failing close must not keep the others open
                     log.exception("closing %s failed", name)
                 del self.__dict__[name]
-        for name in ("retrieval", "documents", "chat"):
+        if self.built("database"):
+            self.database.dispose()
+        forget = ("retrieval", "documents", "chat", "database", "keys", "audit", "authenticator", "key_admin")
+        for name in forget:
             self.__dict__.pop(name, None)
 
 

@@ -3,6 +3,7 @@ and middlewares (`app/api/middleware.py`: request id, metrics, JSON body cap).""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Scope
 
+from app.api.auth import check_routes_guarded
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimit, RequestContext, RequestMetrics, is_upload
 from app.container import Container, open_container
@@ -17,6 +19,34 @@ from app.logging_setup import ensure_logging
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def insecure_binding(settings: Settings, host: str) -> str | None:
+    """Why the server must not start on `host`, or None: auth mode `none` is for loopback only, unless
+    auth.allow_insecure says otherwise."""
+    if settings.auth.mode != "none" or settings.auth.allow_insecure:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"refusing to serve on {host} with RAGSERVER_AUTH__MODE=none: anyone who reaches it could read and "
+        "delete every document. Use RAGSERVER_AUTH__MODE=api_key (keys: `ragserver keys create`), bind "
+        "127.0.0.1, or set RAGSERVER_AUTH__ALLOW_INSECURE=true if something in front authenticates."
+    )
+
+
+def warn_if_open(settings: Settings) -> None:
+    """The loud warning of auth mode `none` (`ragserver serve` refuses it off loopback)."""
+    if settings.auth.mode == "none":
+        log.warning(
+            "AUTH IS OFF (RAGSERVER_AUTH__MODE=none): anyone who can reach this server reads, writes and "
+            "deletes everything, as the default tenant. For a first try on 127.0.0.1 only; create keys "
+            "with `ragserver keys create` and set RAGSERVER_AUTH__MODE=api_key."
+        )
 
 
 def create_app(settings: Settings | None = None, *, container: Container | None = None, llm=None) -> FastAPI:  # type: ignore[no-untyped-def]
@@ -29,6 +59,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # `ragserver serve` configured logging already; under a bare `uvicorn app.main:app` do it here.
         ensure_logging(server.log_level, server.log_format)
+        check_routes_guarded(app)  # again: routes may have been added after create_app
+        warn_if_open(graph.settings)
         async with open_container(graph, warm=True) as opened:
             app.state.container = opened
             await opened.documents.start()
@@ -58,12 +90,21 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext)
 
+    from app.api.admin.router import router as admin_router
     from app.api.chat.router import router as chat_router
     from app.api.documents.router import router as documents_router
     from app.api.health.router import router as health_router
     from app.api.openai.router import router as openai_router
     from app.api.retrieve.router import router as retrieve_router
 
-    for router in (health_router, documents_router, chat_router, openai_router, retrieve_router):
+    for router in (
+        health_router,
+        documents_router,
+        chat_router,
+        openai_router,
+        retrieve_router,
+        admin_router,
+    ):
         app.include_router(router)
+    check_routes_guarded(app)
     return app

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
@@ -185,6 +185,25 @@ class DatabaseSettings(BaseModel):
     url: str | None = None
 
 
+class AuthSettings(BaseModel):
+    # api_key: every request but /healthz and /readyz carries `Authorization: Bearer <key>`
+    # (docs/SECURITY.md).
+    # none: no credentials, everything belongs to the `default` tenant; refused on a non-loopback
+    # address unless allow_insecure is also set.
+    mode: Literal["api_key", "none"] = "api_key"
+    allow_insecure: bool = False
+    # A bearer token that may read /metrics only (for a Prometheus scraper); admin keys may too.
+    metrics_token: SecretStr | None = None
+    # How long a replica trusts a key it looked up: a revoked or expired key fails within this.
+    key_cache_s: float = Field(2.0, ge=0.0, le=5.0)
+    # Rate-limit counters: a `limits` storage URL (redis://..., memory://). None: the history Redis
+    # when one is set (replicas share the counters), else this process's memory.
+    rate_limit_url: str | None = None
+    # Per-key limits for keys that set none (None: unlimited): requests and generated tokens a minute.
+    default_rpm: int | None = Field(None, ge=1)
+    default_tpm: int | None = Field(None, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGSERVER_",
@@ -204,6 +223,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -175,6 +175,7 @@ async def run_rag_eval(
     question's judge calls run in the background while the next question is answered, bounded by the
     judge's semaphore, with at most a few questions waiting on the judge at once.
     """
+    from app.auth.principal import Principal
     from app.services.chat_service import ChatQuery
 
     out_dir = Path(out_dir)
@@ -221,7 +222,7 @@ async def run_rag_eval(
             temperature=run_info.get("temperature"),
         )
         try:
-            result = await chat.chat(query)
+            result = await chat.chat(query, principal=Principal.operator())
         except Exception as exc:  # recorded, retried on resume; the run goes on
             finish({**_base_row(q), "pipeline_error": error_text(exc), "finished_at": time.time()})
             continue

@@ -3,7 +3,9 @@
 This module is the only one that touches a raw Chroma collection. Each ragserver collection is two
 Chroma collections: `rs_<name>` holds chunks with their embeddings and metadata, `rs_<name>.docs`
 holds one record per document (see `ingest.vector_index`). The '.' cannot occur in a user's collection
-name, so no user collection can land on another's records.
+name, so no user collection can land on another's records. A tenant's collection (store name
+`<tenant>.<collection>`, see `ingest.vector_index.store_name`) is `rt_<tenant>.<collection>` and its
+records `rt_<tenant>.<collection>.docs`; the default tenant's keep the `rs_` names from before tenants.
 
 Data from before that rule named the records `rs_<name>__docs`, which the chunks of a user collection
 `<name>__docs` collided with; opening a store renames such legacy record collections (`_migrate`).
@@ -19,11 +21,36 @@ import numpy as np
 
 from ingest.filters import MetadataFilter
 from ingest.types import Chunk, ScoredChunk, doc_id_of
-from ingest.vector_index import COLLECTION_NAME, CollectionNotFound, DocumentRecord, validate_collection_name
+from ingest.vector_index import COLLECTION_NAME, CollectionNotFound, DocumentRecord, validate_store_name
 
 _DOCS_SUFFIX = ".docs"
 _LEGACY_DOCS_SUFFIX = "__docs"
 _CHUNK_PREFIX = "rs_"
+# A tenant's collections (store names `<tenant>.<collection>`): `rt_<tenant>.<collection>` and
+# `rt_<tenant>.<collection>.docs`. A prefix of their own, so no tenant's name can be read as the
+# records of a default-tenant collection (`rs_acme.docs`).
+_TENANT_PREFIX = "rt_"
+
+
+def _chroma_name(name: str, suffix: str = "") -> str:
+    """The Chroma collection holding a store name's chunks (or, with `_DOCS_SUFFIX`, its records)."""
+    prefix = _TENANT_PREFIX if "." in validate_store_name(name) else _CHUNK_PREFIX
+    return f"{prefix}{name}{suffix}"
+
+
+def _store_name_of(raw: str) -> str | None:
+    """The store name whose records `raw` holds, or None when `raw` is not a records collection."""
+    if not raw.endswith(_DOCS_SUFFIX):
+        return None
+    if raw.startswith(_CHUNK_PREFIX):
+        name = raw[len(_CHUNK_PREFIX) : -len(_DOCS_SUFFIX)]
+        return name if "." not in name else None
+    if raw.startswith(_TENANT_PREFIX):
+        name = raw[len(_TENANT_PREFIX) : -len(_DOCS_SUFFIX)]
+        return name if name.count(".") == 1 else None
+    return None
+
+
 # Chroma needs a vector for every record; document records are looked up by id only.
 _PLACEHOLDER = [1.0]
 
@@ -98,7 +125,7 @@ class ChromaIndex:
     # -- collections ---------------------------------------------------------------------------
 
     def _chroma(self, name: str, suffix: str = "", create: bool = True) -> Any:
-        key = f"{_CHUNK_PREFIX}{validate_collection_name(name)}{suffix}"
+        key = _chroma_name(name, suffix)
         coll = self._collections.get(key)
         if coll is None:
             if create:
@@ -132,15 +159,12 @@ class ChromaIndex:
             return False
 
     def list_collections(self) -> list[str]:
-        names = []
-        for cname in self._raw_names():
-            if cname.startswith(_CHUNK_PREFIX) and cname.endswith(_DOCS_SUFFIX):
-                names.append(cname[len(_CHUNK_PREFIX) : -len(_DOCS_SUFFIX)])
-        return sorted(names)
+        names = (_store_name_of(raw) for raw in self._raw_names())
+        return sorted(n for n in names if n is not None)
 
     def drop_collection(self, name: str) -> None:
         for suffix in ("", _DOCS_SUFFIX):
-            key = f"{_CHUNK_PREFIX}{validate_collection_name(name)}{suffix}"
+            key = _chroma_name(name, suffix)
             self._collections.pop(key, None)
             try:
                 self.client.delete_collection(key)

@@ -42,6 +42,56 @@ def validate_collection_name(name: str) -> str:
     return name
 
 
+# Tenants: lowercase letters, digits and '-' (no '_' or '.', so a store name splits one way only).
+DEFAULT_TENANT = "default"
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+class InvalidTenantName(ValueError):
+    """A tenant name that is not 1-32 lowercase letters, digits or '-' (starting with a letter or digit)."""
+
+
+def validate_tenant_name(name: str) -> str:
+    """`name`, or InvalidTenantName."""
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
+        raise InvalidTenantName(
+            f"invalid tenant name {name!r}: use 1-32 lowercase letters, digits or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def store_name(tenant: str, collection: str) -> str:
+    """The name a tenant's collection has in the index: `<tenant>.<collection>`, or the bare collection
+    name for the default tenant (so a data dir from before tenants keeps its collections).
+
+    Collection names hold no '.', so tenant A's `hr` and tenant B's `hr` can never share a store name."""
+    validate_collection_name(collection)
+    if validate_tenant_name(tenant) == DEFAULT_TENANT:
+        return collection
+    return f"{tenant}.{collection}"
+
+
+def split_store_name(name: str) -> tuple[str, str]:
+    """Inverse of `store_name`: (tenant, collection); InvalidCollectionName for a malformed name."""
+    tenant, dot, collection = name.rpartition(".")
+    if not dot:
+        return DEFAULT_TENANT, validate_collection_name(name)
+    try:
+        validate_tenant_name(tenant)
+    except InvalidTenantName as exc:
+        raise InvalidCollectionName(f"invalid collection name {name!r}") from exc
+    if tenant == DEFAULT_TENANT:  # the default tenant's names are bare: `default.hr` names nothing
+        raise InvalidCollectionName(f"invalid collection name {name!r}")
+    return tenant, validate_collection_name(collection)
+
+
+def validate_store_name(name: str) -> str:
+    """`name` if it is a collection's store name (`hr` or `acme.hr`), else InvalidCollectionName."""
+    split_store_name(name)
+    return name
+
+
 @dataclass
 class DocumentRecord:
     """What the index knows about one document."""

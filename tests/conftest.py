@@ -21,6 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never read the developer's .env or environment overrides.
 for _key in [k for k in os.environ if k.startswith("RAGSERVER_") and not k.startswith("RAGSERVER_TEST_")]:
     del os.environ[_key]
+# Tests written before identity run as the one anonymous caller; tests/security/test_isolation.py and
+# the other auth tests turn api_key mode on for their own servers.
+os.environ["RAGSERVER_AUTH__MODE"] = "none"
 
 
 def free_port() -> int:

@@ -17,16 +17,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.auth.admin import KeyNotFound
 from app.llm.base import LLMError
 from app.logging_setup import current_request_id
 from app.prompting import PromptError, UnknownPrompt
 from app.retrieval.retriever import RetrievalError
 from app.services.chat_service import ConversationNotFound
 from app.services.document_service import DocumentNotFound, JobNotFound, UnsupportedUpload, UploadTooLarge
-from app.services.errors import InvalidInput, PayloadTooLarge, ServiceError, Unavailable
+from app.services.errors import (
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
 from app.services.limits import OverLimit, RequestTimedOut
 from ingest.filters import FilterError
-from ingest.vector_index import CollectionNotFound, InvalidCollectionName
+from ingest.vector_index import CollectionNotFound, InvalidCollectionName, InvalidTenantName
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +65,11 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (DocumentNotFound, 404, "document_not_found"),
     (JobNotFound, 404, "job_not_found"),
     (ConversationNotFound, 404, "conversation_not_found"),
+    (KeyNotFound, 404, "key_not_found"),
     (UnknownPrompt, 400, "unknown_prompt"),
     (PromptError, 400, "prompt_error"),
     (InvalidCollectionName, 400, "invalid_collection_name"),
+    (InvalidTenantName, 400, "invalid_tenant_name"),
     (UploadTooLarge, 413, "upload_too_large"),
     (UnsupportedUpload, 415, "unsupported_media_type"),
     (FilterError, 400, "invalid_filter"),
@@ -68,6 +79,9 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
 # ServiceError subclass -> status (the first match wins; any other ServiceError is a 500).
 _SERVICE_STATUS: list[tuple[type[ServiceError], int]] = [
     (InvalidInput, 400),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
     (PayloadTooLarge, 413),
     (OverLimit, 422),
     (Unavailable, 503),
@@ -97,7 +111,11 @@ def public_error(exc: BaseException) -> PublicError:
         return PublicError(502, "llm_unavailable", "the language model is unavailable")
     if isinstance(exc, ServiceError):
         status = next((code for kind, code in _SERVICE_STATUS if isinstance(exc, kind)), 500)
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+        headers = None
+        if isinstance(exc, Unavailable | RateLimited):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        elif isinstance(exc, Unauthenticated):
+            headers = {"WWW-Authenticate": "Bearer"}
         return PublicError(status, exc.code, exc.message, headers)
     for exc_type, status, code in _MAPPED:
         if isinstance(exc, exc_type):

@@ -361,7 +361,7 @@ def _wait_job(client: Any, base: str, job_id: str, timeout: float = 120) -> dict
     return job
 
 
-def run_case(case: Case, base: str, pid: int, tmp: Path) -> Outcome:
+def run_case(case: Case, base: str, pid: int, tmp: Path, headers: dict[str, str]) -> Outcome:
     import httpx
 
     outcome = Outcome(case.name, case.description)
@@ -369,7 +369,7 @@ def run_case(case: Case, base: str, pid: int, tmp: Path) -> Outcome:
     work.mkdir()
     uploads = case.build(work)
     started = time.perf_counter()
-    with httpx.Client(timeout=300) as client, PeakRSS(pid) as rss:
+    with httpx.Client(timeout=300, headers=headers) as client, PeakRSS(pid) as rss:
         for upload in uploads:
             try:
                 status, body = _send(client, base, upload)
@@ -403,12 +403,12 @@ def run_case(case: Case, base: str, pid: int, tmp: Path) -> Outcome:
     return outcome
 
 
-def _warm_up(base: str) -> None:
+def _warm_up(base: str, headers: dict[str, str]) -> None:
     """One ingestion before the cases, so the first case's RSS is not the first job's warm-up
     (collection, embedding and BM25 buffers)."""
     import httpx
 
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers=headers) as client:
         _, body = _send(
             client, base, Upload([_good(), ("broken.docx", malformed_docx())], collection="warmup")
         )
@@ -444,10 +444,10 @@ def bench_abuse(
         typer.echo("starting the server ...", err=True)
         with running(stack_env(tmp)) as stack:
             base, pid = stack.url, stack.pid
-            _warm_up(base)
+            _warm_up(base, stack.headers)
             for case in chosen:
                 typer.echo(f"{case.name}: {case.description} ...", err=True)
-                outcome = run_case(case, base, pid, tmp)
+                outcome = run_case(case, base, pid, tmp, stack.headers)
                 results.append(outcome)
                 jobs = "; ".join(
                     f"{j['status']} [" + ", ".join(f"{f['status']}" for f in j["files"]) + "]"

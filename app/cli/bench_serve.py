@@ -58,7 +58,12 @@ def _questions(corpus: Path) -> list[str]:
 
 
 async def _fire(
-    url: str, concurrency: int, requests: int, chat: bool, questions: list[str]
+    url: str,
+    concurrency: int,
+    requests: int,
+    chat: bool,
+    questions: list[str],
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], int]:
     """Streaming requests; returns the times to first token (ms) and the error count."""
     import httpx
@@ -97,7 +102,7 @@ async def _fire(
         for i in counter:
             await one(client, i)
 
-    async with httpx.AsyncClient(limits=limits) as client:
+    async with httpx.AsyncClient(limits=limits, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return ttfts, errors
 
@@ -136,11 +141,15 @@ def bench_serve(
         with running(stack):
             warm = min(requests, max(20, concurrency))
             questions = _questions(corpus)
-            asyncio.run(_fire(stack.url, concurrency, warm, chat=True, questions=questions[::-1]))
+            asyncio.run(
+                _fire(
+                    stack.url, concurrency, warm, chat=True, questions=questions[::-1], headers=stack.headers
+                )
+            )
             typer.echo(f"firing {requests} requests at concurrency {concurrency} ...", err=True)
             started = time.perf_counter()
             ttfts, errors = asyncio.run(
-                _fire(stack.url, concurrency, requests, chat=True, questions=questions)
+                _fire(stack.url, concurrency, requests, chat=True, questions=questions, headers=stack.headers)
             )
             elapsed = time.perf_counter() - started
             llm_ttfts, _ = asyncio.run(

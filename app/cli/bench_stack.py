@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +49,9 @@ class Stack:
     llm_port: int
     url: str = ""
     pid: int = 0
+    # Requests carry an admin key of the default tenant (made before the server starts): benchmarks
+    # measure the server as deployed, with auth mode api_key.
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def llm_url(self) -> str:
@@ -63,11 +66,25 @@ def stack_env(workdir: Path, **extra: str) -> Stack:
         RAGSERVER_LLM_PROVIDER="openai",
         RAGSERVER_LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
         RAGSERVER_LLM_MODEL="scripted-model",
+        RAGSERVER_AUTH__MODE="api_key",
         **extra,
     )
     for key in ("RAGSERVER_CHROMA_URL", "RAGSERVER_REDIS_URL", "RAGSERVER_DATABASE_URL"):
         env.pop(key, None)
     return Stack(workdir, env, llm_port)
+
+
+def _admin_key(stack: Stack) -> str:
+    """An admin key of the default tenant in the stack's database (what `ragserver keys create` does)."""
+    from app.auth.keys import KeyStore
+    from app.db import make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{Path(stack.env['RAGSERVER_DATA_DIR']) / 'ragserver.sqlite3'}")
+    try:
+        migrate(engine)
+        return KeyStore(engine).create(tenant="default", name="bench", role="admin")[1]
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -90,6 +107,7 @@ def running(stack: Stack) -> Iterator[Stack]:
     try:
         llm = spawn(["dev", "scripted-llm", "--port", str(stack.llm_port), "--instant"], "llm.log")
         wait_http(f"{stack.llm_url}/v1/models", llm)
+        stack.headers = {"Authorization": f"Bearer {_admin_key(stack)}"}
         port = free_port()
         server = spawn(["serve", "--port", str(port)], "server.log", stack.env)
         stack.url, stack.pid = f"http://127.0.0.1:{port}", server.pid

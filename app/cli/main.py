@@ -21,6 +21,7 @@ from app.cli.dev import dev_app
 from app.cli.eval_rag import compare as eval_compare
 from app.cli.eval_rag import rag as eval_rag
 from app.cli.eval_retrieval import retrieval
+from app.cli.keys import audit, keys_app
 
 app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
 docs_app = typer.Typer(help="List or delete documents.", no_args_is_help=True)
@@ -31,6 +32,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit)
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
 bench_app.command("queries")(bench_queries)
@@ -186,7 +189,7 @@ def serve(
     server.shutdown_timeout_s to finish, cancels the rest (their generations stop), then shuts down."""
     import uvicorn
 
-    from app.factory import create_app
+    from app.factory import create_app, insecure_binding
     from app.logging_setup import configure_logging
     from app.settings import Settings
 
@@ -200,9 +203,13 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     settings.server.log_format, settings.server.log_level = fmt, level  # type: ignore[assignment]
+    bind = host or settings.server.host
+    refusal = insecure_binding(settings, bind)
+    if refusal:
+        fail(refusal)
     uvicorn.run(
         create_app(settings),
-        host=host or settings.server.host,
+        host=bind,
         port=port or settings.server.port,
         # Logging is configured above: uvicorn's loggers write through the same handler and format.
         log_config=None,

@@ -43,3 +43,61 @@ ingest_job_files = sa.Table(
     # The name exactly as uploaded; `filename` is the cleaned name shown (NULL: the same).
     sa.Column("original_filename", sa.Text),
 )
+
+# -- identity (docs/SECURITY.md) ----------------------------------------------------------------------
+
+# A tenant exists once a key names it.
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+# Keys are stored only as the SHA-256 of the key; `prefix` is the key's first characters, to tell keys
+# apart in lists and logs. `collections_json`: a JSON list of the collections the key may touch (NULL: all
+# of its tenant's).
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("collections_json", sa.Text),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.Integer),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double),
+    sa.Column("revoked_at", sa.Double),
+    sa.Index("api_keys_by_tenant", "tenant", "created_at"),
+)
+
+# Every write: who (tenant, key), what (action), which object, when, and the outcome.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("key_id", sa.Text),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("collection", sa.Text),
+    sa.Column("object_id", sa.Text),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("status", sa.Integer),
+    sa.Column("detail", sa.Text),
+    sa.Column("request_id", sa.Text),
+    sa.Index("audit_log_by_tenant", "tenant", "at"),
+)
+
+# Server-side secrets shared by every replica (e.g. the key that makes document ids unguessable).
+instance_secrets = sa.Table(
+    "instance_secrets",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)

@@ -35,7 +35,7 @@ import numpy as np
 from app.retrieval.bm25_table import Row, TermTable
 from app.retrieval.bm25_text import Analyzer
 from ingest.types import Chunk, ScoredChunk, doc_id_of
-from ingest.vector_index import CollectionNotFound, VectorIndex, validate_collection_name
+from ingest.vector_index import CollectionNotFound, VectorIndex, validate_store_name
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -302,7 +302,7 @@ class BM25Index:
     def _dir(self, collection: str) -> Path:
         folder = self._dirs.get(collection)
         if folder is None:
-            folder = self.root / validate_collection_name(collection)
+            folder = self.root / validate_store_name(collection)
             folder.mkdir(parents=True, exist_ok=True)
             self._dirs[collection] = folder
         return folder

@@ -20,9 +20,11 @@ import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from app.auth.principal import Principal
 from app.history.base import HistoryStore, HistoryStoreError, Turn, trim_to_token_budget
 from app.llm.base import LLM, Messages, Usage, approx_tokens, context_window_of, prompt_token_counter
 from app.prompting import PromptRegistry, inline
@@ -43,6 +45,10 @@ from app.services.prompt_budget import FittedPrompt, History, fit_prompt
 from app.services.retrieval_service import RetrievalService
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from app.auth.audit import AuditLog
+    from app.auth.rate_limits import RateLimits
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -62,7 +68,8 @@ class ConversationNotFound(LookupError):
 class _Prepared:
     query: ResolvedChatQuery
     conversation_id: str
-    collection: str
+    history_key: str  # where the conversation is stored (`Principal.conversation_key`)
+    collection: str  # as the caller names it
     search_query: str
     sources: list[Citation]
     messages: list[dict[str, str]]
@@ -93,8 +100,13 @@ class ChatService:
         history: HistoryStore,
         retrieval: RetrievalService,
         metrics: Metrics,
+        *,
+        rate_limits: RateLimits | None = None,
+        audit: AuditLog | None = None,
     ):
         self.settings = settings
+        self.rate_limits = rate_limits
+        self.audit = audit
         self.llm = llm
         self.prompts = prompts
         self.history = history
@@ -102,32 +114,34 @@ class ChatService:
         self.metrics = metrics
         self.limiter = GenerationLimiter(settings.limits, metrics)
 
-    async def chat(self, query: ChatQuery) -> ChatResult:
-        """A complete answer. Raises PayloadTooLarge / OverLimit for a request over a limit,
-        Unavailable when every generation slot is taken, RequestTimedOut past the deadline."""
+    async def chat(self, query: ChatQuery, *, principal: Principal) -> ChatResult:
+        """A complete answer from `principal`'s collection. Raises PayloadTooLarge / OverLimit for a
+        request over a limit, RateLimited past the key's tokens a minute, Unavailable when every
+        generation slot is taken, RequestTimedOut past the deadline."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
-        resolved = self._admit(query)
+        resolved = await self._admit(query, principal)
         try:
-            prepared, text, model, usage = await deadline.run(self._generate(resolved))
+            prepared, text, model, usage = await deadline.run(self._generate(resolved, principal))
         except RequestTimedOut:
             self._timed_out(deadline)
             raise
         result = self._result(prepared, text, model, usage)
+        await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
         self._log_answer(result)
         return result
 
-    async def stream(self, query: ChatQuery) -> AsyncGenerator[ChatEvent, None]:
+    async def stream(self, query: ChatQuery, *, principal: Principal) -> AsyncGenerator[ChatEvent, None]:
         """The answer as it is generated: `TokenEvent`s, then a `CitationsEvent`, then a `DoneEvent`.
 
         The deadline bounds each step, not the time the consumer takes between events; closing the
         stream early (a client gone) stops the generation and saves nothing."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
-        resolved = self._admit(query)
+        resolved = await self._admit(query, principal)
         try:
             await deadline.run(self.limiter.acquire())
             try:
-                prepared = await deadline.run(self._prepare(resolved))
+                prepared = await deadline.run(self._prepare(resolved, principal))
                 parts: list[str] = []
                 usage = Usage(prompt_tokens=0, completion_tokens=0)
                 model = self.llm.model_name
@@ -163,24 +177,35 @@ class ChatService:
             self._timed_out(deadline)
             raise
         result = self._result(prepared, "".join(parts), model, usage)
+        await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
         self._log_answer(result)
         yield CitationsEvent(result.citations)
         yield DoneEvent(result)
 
-    async def get_conversation(self, conversation_id: str) -> list[Turn]:
-        turns = await self._read_history(conversation_id)
+    async def get_conversation(self, conversation_id: str, *, principal: Principal) -> list[Turn]:
+        """`principal`'s conversation (another tenant's id names nothing: ConversationNotFound)."""
+        turns = await self._read_history(principal.conversation_key(conversation_id))
         if turns is None:
             raise ConversationNotFound(f"conversation {conversation_id!r} not found")
         return turns
 
-    async def delete_conversation(self, conversation_id: str) -> None:
-        if not await self._history_call("delete", self.history.delete(conversation_id)):
-            raise ConversationNotFound(f"conversation {conversation_id!r} not found")
+    async def delete_conversation(self, conversation_id: str, *, principal: Principal) -> None:
+        async with self._audited(principal, "conversation.delete", conversation_id):
+            deleted = await self._history_call(
+                "delete", self.history.delete(principal.conversation_key(conversation_id))
+            )
+            if not deleted:
+                raise ConversationNotFound(f"conversation {conversation_id!r} not found")
+
+    def _audited(self, principal: Principal, action: str, object_id: str) -> AbstractAsyncContextManager[Any]:
+        if self.audit is None:
+            return nullcontext()
+        return self.audit.action(principal, action, object_id=object_id)
 
     # -- limits ----------------------------------------------------------------------------------
 
-    def _admit(self, query: ChatQuery) -> ResolvedChatQuery:
+    async def _admit(self, query: ChatQuery, principal: Principal) -> ResolvedChatQuery:
         """The query with its defaults, once it is within the limits (checked before any work)."""
         limits = self.settings.limits
         check_size(query.message, limits.max_question_chars, "question")
@@ -194,7 +219,13 @@ class ChatService:
         if resolved.history is not None:  # a stateless caller's history: its newest turns at most
             newest = resolved.history[-self.settings.history.max_turns :]
             resolved = dataclasses.replace(resolved, history=newest)
+        if self.rate_limits is not None:
+            await self.rate_limits.check_tokens(principal)
         return resolved
+
+    async def _spend(self, principal: Principal, usage: Usage) -> None:
+        if self.rate_limits is not None:
+            await self.rate_limits.spend_tokens(principal, usage.completion_tokens)
 
     def _timed_out(self, deadline: Deadline) -> None:
         self.metrics.chat_aborted.labels(reason="timeout").inc()
@@ -202,10 +233,12 @@ class ChatService:
 
     # -- the pipeline ----------------------------------------------------------------------------
 
-    async def _generate(self, query: ResolvedChatQuery) -> tuple[_Prepared, str, str, Usage]:
+    async def _generate(
+        self, query: ResolvedChatQuery, principal: Principal
+    ) -> tuple[_Prepared, str, str, Usage]:
         """Prepare and generate under one generation slot."""
         async with self.limiter.slot():
-            prepared = await self._prepare(query)
+            prepared = await self._prepare(query, principal)
             started = time.perf_counter()
             completion = await self.llm.complete(
                 prepared.messages,
@@ -215,15 +248,16 @@ class ChatService:
             self.metrics.llm_latency.observe(time.perf_counter() - started)
         return prepared, completion.text, completion.model, completion.usage
 
-    async def _prepare(self, query: ResolvedChatQuery) -> _Prepared:
+    async def _prepare(self, query: ResolvedChatQuery, principal: Principal) -> _Prepared:
         started = time.perf_counter()
         answer_prompt = self.prompts.get(query.prompt)
-        collection = await self.retrieval.resolve_collection(query.collection)
+        # The store name of the caller's collection: the principal decides, not the client.
+        store = await self.retrieval.resolve_collection(query.collection, principal=principal)
         conversation_id = query.conversation_id or uuid.uuid4().hex
         if query.history is not None:
             past = [Turn(role=m["role"], content=m["content"], created_at=0.0) for m in query.history]
         elif query.conversation_id:
-            stored = await self._read_history(query.conversation_id)
+            stored = await self._read_history(principal.conversation_key(query.conversation_id))
             if stored is None:
                 raise ConversationNotFound(f"conversation {query.conversation_id!r} not found")
             past = stored
@@ -249,7 +283,7 @@ class ChatService:
             search_query = query.message
         top_k = query.top_k
         hits = await self.retrieval.retrieve(
-            collection, search_query, top_k=top_k, mode=query.mode, filters=query.filters
+            store, search_query, top_k=top_k, mode=query.mode, filters=query.filters
         )
         sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
         # History gives way first, then the lowest-ranked sources; never the system message or question.
@@ -257,7 +291,8 @@ class ChatService:
         return _Prepared(
             query=query,
             conversation_id=conversation_id,
-            collection=collection,
+            history_key=principal.conversation_key(conversation_id),
+            collection=query.collection,
             search_query=search_query,
             sources=fitted.sources,
             messages=fitted.messages,
@@ -377,7 +412,7 @@ class ChatService:
             Turn(role="assistant", content=result.answer, created_at=now, metadata=record),
         ]
         try:
-            await self._history_call("append", self.history.append(prepared.conversation_id, turns))
+            await self._history_call("append", self.history.append(prepared.history_key, turns))
         except Exception as exc:  # whatever broke, the answer still goes out
             log.warning(
                 "answer %s returned without being saved to conversation %s: %r",

@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.auth.audit import AuditLog, AuditTarget
+from app.auth.principal import Principal
 from app.jobs.base import Job, JobFile, JobStore, JobStoreUnavailable, final_status
 from app.services.errors import InvalidInput, Unavailable
 from app.services.metrics import Metrics
@@ -51,7 +54,14 @@ from ingest.loaders import LoadError, load_bytes
 from ingest.pipeline import IngestCancelled, IngestPipeline
 from ingest.safety import LoadLimits, display_filename
 from ingest.types import LoadFailure, SourceDocument
-from ingest.vector_index import CollectionNotFound, DocumentRecord, VectorIndex, validate_collection_name
+from ingest.vector_index import (
+    DEFAULT_TENANT,
+    CollectionNotFound,
+    DocumentRecord,
+    VectorIndex,
+    split_store_name,
+    validate_store_name,
+)
 
 __all__ = [
     "DocumentNotFound",
@@ -91,8 +101,16 @@ class IncomingFile:
     data: bytes
 
 
-def upload_document_id(collection: str, filename: str) -> str:
-    """An upload's identity is (collection, file name as uploaded): the same name again replaces it."""
+def upload_document_id(key: bytes, store: str, filename: str) -> str:
+    """An upload's identity is (tenant, collection, file name as uploaded): the same name again replaces
+    it. Keyed with the instance's `document_id_key`, so ids differ across tenants and cannot be guessed."""
+    message = f"upload\0{store}\0{filename}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:24]
+
+
+def legacy_upload_document_id(collection: str, filename: str) -> str:
+    """The id uploads had before tenants (default tenant only): a re-upload of such a document under
+    the same name keeps replacing it."""
     return hashlib.sha1(f"upload:{collection}:{filename}".encode()).hexdigest()[:20]
 
 
@@ -116,8 +134,13 @@ class DocumentService:
         pipeline: IngestPipeline,
         jobs: JobStore,
         metrics: Metrics,
+        *,
+        audit: AuditLog | None = None,
+        document_id_key: bytes = b"",
     ):
         self.settings = settings
+        self.audit = audit
+        self.document_id_key = document_id_key
         self.store = store
         self.pipeline = pipeline
         self.jobs = jobs
@@ -195,15 +218,28 @@ class DocumentService:
             )
 
     async def upload(
-        self, collection: str, parts: AsyncIterable[PartEvent], *, declared_bytes: int | None = None
+        self,
+        collection: str,
+        parts: AsyncIterable[PartEvent],
+        *,
+        principal: Principal,
+        declared_bytes: int | None = None,
     ) -> Job:
-        """Receive a streamed upload into a new job and queue it (HTTP 202).
+        """Receive a streamed upload into `principal`'s collection as a new job and queue it (HTTP 202).
 
-        Checked before a byte of the body is read: the collection name, the declared size against
-        limits.max_request_mb, and the queue's room. Then the parts are received under every limit
-        (`receive_upload`), and the job is recorded. Any refusal deletes what was written.
+        Checked before a byte of the body is read: the collection name (and the key's collection list),
+        the declared size against limits.max_request_mb, and the queue's room. Then the parts are
+        received under every limit (`receive_upload`), and the job is recorded. Any refusal deletes
+        what was written. Audited as `document.upload`.
         """
-        validate_collection_name(collection)
+        async with self._audited(principal, "document.upload", collection) as target:
+            job = await self._upload(principal.collection(collection), parts, declared_bytes)
+            target.object_id = job.job_id
+            target.detail = ",".join(f.document_id for f in job.files)[:500]
+            return job
+
+    async def _upload(self, store: str, parts: AsyncIterable[PartEvent], declared_bytes: int | None) -> Job:
+        validate_store_name(store)
         if declared_bytes is not None and declared_bytes > self.upload_limits.max_request_bytes:
             raise self.upload_limits.request_too_large()
         self._reserve_slot()
@@ -212,9 +248,10 @@ class DocumentService:
         self._receiving.add(job_id)
         try:
             received = await receive_upload(parts, job_dir, self.upload_limits)
+            ids = await self._document_ids(store, [s.original_filename for s in received.files])
             job_files: dict[str, JobFile] = {}
             for staged in received.files:
-                doc_id = upload_document_id(collection, staged.original_filename)
+                doc_id = ids[staged.original_filename]
                 earlier = job_files.pop(doc_id, None)
                 if earlier is not None:  # the same name twice in one upload: the last copy wins
                     await asyncio.to_thread(Path(earlier.stored_path).unlink, True)
@@ -228,7 +265,7 @@ class DocumentService:
             now = time.time()
             job = Job(
                 job_id=job_id,
-                collection=collection,
+                collection=store,
                 status="queued",
                 files=list(job_files.values()),
                 metadata=received.metadata,
@@ -246,7 +283,28 @@ class DocumentService:
         await self._queue.put(job_id)
         return job
 
-    async def submit(self, collection: str, files: list[IncomingFile], metadata: dict[str, Any]) -> Job:
+    async def _document_ids(self, store: str, filenames: list[str]) -> dict[str, str]:
+        """Each uploaded name's document id; in the default tenant, a document uploaded before tenants
+        under the same name keeps its id (so it is replaced, not duplicated)."""
+        ids = {name: upload_document_id(self.document_id_key, store, name) for name in filenames}
+        if split_store_name(store)[0] != DEFAULT_TENANT:
+            return ids
+        legacy = {legacy_upload_document_id(store, name): name for name in filenames}
+        existing = await asyncio.to_thread(self.store.get_documents, store, list(legacy))
+        for old_id in existing:
+            ids[legacy[old_id]] = old_id
+        return ids
+
+    def _audited(
+        self, principal: Principal, action: str, collection: str, object_id: str | None = None
+    ) -> AbstractAsyncContextManager[AuditTarget]:
+        if self.audit is None:
+            return nullcontext(AuditTarget(collection, object_id))
+        return self.audit.action(principal, action, collection=collection, object_id=object_id)
+
+    async def submit(
+        self, collection: str, files: list[IncomingFile], metadata: dict[str, Any], *, principal: Principal
+    ) -> Job:
         """Upload files already in memory: the same checks and limits as a streamed upload."""
         import json
 
@@ -260,12 +318,14 @@ class DocumentService:
                     yield PartData(f.data)
                 yield PartEnd()
 
-        return await self.upload(collection, parts())
+        return await self.upload(collection, parts(), principal=principal)
 
-    async def get_job(self, job_id: str) -> Job:
+    async def get_job(self, job_id: str, *, principal: Principal) -> Job:
+        """`principal`'s job; another tenant's (or one in a collection the key may not touch) is
+        JobNotFound, exactly like one that does not exist."""
         async with _store_errors_as_unavailable():
             job = await self.jobs.get(job_id)
-        if job is None:
+        if job is None or principal.visible(job.collection) is None:
             raise JobNotFound(f"job {job_id!r} not found")
         return job
 
@@ -464,32 +524,37 @@ class DocumentService:
 
     # -- documents -------------------------------------------------------------------------------
 
-    async def _existing(self, collection: str) -> str:
-        validate_collection_name(collection)
-        if not await asyncio.to_thread(self.store.has_collection, collection):
+    async def _existing(self, principal: Principal, collection: str) -> str:
+        """The store name of `principal`'s existing collection `collection`, else CollectionNotFound."""
+        store = principal.collection(collection)
+        if not await asyncio.to_thread(self.store.has_collection, store):
             raise CollectionNotFound(f"collection {collection!r} not found")
-        return collection
+        return store
 
     async def list_documents(
-        self, collection: str, limit: int, offset: int
+        self, collection: str, limit: int, offset: int, *, principal: Principal
     ) -> tuple[list[DocumentRecord], int]:
         cap = self.settings.limits.max_list_offset
         if offset > cap:
             raise InvalidInput(
                 f"offset {offset} is over {cap} (limits.max_list_offset)", code="invalid_offset"
             )
-        await self._existing(collection)
-        records = await asyncio.to_thread(self.store.list_documents, collection, limit=limit, offset=offset)
-        total = await asyncio.to_thread(self.store.count_documents, collection)
+        store = await self._existing(principal, collection)
+        records = await asyncio.to_thread(self.store.list_documents, store, limit=limit, offset=offset)
+        total = await asyncio.to_thread(self.store.count_documents, store)
         return records, total
 
-    async def get_document(self, collection: str, document_id: str) -> DocumentRecord:
-        await self._existing(collection)
-        found = await asyncio.to_thread(self.store.get_documents, collection, [document_id])
+    async def get_document(
+        self, collection: str, document_id: str, *, principal: Principal
+    ) -> DocumentRecord:
+        store = await self._existing(principal, collection)
+        found = await asyncio.to_thread(self.store.get_documents, store, [document_id])
         if document_id not in found:
             raise DocumentNotFound(f"document {document_id!r} not found in collection {collection!r}")
         return found[document_id]
 
-    async def delete_document(self, collection: str, document_id: str) -> None:
-        await self.get_document(collection, document_id)
-        await asyncio.to_thread(self.pipeline.delete, collection, [document_id])
+    async def delete_document(self, collection: str, document_id: str, *, principal: Principal) -> None:
+        """Delete `principal`'s document and its chunks. Audited as `document.delete`."""
+        async with self._audited(principal, "document.delete", collection, document_id):
+            await self.get_document(collection, document_id, principal=principal)
+            await asyncio.to_thread(self.pipeline.delete, principal.collection(collection), [document_id])

@@ -36,3 +36,25 @@ class Unavailable(ServiceError):
     def __init__(self, message: str, *, retry_after_s: int = 5, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(ServiceError):
+    """No credentials, or credentials that are unknown, revoked or expired (HTTP 401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(ServiceError):
+    """Known credentials whose role does not allow the request (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class RateLimited(ServiceError):
+    """A key over its requests or tokens per minute (HTTP 429, Retry-After in seconds)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = max(1, retry_after_s)

@@ -58,3 +58,18 @@ class Metrics:
         self.documents = Counter(
             "ragserver_ingest_documents_total", "Documents processed by ingestion", ["status"], registry=r
         )
+        self.rate_limited = Counter(
+            "ragserver_rate_limited_total", "Requests refused by a key's rate limit", ["limit"], registry=r
+        )
+        self.rate_limit_errors = Counter(
+            "ragserver_rate_limit_errors_total", "Rate limit checks the counter store failed", registry=r
+        )
+        self.auth_failures = Counter(
+            "ragserver_auth_failures_total",
+            "Requests refused: no key, a bad key, too low a role",
+            ["status"],
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "ragserver_audit_failures_total", "Audit entries that could not be written", registry=r
+        )

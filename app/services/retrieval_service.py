@@ -7,11 +7,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from app.auth.principal import Principal
 from app.retrieval.retriever import Retriever
 from app.services.metrics import Metrics
 from app.settings import Settings
 from ingest.types import ScoredChunk
-from ingest.vector_index import CollectionNotFound, VectorIndex, validate_collection_name
+from ingest.vector_index import CollectionNotFound, VectorIndex
 
 
 class RetrievalService:
@@ -25,14 +26,23 @@ class RetrievalService:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="retrieve")
 
-    async def resolve_collection(self, name: str | None) -> str:
-        """The collection to use; raises CollectionNotFound for an unknown one. The vector index is
-        asked off the event loop (a remote Chroma that answers slowly must not stall other requests)."""
-        name = validate_collection_name(name or self.settings.server.default_collection)
+    async def resolve_collection(self, name: str | None, *, principal: Principal) -> str:
+        """The store name of `principal`'s collection `name` (None: the default collection); raises
+        CollectionNotFound for one that does not exist or that the key may not touch. The vector index
+        is asked off the event loop (a remote Chroma that answers slowly must not stall other requests)."""
+        store = principal.collection(name or self.settings.server.default_collection)
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(self._pool, self.store.has_collection, name):
-            raise CollectionNotFound(f"collection {name!r} not found")
-        return name
+        if not await loop.run_in_executor(self._pool, self.store.has_collection, store):
+            raise CollectionNotFound(
+                f"collection {name or self.settings.server.default_collection!r} not found"
+            )
+        return store
+
+    async def visible_collections(self, principal: Principal) -> list[str]:
+        """The collections `principal` may see, by the names it uses."""
+        loop = asyncio.get_running_loop()
+        stores = await loop.run_in_executor(self._pool, self.store.list_collections)
+        return sorted(n for n in (principal.visible(s) for s in stores) if n is not None)
 
     def resolve_mode(self, mode: str | None) -> str:
         """The retrieval mode a request runs: its own, else the settings' default."""

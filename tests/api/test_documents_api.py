@@ -131,3 +131,25 @@ def test_upload_body_is_documented_in_openapi(client) -> None:
     schema = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["required"] == ["files"] and set(schema["properties"]) == {"files", "metadata"}
     assert {"202", "400", "413", "415", "503"} <= set(operation["responses"])
+
+
+def test_a_document_uploaded_before_tenants_is_replaced_not_duplicated(client) -> None:
+    """Uploads made before tenants had id sha1("upload:<collection>:<name>"); the default tenant's
+    re-upload under the same name keeps that id. New documents get keyed, unguessable ids."""
+    from app.services.document_service import legacy_upload_document_id
+    from ingest.loaders import load_bytes
+
+    container = client.app.state.container
+    old_id = legacy_upload_document_id("kb", "policy.txt")
+    old = load_bytes(b"The per-diem is 60 EUR.", "policy.txt", doc_id=old_id, source="policy.txt")
+    assert container.pipeline.ingest([old], "kb").ok
+
+    response = upload(client, "kb", {"policy.txt": b"The per-diem is 65 EUR.", "new.txt": b"New."})
+    assert response.status_code == 202, response.text
+    ids = {d["filename"]: d["document_id"] for d in response.json()["documents"]}
+    assert ids["policy.txt"] == old_id
+    assert ids["new.txt"] != legacy_upload_document_id("kb", "new.txt") and len(ids["new.txt"]) == 24
+    assert wait_for_job(client, response.json()["job_id"])["status"] == "succeeded"
+    listed = client.get("/v1/collections/kb/documents").json()
+    assert listed["total"] == 2
+    assert "65 EUR" in client.post("/v1/retrieve", json={"query": "per-diem", "collection": "kb"}).text

@@ -10,10 +10,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.api.auth import authenticate
 from app.api.chat.router import router as chat_router
 from app.api.deps import get_chat
 from app.api.errors import install_error_handlers
 from app.api.openai.router import router as openai_router
+from app.auth.principal import Principal
 from app.llm.base import LLMError
 from app.services.chat_types import ChatEvent, ChatQuery, TokenEvent
 from app.settings import Settings
@@ -37,7 +39,7 @@ class ScriptedChat:
         self.settings = Settings(_env_file=None)  # type: ignore[call-arg]
         self.tokens = tokens
 
-    async def stream(self, query: ChatQuery) -> AsyncIterator[ChatEvent]:
+    async def stream(self, query: ChatQuery, *, principal: Principal) -> AsyncIterator[ChatEvent]:
         if self.tokens is None:
             raise LLMError("down", provider="scripted")
         for text in self.tokens:
@@ -51,6 +53,7 @@ def client_for(chat: ScriptedChat) -> Iterator[TestClient]:
     app.include_router(chat_router)
     app.include_router(openai_router)
     app.dependency_overrides[get_chat] = lambda: chat
+    app.dependency_overrides[authenticate] = Principal.anonymous
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

@@ -15,7 +15,14 @@ import pytest
 
 from ingest.filters import parse_filters
 from ingest.types import Chunk, doc_id_of, make_chunk_id
-from ingest.vector_index import CollectionNotFound, DocumentRecord, InvalidCollectionName, VectorIndex
+from ingest.vector_index import (
+    CollectionNotFound,
+    DocumentRecord,
+    InvalidCollectionName,
+    VectorIndex,
+    split_store_name,
+    store_name,
+)
 
 # (filter, metadata of one chunk, whether it matches): the filter language's semantics, quirks of
 # the reference backend (Chroma) included, which every backend must reproduce.
@@ -127,6 +134,29 @@ class VectorIndexContract:
             assert name in index.list_collections()
         index.drop_collection(base)
         assert index.count_documents(f"{base}__docs") == 1 and not index.has_collection(base)
+
+    def test_tenant_store_names_never_meet(self, index: VectorIndex) -> None:
+        # A default-tenant collection `t`, tenant t's `docs` and `hr`, and tenant u's `hr`: four stores.
+        t, u = self.name("t").replace("_", "-").lower(), self.name("u").replace("_", "-").lower()
+        names = [store_name("default", t), store_name(t, "docs"), store_name(t, "hr"), store_name(u, "hr")]
+        assert len(set(names)) == 4
+        for i, name in enumerate(names):
+            index.ensure_collection(name)
+            index.upsert_chunks(name, [chunk(f"d{i}", 0, f"text {i}")], np.stack([unit(1, 0, 0)]))
+            index.put_documents(name, [record(f"d{i}", 1)])
+        for i, name in enumerate(names):
+            assert [r.doc_id for r in index.list_documents(name)] == [f"d{i}"]
+            assert [h.doc_id for h in index.nearest(name, unit(1, 0, 0), 5)] == [f"d{i}"]
+        assert set(names) <= set(index.list_collections())
+        assert all(split_store_name(n) for n in index.list_collections())
+        index.drop_collection(names[2])
+        assert not index.has_collection(names[2]) and index.count_documents(names[3]) == 1
+        assert index.count_documents(names[0]) == 1 and index.count_documents(names[1]) == 1
+
+    @pytest.mark.parametrize("bad", ["default.hr", "Acme.hr", "a.b.c", ".hr", "acme.", "ac_me.hr"])
+    def test_malformed_store_names_are_refused(self, index: VectorIndex, bad: str) -> None:
+        with pytest.raises(InvalidCollectionName):
+            index.ensure_collection(bad)
 
     def test_a_missing_collection_is_not_found(self, index: VectorIndex) -> None:
         name = self.name("missing")

@@ -8,38 +8,23 @@ One test, two server starts (each loads the embedder): the restarted server is t
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.devtools.scripted_llm import ScriptedOpenAIServer
-from tests.conftest import free_port
+from tests.live_server import Process, llm_env, serve_process
 from tests.security.chat_server import ETNA, build_container, ingest, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 ANSWER = "Etna is in Sicily [1]."
-
-
-@dataclass
-class Process:
-    proc: subprocess.Popen  # type: ignore[type-arg]
-    url: str
-    log: Path
-
-    def log_lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -60,45 +45,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder,
 @contextmanager
 def server_process(data_dir: Path, llm: ScriptedOpenAIServer, *args: str) -> Iterator[Process]:
     """`python -m app.cli.main serve` on a free port, ready; killed at the end if still running."""
-    port = free_port()
-    log = data_dir.parent / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSERVER_") or "ONNX" in k}
-    env.update(
-        PYTHONPATH=str(REPO),
-        RAGSERVER_DATA_DIR=str(data_dir),
-        RAGSERVER_LLM__PROVIDER="openai",
-        RAGSERVER_LLM__BASE_URL=llm.base_url,
-        RAGSERVER_LLM__MODEL=llm.model,
-        RAGSERVER_LLM__MAX_RETRIES="0",
-        RAGSERVER_SERVER__DEFAULT_COLLECTION="kb",
-    )
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port), *args],
-            cwd=data_dir.parent,  # no stray .env
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield Process(proc, url, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    env = llm_env(llm) | {"RAGSERVER_SERVER__DEFAULT_COLLECTION": "kb"}
+    with serve_process(data_dir, env, *args) as proc:
+        yield proc
 
 
 def in_background(fn, *args) -> threading.Thread:  # type: ignore[no-untyped-def]

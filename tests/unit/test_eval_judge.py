@@ -112,7 +112,7 @@ class FakeChat:
     def __init__(self) -> None:
         self.queries: list[ChatQuery] = []
 
-    async def chat(self, query: ChatQuery) -> ChatResult:
+    async def chat(self, query: ChatQuery, **_: Any) -> ChatResult:
         self.queries.append(query)
         qid = next(k for k, case in CASES.items() if case[0] == query.message)
         _, answer, contexts, _, _ = CASES[qid]
@@ -257,10 +257,10 @@ async def test_a_killed_run_resumes_where_it_stopped(embeddings: Any, tmp_path: 
 
 async def test_pipeline_failures_are_recorded_and_retried(embeddings: Any, tmp_path: Path) -> None:
     class Broken(FakeChat):
-        async def chat(self, query: ChatQuery) -> ChatResult:
+        async def chat(self, query: ChatQuery, **_: Any) -> ChatResult:
             if "Hamlet" in query.message:
                 raise RuntimeError("llm down")
-            return await super().chat(query)
+            return await super().chat(query, **_)
 
     summary = await run_rag_eval(Broken(), questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
     assert (summary["answered"], summary["pipeline_errors"]) == (3, 1)
@@ -343,8 +343,8 @@ async def test_compare_reports_paired_deltas_and_writes_html(embeddings: Any, tm
     from app.cli.main import app
 
     class Worse(FakeChat):
-        async def chat(self, query: ChatQuery) -> ChatResult:
-            result = await super().chat(query)
+        async def chat(self, query: ChatQuery, **_: Any) -> ChatResult:
+            result = await super().chat(query, **_)
             if query.message == CASES["q1"][0]:
                 result.answer = "I don't know."
             return result

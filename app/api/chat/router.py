@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
+from app.api.auth import Reader
 from app.api.chat.schemas import ChatRequest, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
 from app.api.disconnect import unless_disconnected
@@ -46,20 +47,22 @@ class ChatEvents(SSEEncoder):
 
 
 @router.post("/v1/chat", response_model=ChatResult)
-async def chat(body: ChatRequest, request: Request, service: ChatServiceDep):  # type: ignore[no-untyped-def]
+async def chat(body: ChatRequest, request: Request, service: ChatServiceDep, principal: Reader):  # type: ignore[no-untyped-def]
     """Answer a message from a collection, with citations. With `"stream": true` the answer comes as
     Server-Sent Events: `token` events, then `citations`, then `done` carrying the full response.
     A client that disconnects cancels the generation; nothing is saved for it."""
     query = to_query(body)
     if body.stream:
-        return await sse_response(service.stream(query), ChatEvents(), request)
-    return await unless_disconnected(request, service.chat(query))
+        return await sse_response(service.stream(query, principal=principal), ChatEvents(), request)
+    return await unless_disconnected(request, service.chat(query, principal=principal))
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationOut)
-async def get_conversation(conversation_id: str, service: ChatServiceDep) -> ConversationOut:
+async def get_conversation(
+    conversation_id: str, service: ChatServiceDep, principal: Reader
+) -> ConversationOut:
     """A conversation's turns, oldest first."""
-    turns = await service.get_conversation(conversation_id)
+    turns = await service.get_conversation(conversation_id, principal=principal)
     return ConversationOut(
         conversation_id=conversation_id,
         turns=[
@@ -70,6 +73,6 @@ async def get_conversation(conversation_id: str, service: ChatServiceDep) -> Con
 
 
 @router.delete("/v1/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_conversation(conversation_id: str, service: ChatServiceDep) -> None:
-    """Forget a conversation."""
-    await service.delete_conversation(conversation_id)
+async def delete_conversation(conversation_id: str, service: ChatServiceDep, principal: Reader) -> None:
+    """Forget a conversation (a reader may forget its tenant's conversations: they are its own)."""
+    await service.delete_conversation(conversation_id, principal=principal)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
+from app.api.auth import Reader, Writer
 from app.api.deps import DocumentServiceDep
 from app.api.documents.multipart import iter_parts
 from app.api.documents.schemas import DocumentList, DocumentOut, JobAccepted, JobOut
@@ -48,19 +49,23 @@ _UPLOAD_BODY: dict[str, Any] = {
     openapi_extra=_UPLOAD_BODY,
     responses={
         400: {"description": "Invalid collection name, metadata or multipart body"},
+        403: {"description": "The key's role cannot upload (writer or admin needed)"},
+        404: {"description": "A collection the key may not touch"},
         413: {"description": "A file, the request or the number of files over its limit"},
         415: {"description": "Unsupported or mislabelled type"},
         503: {"description": "Ingestion queue full or job store unavailable (Retry-After)"},
     },
 )
-async def upload_documents(collection: str, request: Request, service: DocumentServiceDep) -> JobAccepted:
+async def upload_documents(
+    collection: str, request: Request, service: DocumentServiceDep, principal: Writer
+) -> JobAccepted:
     """Upload documents into a collection (created on first upload). The files are streamed to disk
     under the upload limits and stored before the 202 answer, then ingested in the background: poll
     `GET /v1/jobs/{job_id}`."""
     length = request.headers.get("content-length")
     declared = int(length) if length and length.isdigit() else None
     parts = iter_parts(request.stream(), request.headers.get("content-type"))
-    job = await service.upload(collection, parts, declared_bytes=declared)
+    job = await service.upload(collection, parts, principal=principal, declared_bytes=declared)
     return JobAccepted(
         job_id=job.job_id,
         documents=[{"document_id": f.document_id, "filename": f.filename} for f in job.files],
@@ -68,32 +73,37 @@ async def upload_documents(collection: str, request: Request, service: DocumentS
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, service: DocumentServiceDep) -> JobOut:
+async def get_job(job_id: str, service: DocumentServiceDep, principal: Reader) -> JobOut:
     """Status of an ingestion job: queued, running, succeeded, failed or partial, per file."""
-    return JobOut.from_job(await service.get_job(job_id))
+    return JobOut.from_job(await service.get_job(job_id, principal=principal))
 
 
 @router.get("/v1/collections/{collection}/documents", response_model=DocumentList)
 async def list_documents(
     collection: str,
     service: DocumentServiceDep,
+    principal: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, description="At most limits.max_list_offset.")] = 0,
 ) -> DocumentList:
     """Documents of a collection, a page at a time."""
-    records, total = await service.list_documents(collection, limit, offset)
+    records, total = await service.list_documents(collection, limit, offset, principal=principal)
     return DocumentList(
         documents=[DocumentOut(**r.to_dict()) for r in records], total=total, limit=limit, offset=offset
     )
 
 
 @router.get("/v1/collections/{collection}/documents/{document_id}", response_model=DocumentOut)
-async def get_document(collection: str, document_id: str, service: DocumentServiceDep) -> DocumentOut:
+async def get_document(
+    collection: str, document_id: str, service: DocumentServiceDep, principal: Reader
+) -> DocumentOut:
     """One document's record."""
-    return DocumentOut(**(await service.get_document(collection, document_id)).to_dict())
+    return DocumentOut(**(await service.get_document(collection, document_id, principal=principal)).to_dict())
 
 
 @router.delete("/v1/collections/{collection}/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_document(collection: str, document_id: str, service: DocumentServiceDep) -> None:
+async def delete_document(
+    collection: str, document_id: str, service: DocumentServiceDep, principal: Writer
+) -> None:
     """Delete a document and all its chunks."""
-    await service.delete_document(collection, document_id)
+    await service.delete_document(collection, document_id, principal=principal)

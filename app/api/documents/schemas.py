@@ -49,7 +49,11 @@ class JobOut(BaseModel):
     def from_job(cls, job: Job) -> JobOut:
         """The answer for `job`, from its JSON view (which has `progress`). Internal fields of that view
         (`owner`, each file's `stored_path`) are not fields here, so validation leaves them out."""
-        return cls.model_validate(job.to_dict())
+        from ingest.vector_index import split_store_name
+
+        view = job.to_dict()
+        view["collection"] = split_store_name(job.collection)[1]  # as its tenant names it
+        return cls.model_validate(view)
 
 
 class DocumentOut(BaseModel):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.auth import authorize_metrics
 from app.api.deps import ContainerDep
 from app.api.errors import error_body
 
@@ -47,7 +48,7 @@ async def readyz(container: ContainerDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(authorize_metrics)])
 async def metrics(container: ContainerDep) -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics: an admin key or the metrics token (auth.metrics_token)."""
     return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)

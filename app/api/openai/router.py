@@ -6,7 +6,6 @@ as [n] markers with a "Sources:" list appended to the text (settings.prompts.ope
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,7 +13,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import ChatServiceDep, ContainerDep
+from app.api.auth import Reader
+from app.api.deps import ChatServiceDep, RetrievalServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
 from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
@@ -140,14 +140,16 @@ class CompletionChunks(SSEEncoder):
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request, service: ChatServiceDep):  # type: ignore[no-untyped-def]
+async def chat_completions(  # type: ignore[no-untyped-def]
+    body: ChatCompletionRequest, request: Request, service: ChatServiceDep, principal: Reader
+):
     """OpenAI Chat Completions over a collection (the `model`), streaming or not. The limits of `/v1/chat`
     apply: max_tokens / max_completion_tokens (422 over the cap), the last user message's size (413),
     the deadline, the generation slots; a client that disconnects cancels the generation."""
     inline = service.settings.prompts.openai_inline_citations
     created = int(time.time())
     if not body.stream:
-        result = await unless_disconnected(request, service.chat(_query(body)))
+        result = await unless_disconnected(request, service.chat(_query(body), principal=principal))
         content = result.answer + (sources_text(result.citations) if inline else "")
         return {
             "id": f"chatcmpl-{result.response_id}",
@@ -170,14 +172,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servic
         inline_citations=inline,
         include_usage=bool((body.stream_options or {}).get("include_usage")),
     )
-    return await sse_response(service.stream(query), chunks, request)
+    return await sse_response(service.stream(query, principal=principal), chunks, request)
 
 
 @router.get("/v1/models")
-async def list_models(container: ContainerDep) -> dict[str, Any]:
-    """Collections, as OpenAI models."""
-    names = await asyncio.to_thread(container.store.list_collections)
+async def list_models(retrieval: RetrievalServiceDep, principal: Reader) -> dict[str, Any]:
+    """The caller's collections (those its key may touch), as OpenAI models."""
+    names = await retrieval.visible_collections(principal)
     return {
         "object": "list",
-        "data": [{"id": n, "object": "model", "created": 0, "owned_by": "ragserver"} for n in names],
+        "data": [{"id": n, "object": "model", "created": 0, "owned_by": principal.tenant} for n in names],
     }

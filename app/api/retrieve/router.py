@@ -7,6 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.auth import Reader
 from app.api.deps import RetrievalServiceDep
 from app.services.chat_types import Citation
 from app.services.limits import Deadline, check_size
@@ -38,15 +39,18 @@ class RetrieveResponse(BaseModel):
 
 
 @router.post("/v1/retrieve", response_model=RetrieveResponse)
-async def retrieve(body: RetrieveRequest, service: RetrievalServiceDep) -> RetrieveResponse:
+async def retrieve(
+    body: RetrieveRequest, service: RetrievalServiceDep, principal: Reader
+) -> RetrieveResponse:
     """Ranked chunks of a collection for a query (at most limits.max_question_chars characters, else
     413; within limits.request_timeout_s, else 504)."""
     limits = service.settings.limits
     check_size(body.query, limits.max_question_chars, "query")
     deadline = Deadline(limits.request_timeout_s)
-    collection = await deadline.run(service.resolve_collection(body.collection))
+    collection = body.collection or service.settings.server.default_collection
+    store = await deadline.run(service.resolve_collection(collection, principal=principal))
     hits = await deadline.run(
-        service.retrieve(collection, body.query, top_k=body.top_k, mode=body.mode, filters=body.filters)
+        service.retrieve(store, body.query, top_k=body.top_k, mode=body.mode, filters=body.filters)
     )
     return RetrieveResponse(
         collection=collection,
