@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 import time
 
+import sqlalchemy as sa
+
 from app.auth.keys import ApiKey, KeyStore, hash_key
 from app.auth.principal import Principal
-from app.services.errors import Unauthenticated
+from app.services.errors import Unauthenticated, Unavailable
 from app.settings import AuthSettings
+
+log = logging.getLogger(__name__)
 
 # Cached lookups kept at most; beyond, the oldest are dropped (unknown keys are cached too: a client
 # retrying a bad key must not hammer the database).
@@ -80,7 +85,14 @@ class Authenticator:
             cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self.settings.key_cache_s:
             return cached[1]
-        record = await asyncio.to_thread(self.keys.lookup, token)
+        try:
+            record = await asyncio.to_thread(self.keys.lookup, token)
+        except sa.exc.SQLAlchemyError as exc:
+            # Fail closed: a key that cannot be checked is not accepted (nor cached).
+            log.warning("key lookup failed: %r", exc)
+            raise Unavailable(
+                "the key store is unavailable; try again", code="auth_unavailable", retry_after_s=5
+            ) from exc
         with self._lock:
             if len(self._cache) >= MAX_CACHED:
                 for stale in list(self._cache)[: MAX_CACHED // 10]:

@@ -15,6 +15,10 @@ from app.settings import Settings
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection name (default from settings).")
 ]
+TenantOpt = Annotated[
+    str | None,
+    typer.Option("--tenant", help="Whose collection (default: the default tenant, as with auth off)."),
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -37,18 +41,31 @@ def parse_json_option(value: str | None, flag: str) -> dict[str, Any] | None:
 
 
 @contextmanager
-def container_for(collection: str | None, *, must_exist: bool = False) -> Iterator[tuple[Container, str]]:
-    """The composition root on the environment's settings, and the validated collection name."""
-    from ingest.vector_index import InvalidCollectionName, validate_collection_name
+def container_for(
+    collection: str | None, *, must_exist: bool = False, tenant: str | None = None
+) -> Iterator[tuple[Container, str]]:
+    """The composition root on the environment's settings, and the store name of `tenant`'s collection
+    (the bare collection name for the default tenant)."""
+    from ingest.vector_index import (
+        DEFAULT_TENANT,
+        InvalidCollectionName,
+        InvalidTenantName,
+        split_store_name,
+        store_name,
+    )
 
     settings = Settings()
     name = collection or settings.server.default_collection
     try:
-        validate_collection_name(name)
-    except InvalidCollectionName as exc:
+        store = store_name(tenant or DEFAULT_TENANT, name)
+    except (InvalidCollectionName, InvalidTenantName) as exc:
         fail(str(exc))
     with open_container_sync(settings) as container:
-        if must_exist and not container.store.has_collection(name):
-            known = ", ".join(container.store.list_collections()) or "none"
-            fail(f"collection {name!r} not found (collections: {known})")
-        yield container, name
+        if must_exist and not container.store.has_collection(store):
+            mine = [
+                c
+                for t, c in map(split_store_name, container.store.list_collections())
+                if t == (tenant or DEFAULT_TENANT)
+            ]
+            fail(f"collection {name!r} not found (collections: {', '.join(mine) or 'none'})")
+        yield container, store

@@ -15,7 +15,7 @@ from app.cli.bench_abuse import bench_abuse
 from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_queries import bench_queries
 from app.cli.bench_serve import bench_serve
-from app.cli.common import CollectionOpt, container_for, fail, parse_json_option
+from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option
 from app.cli.db import db_app
 from app.cli.dev import dev_app
 from app.cli.eval_rag import compare as eval_compare
@@ -49,6 +49,7 @@ console = Console(stderr=True)
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files, folders (recursively) or .jsonl corpora.")],
     collection: CollectionOpt = None,
+    tenant: TenantOpt = None,
     metadata: Annotated[
         str | None, typer.Option(help="JSON object added to every document's metadata.")
     ] = None,
@@ -64,7 +65,7 @@ def ingest(
     if missing:
         fail(f"no such file or directory: {', '.join(missing)}")
     extra = parse_json_option(metadata, "--metadata")
-    with container_for(collection) as (container, name):
+    with container_for(collection, tenant=tenant) as (container, name):
         pipeline = container.pipeline
         from tqdm import tqdm
 
@@ -79,9 +80,31 @@ def ingest(
         bar.close()
         if prune:
             report.deleted = _prune(container, name, paths, set(report.documents))
+        audit_cli(container, "document.ingest", name, None, json.dumps(report.to_dict())[:500], report.ok)
         typer.echo(json.dumps({"collection": name, **report.to_dict()}))
         if not report.ok:
             raise typer.Exit(code=1)
+
+
+def audit_cli(container: Any, action: str, store: str, object_id: str | None, detail: str, ok: bool) -> None:
+    """An audit entry for a write made from the command line (actor `cli`)."""
+    from app.auth.audit import AuditEntry
+    from ingest.vector_index import split_store_name
+
+    tenant, collection = split_store_name(store)
+    entry = AuditEntry(
+        tenant=tenant,
+        actor="cli",
+        action=action,
+        outcome="ok" if ok else "error",
+        collection=collection,
+        object_id=object_id,
+        detail=detail,
+    )
+    try:
+        container.audit.write(entry)
+    except Exception as exc:  # the write is done; a missing audit line must not fail the command
+        typer.echo(f"warning: the audit entry could not be written: {exc}", err=True)
 
 
 def _prune(container: Any, collection: str, paths: list[Path], seen: set[str]) -> int:
@@ -98,6 +121,7 @@ def _prune(container: Any, collection: str, paths: list[Path], seen: set[str]) -
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     collection: CollectionOpt = None,
+    tenant: TenantOpt = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=200, help="How many chunks.")] = 10,
     mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default from settings).")] = None,
     filters: Annotated[
@@ -109,7 +133,7 @@ def search(
     from app.retrieval.retriever import RetrievalError
     from ingest.filters import FilterError
 
-    with container_for(collection, must_exist=True) as (container, name):
+    with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
         try:
             hits = container.retriever.retrieve(
                 name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
@@ -141,11 +165,12 @@ def search(
 @docs_app.command("list")
 def docs_list(
     collection: CollectionOpt = None,
+    tenant: TenantOpt = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
     offset: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """List documents of a collection as JSON lines."""
-    with container_for(collection, must_exist=True) as (container, name):
+    with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
         for record in container.store.list_documents(name, limit=limit, offset=offset):
             typer.echo(json.dumps(record.to_dict(), ensure_ascii=False))
 
@@ -154,19 +179,22 @@ def docs_list(
 def docs_delete(
     document_ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
     collection: CollectionOpt = None,
+    tenant: TenantOpt = None,
 ) -> None:
     """Delete documents and all their chunks."""
-    with container_for(collection, must_exist=True) as (container, name):
+    with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
         existed = container.pipeline.delete(name, document_ids)
+        ok = existed == len(document_ids)
+        audit_cli(container, "document.delete", name, ",".join(document_ids)[:500], f"deleted {existed}", ok)
         typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))
         if existed < len(document_ids):
             raise typer.Exit(code=1)
 
 
 @app.command()
-def stats(collection: CollectionOpt = None) -> None:
+def stats(collection: CollectionOpt = None, tenant: TenantOpt = None) -> None:
     """Document and chunk counts; the last line is a JSON object."""
-    with container_for(collection, must_exist=True) as (container, name):
+    with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
         docs, chunks = container.store.count_documents(name), container.store.count_chunks(name)
         typer.echo(f"collection {name}: {docs} documents, {chunks} chunks")
         typer.echo(json.dumps({"collection": name, "documents": docs, "chunks": chunks}))

@@ -426,3 +426,38 @@ def test_an_unguarded_route_stops_the_app_from_starting(make_container) -> None:
 
     with pytest.raises(RuntimeError, match="/v1/leaky"), TestClient(app):
         pass
+
+
+def test_tokens_a_minute_are_limited_and_conversation_deletes_audited(make_container) -> None:  # type: ignore[no-untyped-def]
+    from app.factory import create_app
+
+    with ScriptedOpenAIServer(default_reply="Etna is in Sicily [1].") as llm:  # 5 completion tokens
+        container = make_container(llm=scripted_llm(llm), auth={"mode": "api_key"})
+        record, key = container.keys.create(tenant="acme", name="small", role="writer", tpm=4)
+        headers = {"Authorization": f"Bearer {key}"}
+        with TestClient(create_app(container=container)) as client:
+            r = client.post(
+                "/v1/collections/kb/documents", files=[("files", ("etna.txt", b"Etna."))], headers=headers
+            )
+            _wait(client, r.json()["job_id"], Key(record.key_id, key))  # type: ignore[arg-type]
+            first = client.post(
+                "/v1/chat", json={"message": "Where is Etna?", "collection": "kb"}, headers=headers
+            )
+            assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 5
+            second = client.post(
+                "/v1/chat", json={"message": "Where is Etna?", "collection": "kb"}, headers=headers
+            )
+            assert second.status_code == 429, second.text
+            assert (
+                second.json()["error"]["code"] == "rate_limited"
+                and "tokens" in second.json()["error"]["message"]
+            )
+            assert 1 <= int(second.headers["retry-after"]) <= 60
+            conversation = first.json()["conversation_id"]
+            assert client.delete(f"/v1/conversations/{conversation}", headers=headers).status_code == 204
+            assert client.delete(f"/v1/conversations/{conversation}", headers=headers).status_code == 404
+        entries = container.audit.query(tenant="acme", action="conversation.delete")
+        assert [(e.outcome, e.status, e.object_id, e.key_id) for e in entries] == [
+            ("error", 404, conversation, record.key_id),
+            ("ok", None, conversation, record.key_id),
+        ]

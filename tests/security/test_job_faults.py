@@ -122,6 +122,29 @@ def test_upload_with_the_job_store_down_answers_503_and_leaves_nothing(
         assert wait_for_job(client, response.json()["job_id"])["status"] == "succeeded"
 
 
+def test_keys_cannot_be_checked_while_the_database_is_down_503_then_back(
+    tmp_path: Path, llm, embedder, query_embedder, postgres_url: str, postgres_proxy: TcpProxy
+) -> None:
+    container = build(
+        tmp_path,
+        llm,
+        embedder,
+        query_embedder,
+        database={"url": proxied(postgres_url, postgres_proxy)},
+        auth={"mode": "api_key", "key_cache_s": 0},
+    )
+    _, key = container.keys.create(tenant="acme", name="bot", role="reader")
+    headers = {"Authorization": f"Bearer {key}"}
+    with app_client(container) as client:
+        assert client.get("/v1/models", headers=headers).status_code == 200
+        postgres_proxy.set("refuse")
+        down = client.get("/v1/models", headers=headers)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "auth_unavailable"
+        assert down.headers["retry-after"] == "5" and key not in down.text
+        postgres_proxy.set("up")
+        assert client.get("/v1/models", headers=headers).status_code == 200
+
+
 class TripOnFirstWrite:
     """A pipeline listener that cuts the job store right after the first batch reached the vector
     index (before any file's status is recorded) and restores it `down_s` later."""

@@ -62,6 +62,26 @@ def test_keys_cli_creates_lists_revokes_and_audits(cli_env: Path) -> None:
         assert not path.is_file() or created["key"].encode() not in path.read_bytes()
 
 
+def test_cli_commands_work_on_a_tenants_collections_and_audit_them(cli_env: Path, tmp_path: Path) -> None:
+    doc = tmp_path / "policy.txt"
+    doc.write_text("Acme's per-diem is 65 EUR.")
+    ingested = run("ingest", str(doc), "--tenant", "acme", "-c", "hr")
+    assert ingested.exit_code == 0, ingested.output
+    stats = run("stats", "--tenant", "acme", "-c", "hr")
+    assert json.loads(stats.stdout.splitlines()[-1])["documents"] == 1
+    missing = run("stats", "-c", "hr")  # the default tenant has no hr
+    assert missing.exit_code == 2 and "not found" in missing.output
+    assert run("search", "per-diem", "--tenant", "acme", "-c", "hr", "--json").stdout.count("65 EUR") == 1
+    assert run("ingest", str(doc), "--tenant", "Not_Valid").exit_code == 2
+    [entry] = [json.loads(line) for line in run("audit", "--tenant", "acme").stdout.splitlines()]
+    assert (entry["action"], entry["actor"], entry["collection"], entry["outcome"]) == (
+        "document.ingest",
+        "cli",
+        "hr",
+        "ok",
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
