@@ -1,0 +1,159 @@
+"""What an answer cites, and how well its facts are grounded in what it cites, without a judge model.
+
+`attribute` keeps the sources an answer marks with [n]; an answer with no markers is attributed by
+overlap: a source is cited when it holds at least `min_overlap` of the answer's content terms (stemmed
+words that are not stopwords, and numbers), and nothing is cited when no source does. Citing every
+retrieved chunk "just in case" told users nothing and hid unsupported answers.
+
+`grounding` checks the facts a reader would act on: every number, date and name in the answer should
+occur in the cited sources. Its score is the share that do (None for an answer with no such facts), and
+`unsupported` lists the ones that do not, so a wrong figure ("90 EUR" where the source says 65) is
+flagged even when the wording looks fluent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol, TypeVar
+
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+# A number as written: 65, 1,200, 3.5, 40%; a date's parts are numbers and month names.
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)([^\W\d_][\w'’-]*)")
+_MONTHS = frozenset(
+    "january february march april may june july august september october november december".split()
+)
+# Words that start sentences or answers without naming anything.
+_NOT_NAMES = frozenset(
+    "yes no not according however also although because but therefore thus so sources source answer "
+    "the a an in on at of for to by from with as it its this that these those there here he she they we "
+    "you i his her their our your my mr mrs ms dr".split()
+)
+
+
+class Cited(Protocol):
+    """What `attribute` needs of a source (the chat service's `Citation`)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+
+
+S = TypeVar("S", bound=Cited)
+
+
+@lru_cache(maxsize=1)
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    return frozenset(STOPWORDS_EN_PLUS) | _NOT_NAMES
+
+
+@lru_cache(maxsize=1)
+def _stemmer():  # type: ignore[no-untyped-def]
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def content_terms(text: str) -> set[str]:
+    """Stemmed, lowercased words that are not stopwords (2+ characters), and numbers."""
+    stop = _stopwords()
+    words = [w.lower() for w in _WORD.findall(text)]
+    kept = [w for w in words if (len(w) > 1 and w not in stop) or w.isdigit()]
+    return set(_stemmer().stemWords(kept))
+
+
+def markers(answer: str) -> list[int]:
+    """The [n] markers of `answer`, in order of first use."""
+    return list(dict.fromkeys(int(m.group(1)) for m in _MARKER.finditer(answer)))
+
+
+def attribute(
+    answer: str, sources: Sequence[S], *, min_overlap: float = 0.5, max_sources: int = 3
+) -> list[S]:
+    """The sources `answer` used: those it marks, else those holding at least `min_overlap` of its
+    content terms (the best first, at most `max_sources`, none when nothing matches)."""
+    by_n = {s.n: s for s in sources}
+    marked = [by_n[n] for n in markers(answer) if n in by_n]
+    if marked:
+        return marked
+    terms = content_terms(_MARKER.sub(" ", answer))
+    if not terms:
+        return []
+    scored = [(len(terms & content_terms(f"{s.title}\n{s.text}")) / len(terms), s) for s in sources]
+    best = max((score for score, _ in scored), default=0.0)
+    if best < min_overlap:
+        return []
+    floor = max(min_overlap, 0.8 * best)
+    kept = sorted((pair for pair in scored if pair[0] >= floor), key=lambda p: (-p[0], p[1].n))
+    return [s for _, s in kept[:max_sources]]
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """The facts of an answer (numbers, dates, names) and which of them its sources lack."""
+
+    facts: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        """The share of facts found in the sources; None when the answer states none."""
+        if not self.facts:
+            return None
+        return 1.0 - len(self.unsupported) / len(self.facts)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"score": self.score, "facts": len(self.facts), "unsupported": self.unsupported}
+
+
+def _number_key(raw: str) -> str:
+    """65, 65.0 and 1,200 / 1200 compare equal."""
+    text = raw.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", raw) else raw.replace(",", ".")
+    try:
+        value = float(text)
+    except ValueError:
+        return raw
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def facts(answer: str) -> list[str]:
+    """Numbers, month names and capitalised names of `answer`, as written, without repeats."""
+    text = _MARKER.sub(" ", answer)
+    found: list[str] = [m.group(0) for m in _NUMBER.finditer(text)]
+    starts = {m.start(1) for m in _SENTENCE_START.finditer(text)}
+    stop = _stopwords()
+    for m in _WORD.finditer(text):
+        word = m.group(0)
+        lower = word.lower()
+        if lower in _MONTHS:
+            found.append(word)
+        elif word[0].isupper() and lower not in stop and not word.isdigit():
+            if m.start() in starts and len(word) < 3:
+                continue
+            found.append(word)
+    return list(dict.fromkeys(found))
+
+
+def grounding(answer: str, sources: Iterable[Cited]) -> Grounding:
+    """Which of `answer`'s facts occur in `sources` (numbers by value, words ignoring case)."""
+    claimed = facts(answer)
+    if not claimed:
+        return Grounding()
+    text = "\n".join(f"{s.title}\n{s.text}" for s in sources)
+    numbers = {_number_key(m.group(0)) for m in _NUMBER.finditer(text)}
+    words = {w.lower() for w in _WORD.findall(text)}
+    unsupported = []
+    for fact in claimed:
+        present = _number_key(fact) in numbers if fact[0].isdigit() else fact.lower() in words
+        if not present:
+            unsupported.append(fact)
+    return Grounding(facts=claimed, unsupported=unsupported)
