@@ -39,6 +39,8 @@ class EvalQuestion:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Canary words planted by injected instructions; an answer containing one obeyed an injection.
     canaries: list[str] = field(default_factory=list)
+    # Earlier turns ({"role": "user"|"assistant", "content"}): the question is a follow-up in them.
+    history: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def reference(self) -> str | None:
@@ -85,9 +87,22 @@ def parse_row(row: dict[str, Any], lineno: int) -> EvalQuestion:
             "gold_document_ids",
         }
     canaries = list(dict.fromkeys([*_strings(row.get("canary")), *_strings(row.get("canaries"))]))
-    known |= {"canary", "canaries"}
+    history = _history(row.get("history"), lineno)
+    known |= {"canary", "canaries", "history"}
     metadata = {k: v for k, v in row.items() if k not in known}
-    return EvalQuestion(qid, question, references, contexts, gold, metadata, canaries)
+    return EvalQuestion(qid, question, references, contexts, gold, metadata, canaries, history)
+
+
+def _history(value: Any, lineno: int) -> list[dict[str, str]]:
+    """A row's `history`: a list of {role: user|assistant, content} turns, or nothing."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)
+        for t in value
+    ):
+        raise DatasetError(f"line {lineno}: 'history' must be a list of {{role: user|assistant, content}}")
+    return [{"role": t["role"], "content": t["content"]} for t in value]
 
 
 def load_questions(path: Path, limit: int | None = None) -> list[EvalQuestion]:

@@ -33,6 +33,7 @@ from evals.rag_metrics import (
     NO_JUDGE,
     MetricScores,
     canaries_found,
+    citation_scores,
     injection_scores,
     retrieval_scores,
 )
@@ -123,10 +124,17 @@ def prepare_run_dir(out_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
     return run_info
 
 
+def gold_titles(q: EvalQuestion) -> list[str]:
+    """The gold article's title (CMU QA's `article_title`, "Abraham_Lincoln" -> "Abraham Lincoln")."""
+    title = q.metadata.get("article_title") or q.metadata.get("gold_title")
+    return [str(title).replace("_", " ")] if title else []
+
+
 def _base_row(q: EvalQuestion) -> dict[str, Any]:
     return {
         "id": q.id,
         "question": q.question,
+        **({"history": q.history} if q.history else {}),
         "references": q.references,
         "gold_document_ids": q.gold_document_ids,
         "canaries": q.canaries,
@@ -142,8 +150,12 @@ def answered_row(
         "answer": result.answer,
         "contexts": [c.to_dict() for c in result.contexts],
         "citations": [
-            {"n": c.n, "document_id": c.document_id, "chunk_id": c.chunk_id} for c in result.citations
+            {"n": c.n, "document_id": c.document_id, "chunk_id": c.chunk_id, "title": c.title}
+            for c in result.citations
         ],
+        "grounding": result.grounding,
+        "finish_reason": result.finish_reason,
+        "query": result.query,
         "scores": {name: scores.values.get(name) for name in METRIC_NAMES},
         "canaries_found": canaries_found(result.answer, q.canaries),
         "not_computed": scores.not_computed,
@@ -218,6 +230,7 @@ async def run_rag_eval(
             top_k=run_info["retrieval"].get("top_k"),
             mode=run_info["retrieval"].get("mode"),
             remember=False,
+            history=q.history or None,
             max_tokens=run_info.get("max_tokens"),
             temperature=run_info.get("temperature"),
         )
@@ -228,6 +241,13 @@ async def run_rag_eval(
             continue
         scores = retrieval_scores([c.document_id for c in result.contexts], q.gold_document_ids)
         scores.merge(injection_scores(result.answer, q.canaries))
+        scores.merge(
+            citation_scores(
+                [(c.document_id, c.title) for c in result.citations], q.gold_document_ids, gold_titles(q)
+            )
+        )
+        grounded = (result.grounding or {}).get("score")
+        scores.set("grounding", grounded, reason="not computed: the answer states no number, date or name")
         try:
             scores.merge(await scorer.score(result.answer, q.references))
         except Exception as exc:

@@ -33,6 +33,20 @@ class MetricSpec:
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("hit_rate", "retrieval", "a gold document is among the retrieved contexts"),
     MetricSpec("mrr", "retrieval", "1 / rank of the first gold document among the retrieved documents"),
+    MetricSpec(
+        "citation_precision",
+        "citation",
+        "share of the cited sources from a gold document (or a copy with its title); not computed when "
+        "nothing is cited",
+    ),
+    MetricSpec("citation_recall", "citation", "a gold document (or a copy with its title) is cited"),
+    MetricSpec("cited_nothing", "citation", "the answer cites no source", higher_is_better=False),
+    MetricSpec(
+        "grounding",
+        "answer",
+        "share of the answer's numbers, dates and names found in its cited sources (no judge); not "
+        "computed for answers stating none",
+    ),
     MetricSpec("exact_match", "answer", "ragas ExactMatch on normalised text, best reference"),
     MetricSpec(
         "string_presence", "answer", "ragas StringPresence: a reference occurs in the answer (normalised)"
@@ -92,6 +106,27 @@ class MetricScores:
         self.values.update(other.values)
         self.not_computed.update(other.not_computed)
         self.errors.update(other.errors)
+
+
+def citation_scores(
+    cited: Sequence[tuple[str, str]], gold_document_ids: Sequence[str], gold_titles: Sequence[str]
+) -> MetricScores:
+    """Citation precision and recall against the gold documents; `cited` is (document id, title) per
+    cited source. A source whose title is a gold title counts as gold (a corpus may hold copies)."""
+    scores = MetricScores.empty()
+    scores.set("cited_nothing", 0.0 if cited else 1.0)
+    if not gold_document_ids:
+        for name in ("citation_precision", "citation_recall"):
+            scores.set(name, None, reason="not computed: the dataset names no gold document")
+        return scores
+    gold, titles = set(gold_document_ids), {t.casefold() for t in gold_titles if t}
+    hits = [doc in gold or title.casefold() in titles for doc, title in cited]
+    scores.set("citation_recall", 1.0 if any(hits) else 0.0)
+    if cited:
+        scores.set("citation_precision", sum(hits) / len(hits))
+    else:
+        scores.set("citation_precision", None, reason="not computed: nothing cited")
+    return scores
 
 
 def retrieval_scores(context_document_ids: Sequence[str], gold_document_ids: Sequence[str]) -> MetricScores:

@@ -22,6 +22,8 @@ _GROUPS = {m.name: m.group for m in METRICS}
 _RANKING = ("answer_similarity", "faithfulness", "token_f1", "answer_relevancy", "hit_rate")
 WORST = 10
 CONTEXT_CHARS = 1200
+# Answers listed with the facts their sources lack.
+FLAGGED = 25
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -90,6 +92,20 @@ confidence interval. A metric that could not be computed is shown as not compute
 {{ c.text[:context_chars] }}{% if c.text|length > context_chars %}…{% endif %}</div>
 {% endfor %}
 </details></div>
+{% endfor %}
+{% endif %}
+
+{% if flagged %}
+<h2>Answers with facts their sources lack: {{ flagged|length }} of {{ grounded }} checked</h2>
+<p class="muted">Judge-free grounding check (<code>grounding</code>): numbers, dates and names of the answer
+that none of its cited sources contains. A wrong figure or a made-up name shows up here even when the
+wording looks right.</p>
+{% for r in flagged %}
+<div class="q"><b>{{ r.id }}</b>: {{ r.question }}<br>
+<b>answer:</b> {{ r.answer }}<br>
+<b>not in its sources:</b> {{ r.grounding.unsupported|join(", ") }}
+(grounding {{ "%.2f"|format(r.scores.grounding) }}; reference: {{ r.references|join(" | ") }})<br>
+<b>cited:</b> {{ r.citations|map(attribute="title")|join(", ") or "nothing" }}</div>
 {% endfor %}
 {% endif %}
 
@@ -320,6 +336,8 @@ def render_report(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> st
             ranking=ranking,
             context_chars=CONTEXT_CHARS,
             failures=[r for r in rows if r.get("pipeline_error")],
+            grounded=sum(1 for r in answered if r["scores"].get("grounding") is not None),
+            flagged=[r for r in answered if (r.get("grounding") or {}).get("unsupported")][:FLAGGED],
             probes=sum(1 for r in answered if r["scores"].get("injection_obeyed") is not None),
             obeyed=[r for r in answered if r["scores"].get("injection_obeyed")],
         )

@@ -33,11 +33,13 @@ class Completion:
 
 @dataclass(frozen=True)
 class LLMDelta:
-    """One piece of a streamed answer; the last one yielded carries `usage` (its text may be empty)."""
+    """One piece of a streamed answer; the last one yielded carries `usage` and `finish_reason`
+    ("stop", or "length" when max_tokens cut it; its text may be empty)."""
 
     text: str
     usage: Usage | None = None
     model: str | None = None
+    finish_reason: str | None = None
 
 
 class LLMError(Exception):

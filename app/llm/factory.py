@@ -24,6 +24,7 @@ def build_llm(settings: LLMSettings) -> LLM:
             default_max_tokens=settings.max_tokens,
             default_temperature=settings.temperature,
             context_window=settings.context_window,
+            repetition_penalty=settings.repetition_penalty,
         )
     elif settings.provider == "openai":
         primary = _openai(settings.base_url or OPENAI_BASE_URL, settings.api_key, settings.model, settings)

@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,35 @@ def _default_threads() -> int:
     return max(1, min(cpus, 8))
 
 
+# The model writing the next turn of the conversation instead of ending its answer.
+_NEXT_TURN = re.compile(r"\n\s*(?:user|assistant|human|question)\s*:", re.IGNORECASE)
+
+
+class _Runaway:
+    """Spots a generation running away: the same span of 4-32 tokens three times in a row (`loop`,
+    with its `period`), or the start of a next turn (`transcript`). Checked after every token."""
+
+    def __init__(self, prompt_len: int, decode: Any, tail_tokens: int = 16):
+        self.prompt_len = prompt_len
+        self.decode = decode
+        self.tail_tokens = tail_tokens
+        self.reason: str | None = None
+        self.period = 0
+
+    def check(self, ids: list[int]) -> bool:
+        new = ids[self.prompt_len :]
+        for period in range(4, 33):
+            if len(new) < 3 * period:
+                break
+            if new[-period:] == new[-2 * period : -period] == new[-3 * period : -2 * period]:
+                self.reason, self.period = "loop", period
+                return True
+        if _NEXT_TURN.search(self.decode(new[-self.tail_tokens :])):
+            self.reason = "transcript"
+            return True
+        return False
+
+
 class LocalLLM:
     """SmolLM2-135M-Instruct served in-process with transformers.
 
@@ -63,7 +93,9 @@ class LocalLLM:
         *,
         num_threads: int | None = None,
         context_window: int | None = None,
+        repetition_penalty: float = 1.1,
     ) -> None:
+        self.repetition_penalty = repetition_penalty
         if context_window is not None:
             self.context_window = min(context_window, type(self).context_window)
         self.model_dir = model_dir
@@ -168,6 +200,8 @@ class LocalLLM:
                 else self._tokenizer.eos_token_id
             ),
         }
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
         if temp > 0:
             kwargs.update(do_sample=True, temperature=temp)
         else:
@@ -204,13 +238,25 @@ class LocalLLM:
             return "", Usage(0, 0), "cancelled"
         kwargs = self._prepare(messages, max_tokens, temperature)
         prompt_len = kwargs["input_ids"].shape[1]
+        tokenizer = self._tokenizer
+        guard = _Runaway(prompt_len, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+        class _StopRunaway(StoppingCriteria):
+            # A loop ("The policy applies to all employees..." x12) or the next turn of the transcript.
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), guard.check(input_ids[0].tolist()), dtype=torch.bool)
+
         with torch.inference_mode():
             output = self._model.generate(
-                **kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet()])
+                **kwargs,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_StopWhenSet(), _StopRunaway()]),
             )
         new_ids = output[0, prompt_len:]
         hit_eos = len(new_ids) > 0 and int(new_ids[-1]) == self._tokenizer.eos_token_id
-        finish = "stop" if hit_eos or len(new_ids) < kwargs["max_new_tokens"] else "length"
+        finish = "stop" if hit_eos or guard.reason or len(new_ids) < kwargs["max_new_tokens"] else "length"
+        if guard.reason == "loop":  # keep one copy of what repeated
+            new_ids = new_ids[: len(new_ids) - 2 * guard.period]
         if stop.is_set():  # cut short: not an answer
             finish = "cancelled"
         text = self._tokenizer.decode(new_ids, skip_special_tokens=True)
@@ -316,7 +362,7 @@ class LocalLLM:
                     raise LLMError(f"generation failed: {result!r}", provider=self._provider) from result
                 if result[2] == "cancelled":
                     raise LLMError("closed during the generation", provider=self._provider)
-                yield LLMDelta(text="", usage=result[1], model=self.model_name)
+                yield LLMDelta(text="", usage=result[1], model=self.model_name, finish_reason=result[2])
                 return
         finally:
             # Reader gone (finished, cancelled or closed early): stop the thread at its next token.

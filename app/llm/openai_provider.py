@@ -189,6 +189,7 @@ class OpenAICompatibleLLM:
             deadline, self._with_retries(lambda: self._open_stream(request)), self._past_deadline
         )
         usage: Usage | None = None
+        finish: str | None = None
         n_deltas = 0
         try:
             async with aclosing(_replay(head, stream)) as chunks:
@@ -200,6 +201,8 @@ class OpenAICompatibleLLM:
                     if chunk.usage is not None:
                         usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
                         if choice.delta.content:
                             n_deltas += 1
                             yield LLMDelta(text=choice.delta.content, model=self.model_name)
@@ -210,7 +213,7 @@ class OpenAICompatibleLLM:
             await stream.close()
         if usage is None:
             usage = Usage(estimate_prompt_tokens(messages), n_deltas)
-        yield LLMDelta(text="", usage=usage, model=self.model_name)
+        yield LLMDelta(text="", usage=usage, model=self.model_name, finish_reason=finish)
 
     async def health(self) -> bool:
         """True when GET /models answers within the health timeout."""

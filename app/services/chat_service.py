@@ -28,6 +28,7 @@ from app.auth.principal import Principal
 from app.history.base import HistoryStore, HistoryStoreError, Turn, trim_to_token_budget
 from app.llm.base import LLM, Messages, Usage, approx_tokens, context_window_of, prompt_token_counter
 from app.prompting import PromptRegistry, inline
+from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
     ChatEvent,
     ChatQuery,
@@ -39,6 +40,7 @@ from app.services.chat_types import (
     TokenEvent,
 )
 from app.services.errors import Unavailable
+from app.services.followups import deterministic_rewrite, usable_rewrite
 from app.services.limits import Deadline, GenerationLimiter, OverLimit, RequestTimedOut, check_size
 from app.services.metrics import Metrics
 from app.services.prompt_budget import FittedPrompt, History, fit_prompt
@@ -53,7 +55,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_MARKER = re.compile(r"\[(\d{1,3})\]")
+# A line where a model starts writing the next turn of the conversation instead of stopping.
+_TRANSCRIPT = re.compile(r"\n\s*(?:user|assistant|human|question|q)\s*:", re.IGNORECASE)
 # What the condense step (a follow-up -> a standalone search query) may generate.
 CONDENSE_MAX_TOKENS = 64
 # What a client is told to wait when the history store is down.
@@ -78,15 +81,10 @@ class _Prepared:
     started: float
 
 
-def cited(answer: str, sources: list[Citation]) -> list[Citation]:
-    """Sources the answer cites with [n] markers; all sources given when it cites none."""
-    by_n = {s.n: s for s in sources}
-    numbers = []
-    for match in _MARKER.finditer(answer):
-        n = int(match.group(1))
-        if n in by_n and n not in numbers:
-            numbers.append(n)
-    return [by_n[n] for n in numbers] if numbers else list(sources)
+def trim_transcript(answer: str) -> str:
+    """The answer without a transcript the model went on to write ("User: ...", "Question: ...")."""
+    match = _TRANSCRIPT.search(answer)
+    return (answer[: match.start()] if match else answer).strip()
 
 
 class ChatService:
@@ -121,11 +119,11 @@ class ChatService:
         deadline = Deadline(self.settings.limits.request_timeout_s)
         resolved = await self._admit(query, principal)
         try:
-            prepared, text, model, usage = await deadline.run(self._generate(resolved, principal))
+            prepared, text, model, usage, finish = await deadline.run(self._generate(resolved, principal))
         except RequestTimedOut:
             self._timed_out(deadline)
             raise
-        result = self._result(prepared, text, model, usage)
+        result = self._result(prepared, text, model, usage, finish)
         await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
         self._log_answer(result)
@@ -143,6 +141,7 @@ class ChatService:
             try:
                 prepared = await deadline.run(self._prepare(resolved, principal))
                 parts: list[str] = []
+                finish: str | None = None
                 usage = Usage(prompt_tokens=0, completion_tokens=0)
                 model = self.llm.model_name
                 started = time.perf_counter()
@@ -161,6 +160,8 @@ class ChatService:
                             model = delta.model
                         if delta.usage is not None:
                             usage = delta.usage
+                        if delta.finish_reason:
+                            finish = delta.finish_reason
                         if delta.text:
                             if not parts:
                                 self.metrics.llm_ttft.observe(time.perf_counter() - started)
@@ -176,7 +177,7 @@ class ChatService:
         except RequestTimedOut:
             self._timed_out(deadline)
             raise
-        result = self._result(prepared, "".join(parts), model, usage)
+        result = self._result(prepared, "".join(parts), model, usage, finish)
         await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
         self._log_answer(result)
@@ -235,7 +236,7 @@ class ChatService:
 
     async def _generate(
         self, query: ResolvedChatQuery, principal: Principal
-    ) -> tuple[_Prepared, str, str, Usage]:
+    ) -> tuple[_Prepared, str, str, Usage, str | None]:
         """Prepare and generate under one generation slot."""
         async with self.limiter.slot():
             prepared = await self._prepare(query, principal)
@@ -246,7 +247,7 @@ class ChatService:
                 temperature=prepared.query.temperature,
             )
             self.metrics.llm_latency.observe(time.perf_counter() - started)
-        return prepared, completion.text, completion.model, completion.usage
+        return prepared, completion.text, completion.model, completion.usage, completion.finish_reason
 
     async def _prepare(self, query: ResolvedChatQuery, principal: Principal) -> _Prepared:
         started = time.perf_counter()
@@ -331,15 +332,26 @@ class ChatService:
         condensed = (
             completion.text.strip().strip('"').splitlines()[0].strip() if completion.text.strip() else ""
         )
-        # A tiny model may return nothing useful; the follow-up plus the last user turn still retrieves.
-        if len(condensed) < 3:
-            last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-            return f"{last_user} {question}".strip()
-        return condensed
+        # A small model may copy the answer, echo the transcript, return nothing or drift: then the
+        # deterministic rewrite (previous question + names of the previous answer + the follow-up).
+        if usable_rewrite(condensed, question, history):
+            self.metrics.condense.labels(outcome="model").inc()
+            return condensed
+        self.metrics.condense.labels(outcome="fallback").inc()
+        log.info("condense rewrite %r unusable; searching with the deterministic rewrite", condensed[:200])
+        return deterministic_rewrite(question, history)
 
-    def _result(self, prepared: _Prepared, answer: str, model: str, usage: Usage) -> ChatResult:
-        answer = answer.strip()
-        citations = cited(answer, prepared.sources)
+    def _result(
+        self, prepared: _Prepared, answer: str, model: str, usage: Usage, finish: str | None = None
+    ) -> ChatResult:
+        answer = trim_transcript(answer)
+        citations = attribute(answer, prepared.sources)
+        checked = grounding(answer, citations)
+        if checked.score is not None:
+            self.metrics.grounding.observe(checked.score)
+            self.metrics.unsupported_facts.inc(len(checked.unsupported))
+        if finish == "length":
+            self.metrics.capped_answers.inc()
         usage_dict = {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -355,6 +367,8 @@ class ChatService:
             prompt=prepared.prompt_ref,
             model=model,
             usage=usage_dict,
+            finish_reason="length" if finish == "length" else "stop",
+            grounding=checked.to_dict(),
             collection=prepared.collection,
             retrieval=prepared.retrieval,
             query=prepared.search_query,

@@ -100,10 +100,21 @@ class ChatResult(BaseModel):
     conversation_id: str
     response_id: str
     answer: str
-    citations: list[Citation] = Field(description="The sources the answer cites (all of them if none).")
+    citations: list[Citation] = Field(
+        description="The sources the answer used: those it marks [n], else those holding most of its words "
+        "(none when no source does)."
+    )
     prompt: str = Field(description='The prompt template that produced it, "name@version".')
     model: str
     usage: dict[str, int]
+    finish_reason: str = Field(
+        "stop", description='"stop", or "length" when the answer was cut at max_tokens.'
+    )
+    grounding: dict[str, Any] | None = Field(
+        None,
+        description="Judge-free check of the answer's numbers, dates and names against its citations: "
+        "`score` (share found; null when it states none), `facts`, `unsupported`.",
+    )
     collection: str
     retrieval: dict[str, Any] = Field(description="Retrieval settings used, and the search query.")
     history_saved: bool = Field(

@@ -73,3 +73,23 @@ class Metrics:
         self.audit_failures = Counter(
             "ragserver_audit_failures_total", "Audit entries that could not be written", registry=r
         )
+        self.grounding = Histogram(
+            "ragserver_answer_grounding_score",
+            "Share of an answer's numbers, dates and names found in its cited sources (answers stating any)",
+            buckets=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=r,
+        )
+        self.unsupported_facts = Counter(
+            "ragserver_answer_unsupported_facts_total",
+            "Numbers, dates and names in answers that their cited sources do not contain",
+            registry=r,
+        )
+        self.capped_answers = Counter(
+            "ragserver_answers_capped_total", "Answers cut at max_tokens (finish_reason length)", registry=r
+        )
+        self.condense = Counter(
+            "ragserver_condense_total",
+            "Follow-up search queries: the model's rewrite, or the deterministic fallback",
+            ["outcome"],
+            registry=r,
+        )

@@ -61,6 +61,51 @@ def test_follow_up_is_condensed_with_history(kb, llm_server) -> None:
     assert kb.get(f"/v1/conversations/{first['conversation_id']}").status_code == 404
 
 
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        "Etna is in Sicily [1].",  # the previous answer copied back
+        "User: Where is Etna?\nAssistant: Etna is in Sicily.",  # the transcript
+        "",  # nothing
+        "How do emperor penguins breed?",  # a drift
+    ],
+)
+def test_an_unusable_rewrite_falls_back_to_a_deterministic_query(kb, llm_server, rewrite: str) -> None:
+    first = kb.post("/v1/chat", json={"message": "Where is Etna?", "collection": "kb"}).json()
+    llm_server.enqueue_text(rewrite)
+    second = kb.post(
+        "/v1/chat",
+        json={
+            "message": "And is it active?",
+            "conversation_id": first["conversation_id"],
+            "collection": "kb",
+        },
+    ).json()
+    query = second["retrieval"]["query"]
+    assert query.startswith("Where is Etna?") and query.endswith("And is it active?"), query
+    assert second["citations"][0]["source"] == "etna.txt"
+    metrics = kb.get("/metrics").text
+    assert 'ragserver_condense_total{outcome="fallback"} 1.0' in metrics
+
+
+def test_citations_are_what_the_answer_used_and_grounding_is_checked(kb, llm_server) -> None:
+    ask = {"message": "Where is Etna?", "collection": "kb", "top_k": 3}
+    llm_server.enqueue_text("Mount Etna is on the east coast of Sicily.")  # no markers: by overlap
+    body = kb.post("/v1/chat", json=ask).json()
+    assert [c["source"] for c in body["citations"]] == ["etna.txt"]
+    assert body["grounding"] == {"score": 1.0, "facts": 3, "unsupported": []}  # Mount, Etna, Sicily
+    llm_server.enqueue_text("I cannot tell.")  # nothing matches: nothing cited
+    assert kb.post("/v1/chat", json=ask).json()["citations"] == []
+    llm_server.enqueue_text("Etna is in Calabria [1].")  # a name its source does not hold
+    wrong = kb.post("/v1/chat", json=ask).json()
+    assert wrong["grounding"]["unsupported"] == ["Calabria"] and wrong["grounding"]["score"] == 0.5
+    llm_server.enqueue_text("Etna is in Sicily.\nUser: And Vesuvius?\nAssistant: Naples.")
+    assert kb.post("/v1/chat", json=ask).json()["answer"] == "Etna is in Sicily."  # no invented turn
+    metrics = kb.get("/metrics").text
+    assert "ragserver_answer_unsupported_facts_total 1.0" in metrics
+    assert "ragserver_answer_grounding_score_count" in metrics
+
+
 def test_streaming_chat_events(kb) -> None:
     with kb.stream(
         "POST", "/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "stream": True}

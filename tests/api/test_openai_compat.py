@@ -82,3 +82,61 @@ def test_errors_reach_the_client(server) -> None:
         client.chat.completions.create(
             model="kb", max_tokens=100_000_000, messages=[{"role": "user", "content": "hi"}]
         )
+
+
+def test_citations_are_url_annotations_too(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    completion = client.chat.completions.create(
+        model="kb", messages=[{"role": "user", "content": "Where is Etna?"}]
+    )
+    message = completion.choices[0].message
+    [note] = message.annotations or []
+    assert note.type == "url_citation"
+    assert message.content[note.url_citation.start_index : note.url_citation.end_index] == "[1]"
+    document = httpx.get(note.url_citation.url)  # the document's record in ragserver
+    assert document.status_code == 200 and document.json()["source"] == "etna.txt"
+    assert note.url_citation.title == "etna"
+
+    stream = client.chat.completions.create(
+        model="kb", messages=[{"role": "user", "content": "Where is Etna?"}], stream=True
+    )
+    text, streamed = "", []
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            streamed += (chunk.choices[0].delta.model_extra or {}).get("annotations") or []
+    assert len(streamed) == 1 and streamed[0]["url_citation"]["url"] == note.url_citation.url
+    start, end = streamed[0]["url_citation"]["start_index"], streamed[0]["url_citation"]["end_index"]
+    assert text[start:end] == "[1]"
+
+
+def test_finish_reason_is_length_when_max_tokens_cuts_the_answer(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    ask = {"model": "kb", "messages": [{"role": "user", "content": "Where is Etna?"}]}
+    assert client.chat.completions.create(**ask).choices[0].finish_reason == "stop"
+    assert client.chat.completions.create(**ask, max_tokens=2).choices[0].finish_reason == "length"
+    reasons = [
+        c.choices[0].finish_reason
+        for c in client.chat.completions.create(**ask, max_tokens=2, stream=True)
+        if c.choices and c.choices[0].finish_reason
+    ]
+    assert reasons == ["length"]
+    chat = httpx.post(f"{server}/v1/chat", json={"message": "Where is Etna?", "max_tokens": 2}).json()
+    assert chat["finish_reason"] == "length"
+
+
+def test_legacy_text_completions_answer_from_the_collection(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    completion = client.completions.create(model="kb", prompt="Where is Etna?")
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text.startswith("Etna is in Sicily [1].")
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.model_extra or {})["citations"][0]["source"] == "etna.txt"
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="kb", prompt="Where is Etna?", stream=True)
+        if c.choices
+    )
+    assert text.startswith("Etna is in Sicily [1].") and "Sources:" in text
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="missing", prompt="hi")

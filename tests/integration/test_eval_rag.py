@@ -90,7 +90,10 @@ def test_eval_rag_runs_the_pipeline_and_compare_judges_two_runs(
         assert row["retrieval"]["top_k"] == 2 and row["retrieval"]["mode"] == "hybrid"
         assert row["collection"] == "eval-cmuqa-tiny"
         assert 1 <= len(row["contexts"]) <= 2 and all(c["text"] for c in row["contexts"])
-        assert row["citations"] and row["latency_ms"] > 0
+        # Citations are what the answer used (possibly nothing), always among the contexts.
+        assert {c["chunk_id"] for c in row["citations"]} <= {c["chunk_id"] for c in row["contexts"]}
+        assert row["scores"]["cited_nothing"] == (0.0 if row["citations"] else 1.0) and row["latency_ms"] > 0
+        assert row["finish_reason"] in ("stop", "length")
         assert row["usage"]["completion_tokens"] <= 24
         assert set(row["scores"]) == set(METRIC_NAMES)
         assert row["not_computed"]["faithfulness"] == NO_JUDGE

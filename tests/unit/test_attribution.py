@@ -107,3 +107,26 @@ def test_followup_questions_refer_back_with_a_pronoun() -> None:
     assert refer_back("Lincoln was born where?", names, he) == "He was born where?"
     assert refer_back("Did Lincoln meet Lincoln?", names, he) is None
     assert refer_back("Who wrote the Gettysburg Address?", names, he) is None
+
+
+def test_a_runaway_generation_is_spotted() -> None:
+    from app.llm.local_provider import _Runaway
+
+    words = {1: "The", 2: " policy", 3: " applies", 4: " to", 5: " all", 6: " staff.", 7: "\nUser", 8: ":"}
+
+    def decode(ids: list[int]) -> str:
+        return "".join(words.get(i, "?") for i in ids)
+
+    prompt = [99] * 10
+    loop = _Runaway(len(prompt), decode)
+    generated: list[int] = []
+    for token in [1, 2, 3, 4, 5, 6] * 3:
+        generated.append(token)
+        if loop.check(prompt + generated):
+            break
+    assert loop.reason == "loop" and loop.period == 6 and len(generated) == 18
+    turn = _Runaway(len(prompt), decode)
+    assert not turn.check(prompt + [1, 2, 3, 7])
+    assert turn.check(prompt + [1, 2, 3, 7, 8]) and turn.reason == "transcript"
+    varied = _Runaway(len(prompt), decode)
+    assert not any(varied.check(prompt + list(range(20, n))) for n in range(21, 80))

@@ -223,7 +223,10 @@ async def test_judge_metrics_aggregate_to_known_numbers(
     assert (r1["prompt"], r1["model"], r1["judge_model"]) == ("answer@v1", "fake-model", "judge-model")
     assert r1["retrieval"] == {"mode": "dense", "top_k": 2}
     assert [c["document_id"] for c in r1["contexts"]] == ["doc-paris", "doc-berlin"]
-    assert r1["citations"] == [{"n": 1, "document_id": "doc-paris", "chunk_id": "doc-paris#0"}]
+    assert r1["citations"] == [
+        {"n": 1, "document_id": "doc-paris", "chunk_id": "doc-paris#0", "title": "doc-paris"}
+    ]
+    assert r1["scores"]["citation_precision"] == 1.0 and r1["scores"]["citation_recall"] == 1.0
     assert r1["latency_ms"] == 10.0
 
 

@@ -1,14 +1,19 @@
-"""An OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`): the `model` is a collection.
+"""An OpenAI-compatible API (`/v1/chat/completions`, `/v1/completions`, `/v1/models`): the `model` is a
+collection.
 
-Citations travel in an extra top-level `citations` field and, for clients that drop unknown fields,
-as [n] markers with a "Sources:" list appended to the text (settings.prompts.openai_inline_citations).
+Citations travel three ways, so every client keeps at least one: a top-level `citations` field (the
+`openai` SDK's `model_extra`), OpenAI's own `message.annotations` of type `url_citation` pointing at the
+document in ragserver (on the message, and on the final chunk's delta when streaming), and, for clients
+that keep only the text, [n] markers with a "Sources:" list appended to it
+(settings.prompts.openai_inline_citations).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,6 +86,32 @@ def _query(body: ChatCompletionRequest) -> ChatQuery:
     )
 
 
+def url_annotations(result: ChatResult, content: str, base_url: str) -> list[dict[str, Any]]:
+    """OpenAI `url_citation` annotations: each cited document's URL in ragserver, spanning its first
+    [n] marker in `content` (the answer, else the "Sources:" list; 0-0 when neither has it)."""
+    out = []
+    for c in result.citations:
+        marker = f"[{c.n}]"
+        start = content.find(marker)
+        span = (start, start + len(marker)) if start >= 0 else (0, 0)
+        url = (
+            f"{base_url.rstrip('/')}/v1/collections/{quote(result.collection, safe='')}"
+            f"/documents/{quote(c.document_id, safe='')}"
+        )
+        out.append(
+            {
+                "type": "url_citation",
+                "url_citation": {
+                    "url": url,
+                    "title": c.title or c.source,
+                    "start_index": span[0],
+                    "end_index": span[1],
+                },
+            }
+        )
+    return out
+
+
 def _extras(result: ChatResult) -> dict[str, Any]:
     """ragserver's additions to an OpenAI answer: its citations and what produced it."""
     return {
@@ -99,6 +130,8 @@ class CompletionChunks(SSEEncoder):
     model: str
     inline_citations: bool
     include_usage: bool
+    base_url: str
+    _sent: list[str] = field(default_factory=list)
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> SSEMessage:
         return sse_message(
@@ -123,12 +156,17 @@ class CompletionChunks(SSEEncoder):
         """Tokens as content deltas; the end as the sources text, the stop chunk and usage."""
         match event:
             case TokenEvent(text):
+                self._sent.append(text)
                 return [self._delta({"content": text})]
             case DoneEvent(result):
                 out = []
                 if self.inline_citations and result.citations:
-                    out.append(self._delta({"content": sources_text(result.citations)}))
-                out.append(self._delta({}, "stop", **_extras(result)))
+                    sources = sources_text(result.citations)
+                    self._sent.append(sources)
+                    out.append(self._delta({"content": sources}))
+                notes = url_annotations(result, "".join(self._sent), self.base_url)
+                delta = {"annotations": notes} if notes else {}
+                out.append(self._delta(delta, result.finish_reason, **_extras(result)))
                 if self.include_usage:
                     out.append(self._chunk([], usage=result.usage))
                 return out
@@ -151,14 +189,17 @@ async def chat_completions(  # type: ignore[no-untyped-def]
     if not body.stream:
         result = await unless_disconnected(request, service.chat(_query(body), principal=principal))
         content = result.answer + (sources_text(result.citations) if inline else "")
+        message = {
+            "role": "assistant",
+            "content": content,
+            "annotations": url_annotations(result, content, str(request.base_url)),
+        }
         return {
             "id": f"chatcmpl-{result.response_id}",
             "object": "chat.completion",
             "created": created,
             "model": result.collection,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
             "usage": result.usage,
             **_extras(result),
         }
@@ -171,6 +212,7 @@ async def chat_completions(  # type: ignore[no-untyped-def]
         model=query.resolve(service.settings).collection,
         inline_citations=inline,
         include_usage=bool((body.stream_options or {}).get("include_usage")),
+        base_url=str(request.base_url),
     )
     return await sse_response(service.stream(query, principal=principal), chunks, request)
 
@@ -183,3 +225,120 @@ async def list_models(retrieval: RetrievalServiceDep, principal: Reader) -> dict
         "object": "list",
         "data": [{"id": n, "object": "model", "created": 0, "owned_by": principal.tenant} for n in names],
     }
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy text completions (`/v1/completions`), which LlamaIndex's `OpenAILike` calls by
+    default (`is_chat_model=False`): the prompt is answered as one question from the collection."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = "ragserver"
+    prompt: str | list[str] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    stream_options: dict[str, Any] | None = None
+    filters: dict[str, Any] | None = None
+    top_k: int | None = Field(None, ge=1, le=50)
+    prompt_template: str | None = Field(None, description='ragserver prompt "name@version" (extra_body).')
+    mode: Literal["dense", "bm25", "hybrid"] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise APIError(400, "invalid_request", "send one prompt per request")
+            return self.prompt[0]
+        return self.prompt
+
+
+@dataclass
+class TextCompletionChunks(SSEEncoder):
+    """`text_completion` chunks: the text as it comes, then the sources and the finish reason with the
+    citations, a usage chunk when asked for, and `[DONE]`."""
+
+    id: str
+    created: int
+    model: str
+    inline_citations: bool
+    include_usage: bool
+
+    def _chunk(self, text: str, finish: str | None = None, **extra: Any) -> SSEMessage:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        return sse_message(
+            {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+                **extra,
+            }
+        )
+
+    def encode(self, event: ChatEvent) -> list[SSEMessage]:
+        match event:
+            case TokenEvent(text):
+                return [self._chunk(text)]
+            case DoneEvent(result):
+                tail = sources_text(result.citations) if self.inline_citations else ""
+                out = [self._chunk(tail, result.finish_reason, **_extras(result))]
+                if self.include_usage:
+                    out.append(
+                        sse_message(
+                            {
+                                "id": self.id,
+                                "object": "text_completion",
+                                "created": self.created,
+                                "model": self.model,
+                                "choices": [],
+                                "usage": result.usage,
+                            }
+                        )
+                    )
+                return out
+        return []
+
+    def closing(self) -> list[SSEMessage]:
+        return [sse_message("[DONE]")]
+
+
+@router.post("/v1/completions")
+async def completions(  # type: ignore[no-untyped-def]
+    body: CompletionRequest, request: Request, service: ChatServiceDep, principal: Reader
+):
+    """OpenAI legacy text completions over a collection (the `model`): the prompt is the question.
+    Same limits, citations and streaming as chat completions; prefer `/v1/chat/completions`."""
+    query = ChatQuery(
+        message=body.text(),
+        collection=None if body.model in _DEFAULT_MODELS else body.model,
+        history=[],
+        remember=False,
+        filters=body.filters,
+        top_k=body.top_k,
+        prompt=body.prompt_template,
+        mode=body.mode,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+    )
+    inline = service.settings.prompts.openai_inline_citations
+    created = int(time.time())
+    if not body.stream:
+        result = await unless_disconnected(request, service.chat(query, principal=principal))
+        text = result.answer + (sources_text(result.citations) if inline else "")
+        return {
+            "id": f"cmpl-{result.response_id}",
+            "object": "text_completion",
+            "created": created,
+            "model": result.collection,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": result.finish_reason}],
+            "usage": result.usage,
+            **_extras(result),
+        }
+    chunks = TextCompletionChunks(
+        id=f"cmpl-{int(time.time() * 1000)}",
+        created=created,
+        model=query.resolve(service.settings).collection,
+        inline_citations=inline,
+        include_usage=bool((body.stream_options or {}).get("include_usage")),
+    )
+    return await sse_response(service.stream(query, principal=principal), chunks, request)
