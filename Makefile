@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test lint bench eval redis postgres clean
+.PHONY: install serve test lint bench eval redis postgres browser clean
 
 install: $(STAMP)
 
@@ -63,7 +63,19 @@ postgres:
 		echo "postgres: not installed; PostgreSQL tests will skip (they fail under CI=true)"; \
 	fi
 
-test: install redis postgres
+# Chromium renders /docs and /redoc in the browser test (tests/e2e/test_docs_browser.py); installed from
+# the distribution's packages when missing and apt-get can run (it fails under CI=true without it).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		echo "chromium: installed"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
+			&& echo "chromium: installed now" || echo "chromium: could not be installed; the browser test will skip"; \
+	else \
+		echo "chromium: not installed; the browser test will skip (it fails under CI=true)"; \
+	fi
+
+test: install redis postgres browser
 	$(BIN)/python -m pytest
 
 lint: install

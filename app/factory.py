@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from app.api.auth import check_routes_guarded
+from app.api.docs import install_offline_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimit, RequestContext, RequestMetrics, is_upload
 from app.container import Container, open_container
@@ -79,7 +80,10 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         description="RAG application server: document ingestion, chat with citations, "
         "an OpenAI-compatible API and retrieval.",
         lifespan=lifespan,
+        docs_url=None,  # served from packaged assets below: FastAPI's pages load them from a CDN
+        redoc_url=None,
     )
+    install_offline_docs(app)
     install_error_handlers(app)
 
     def json_body_limit(_: Scope) -> int:
@@ -94,6 +98,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     from app.api.chat.router import router as chat_router
     from app.api.documents.router import router as documents_router
     from app.api.health.router import router as health_router
+    from app.api.openai.responses import router as responses_router
     from app.api.openai.router import router as openai_router
     from app.api.retrieve.router import router as retrieve_router
 
@@ -102,6 +107,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         documents_router,
         chat_router,
         openai_router,
+        responses_router,
         retrieve_router,
         admin_router,
     ):

@@ -25,8 +25,11 @@ from app.api.deps import ContainerDep
 from app.auth.principal import Principal, Role
 from app.services.errors import Forbidden, ServiceError
 
-# Open to anyone: liveness and readiness (load balancers), and the API's own description.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# Open to anyone: liveness and readiness (load balancers), and the API's own description (its pages
+# and their assets, app/api/docs.py).
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs-assets"}
+)
 
 
 async def authenticate(request: Request, container: ContainerDep) -> Principal:

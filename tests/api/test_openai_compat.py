@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -140,3 +141,56 @@ def test_legacy_text_completions_answer_from_the_collection(server) -> None:
     assert text.startswith("Etna is in Sicily [1].") and "Sources:" in text
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="missing", prompt="hi")
+
+
+def test_the_responses_api_carries_citations_as_annotations(server) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    response = client.responses.create(model="kb", input="Where is Etna?")
+    assert response.status == "completed" and response.output_text.startswith("Etna is in Sicily [1].")
+    [part] = response.output[0].content
+    [note] = part.annotations
+    assert note.type == "url_citation" and part.text[note.start_index : note.end_index] == "[1]"
+    assert httpx.get(note.url).json()["source"] == "etna.txt"
+    assert response.usage.output_tokens > 0
+
+    events = list(
+        client.responses.create(
+            model="kb", input=[{"role": "user", "content": "Where is Etna?"}], stream=True
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == events[-1].response.output_text
+    assert events[-1].response.output[0].content[0].annotations[0].url == note.url
+
+    capped = client.responses.create(model="kb", input="Where is Etna?", max_output_tokens=2)
+    assert capped.status == "incomplete" and capped.incomplete_details.reason == "max_output_tokens"
+    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        client.responses.create(model="kb", input="And then?", previous_response_id="resp_x")
+
+
+def test_langchain_and_llamaindex_clients_get_answers_with_citations(server) -> None:
+    from langchain_openai import ChatOpenAI
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai_like import OpenAILike
+
+    # LangChain's default ChatOpenAI keeps the text (with its Sources list) and, when asked, the headers.
+    chat = ChatOpenAI(model="kb", base_url=f"{server}/v1", api_key="unused", include_response_headers=True)
+    reply = chat.invoke("Where is Etna?")
+    assert "Etna is in Sicily [1]." in reply.content and "Sources:" in reply.content
+    cited = json.loads(reply.response_metadata["headers"]["x-ragserver-citations"])
+    assert cited[0]["source"] == "etna.txt"
+    # With the Responses API, the citations are annotations of the text.
+    responses = ChatOpenAI(model="kb", base_url=f"{server}/v1", api_key="unused", use_responses_api=True)
+    blocks = responses.invoke("Where is Etna?").content
+    text_block = next(b for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+    assert text_block["annotations"][0]["url"].endswith("/documents/" + cited[0]["document_id"])
+
+    # LlamaIndex's OpenAILike calls /v1/completions by default, /v1/chat/completions as a chat model.
+    completion = OpenAILike(model="kb", api_base=f"{server}/v1", api_key="unused").complete("Where is Etna?")
+    assert completion.text.startswith("Etna is in Sicily [1].") and "Sources:" in completion.text
+    chat_model = OpenAILike(model="kb", api_base=f"{server}/v1", api_key="unused", is_chat_model=True)
+    answer = chat_model.chat([ChatMessage(role="user", content="Where is Etna?")])
+    assert answer.message.content.startswith("Etna is in Sicily [1].")

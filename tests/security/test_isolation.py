@@ -181,6 +181,9 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
         ("POST", "/v1/completions"): Call(
             "reader", 200, json={"model": "hr", "prompt": "What is the per-diem?"}
         ),
+        ("POST", "/v1/responses"): Call(
+            "reader", 200, json={"model": "hr", "input": "What is the per-diem?"}
+        ),
         ("GET", "/v1/models"): Call("reader", 200),
         ("POST", "/v1/retrieve"): Call(
             "reader", 200, json={"query": "per-diem allowance", "collection": "hr"}

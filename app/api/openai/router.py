@@ -10,12 +10,14 @@ that keep only the text, [n] markers with a "Sources:" list appended to it
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import Reader
@@ -112,6 +114,24 @@ def url_annotations(result: ChatResult, content: str, base_url: str) -> list[dic
     return out
 
 
+# For clients that keep only the message text but expose response headers (LangChain's ChatOpenAI with
+# include_response_headers=True puts them in response_metadata["headers"]).
+CITATIONS_HEADER = "X-RAGServer-Citations"
+MAX_CITATIONS_HEADER = 4096
+
+
+def citations_header(citations: list[Citation]) -> str:
+    """The citations as compact ASCII JSON, [{n, document_id, title, source, page}], cut to whole entries
+    under MAX_CITATIONS_HEADER characters."""
+    entries: list[dict[str, Any]] = []
+    for c in citations:
+        entry = {"n": c.n, "document_id": c.document_id, "title": c.title, "source": c.source, "page": c.page}
+        if len(json.dumps([*entries, entry], separators=(",", ":"))) > MAX_CITATIONS_HEADER:
+            break
+        entries.append(entry)
+    return json.dumps(entries, separators=(",", ":"))  # ensure_ascii: header-safe
+
+
 def _extras(result: ChatResult) -> dict[str, Any]:
     """ragserver's additions to an OpenAI answer: its citations and what produced it."""
     return {
@@ -194,7 +214,7 @@ async def chat_completions(  # type: ignore[no-untyped-def]
             "content": content,
             "annotations": url_annotations(result, content, str(request.base_url)),
         }
-        return {
+        answer = {
             "id": f"chatcmpl-{result.response_id}",
             "object": "chat.completion",
             "created": created,
@@ -203,6 +223,7 @@ async def chat_completions(  # type: ignore[no-untyped-def]
             "usage": result.usage,
             **_extras(result),
         }
+        return JSONResponse(answer, headers={CITATIONS_HEADER: citations_header(result.citations)})
     query = _query(body)
     chunks = CompletionChunks(
         id=f"chatcmpl-{int(time.time() * 1000)}",
