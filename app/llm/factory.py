@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.llm.base import LLM
 from app.settings import LLMSettings
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-def build_llm(settings: LLMSettings) -> LLM:
+def build_llm(settings: LLMSettings, models_dir: Path | None = None) -> LLM:
     """Build the configured LLM: "local" (SmolLM2 in-process) or "openai" (any OpenAI-compatible
     server), wrapped in a FallbackLLM when `fallback_base_url` is set.
 
@@ -25,6 +27,8 @@ def build_llm(settings: LLMSettings) -> LLM:
             default_temperature=settings.temperature,
             context_window=settings.context_window,
             repetition_penalty=settings.repetition_penalty,
+            model=settings.local_model,
+            models_dir=models_dir,
         )
     elif settings.provider == "openai":
         primary = _openai(settings.base_url or OPENAI_BASE_URL, settings.api_key, settings.model, settings)

