@@ -1,9 +1,10 @@
 """What an answer cites, and how well its facts are grounded in what it cites, without a judge model.
 
 `attribute` keeps the sources an answer marks with [n]; an answer with no markers is attributed by
-overlap: a source is cited when it holds at least `min_overlap` of the answer's content terms (stemmed
-words that are not stopwords, and numbers), and nothing is cited when no source does. Citing every
-retrieved chunk "just in case" told users nothing and hid unsupported answers.
+overlap, sentence by sentence: a sentence is attributed to the source holding most of its content terms
+(stemmed words that are not stopwords, and numbers) when that source holds at least `min_overlap` of
+them, and nothing is cited when no sentence is. Citing every retrieved chunk "just in case" told users
+nothing and hid unsupported answers.
 
 `grounding` checks the facts a reader would act on: every number, date and name in the answer should
 occur in the cited sources. Its score is the share that do (None for an answer with no such facts), and
@@ -23,7 +24,9 @@ _MARKER = re.compile(r"\[(\d{1,3})\]")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 # A number as written: 65, 1,200, 3.5, 40%; a date's parts are numbers and month names.
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)([^\W\d_][\w'’-]*)")
+_POSSESSIVE = re.compile(r"['’]s$")
 _MONTHS = frozenset(
     "january february march april may june july august september october november december".split()
 )
@@ -85,16 +88,20 @@ def attribute(
     marked = [by_n[n] for n in markers(answer) if n in by_n]
     if marked:
         return marked
-    terms = content_terms(_MARKER.sub(" ", answer))
-    if not terms:
-        return []
-    scored = [(len(terms & content_terms(f"{s.title}\n{s.text}")) / len(terms), s) for s in sources]
-    best = max((score for score, _ in scored), default=0.0)
-    if best < min_overlap:
-        return []
-    floor = max(min_overlap, 0.8 * best)
-    kept = sorted((pair for pair in scored if pair[0] >= floor), key=lambda p: (-p[0], p[1].n))
-    return [s for _, s in kept[:max_sources]]
+    source_terms = [(s, content_terms(f"{s.title}\n{s.text}")) for s in sources]
+    used: list[S] = []
+    for sentence in _SENTENCE.split(_MARKER.sub(" ", answer)):
+        terms = content_terms(sentence)
+        if not terms:
+            continue
+        score, best = max(
+            ((len(terms & have) / len(terms), s) for s, have in source_terms),
+            key=lambda pair: (pair[0], -pair[1].n),
+            default=(0.0, None),
+        )
+        if best is not None and score >= min_overlap and best not in used:
+            used.append(best)
+    return used[:max_sources]
 
 
 @dataclass(frozen=True)
@@ -125,21 +132,21 @@ def _number_key(raw: str) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
-def facts(answer: str) -> list[str]:
-    """Numbers, month names and capitalised names of `answer`, as written, without repeats."""
+def facts(answer: str, *, sentence_starts: bool = False) -> list[str]:
+    """Numbers, month names and capitalised names of `answer`, as written, without repeats. A
+    capitalised word that starts a sentence counts only with `sentence_starts` (it may be any word)."""
     text = _MARKER.sub(" ", answer)
     found: list[str] = [m.group(0) for m in _NUMBER.finditer(text)]
     starts = {m.start(1) for m in _SENTENCE_START.finditer(text)}
     stop = _stopwords()
     for m in _WORD.finditer(text):
-        word = m.group(0)
+        word = _POSSESSIVE.sub("", m.group(0))
         lower = word.lower()
         if lower in _MONTHS:
             found.append(word)
         elif word[0].isupper() and lower not in stop and not word.isdigit():
-            if m.start() in starts and len(word) < 3:
-                continue
-            found.append(word)
+            if sentence_starts or m.start() not in starts:
+                found.append(word)
     return list(dict.fromkeys(found))
 
 
@@ -150,7 +157,7 @@ def grounding(answer: str, sources: Iterable[Cited]) -> Grounding:
         return Grounding()
     text = "\n".join(f"{s.title}\n{s.text}" for s in sources)
     numbers = {_number_key(m.group(0)) for m in _NUMBER.finditer(text)}
-    words = {w.lower() for w in _WORD.findall(text)}
+    words = {_POSSESSIVE.sub("", w).lower() for w in _WORD.findall(text)}
     unsupported = []
     for fact in claimed:
         present = _number_key(fact) in numbers if fact[0].isdigit() else fact.lower() in words

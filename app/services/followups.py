@@ -47,6 +47,6 @@ def usable_rewrite(rewrite: str, question: str, history: Sequence[dict[str, str]
 def deterministic_rewrite(question: str, history: Sequence[dict[str, str]]) -> str:
     """The previous user question, the names of the previous answer, and the follow-up, as one query."""
     previous = _last(history, "user").strip()
-    names = [f for f in facts(_last(history, "assistant")) if not f[0].isdigit()][:6]
+    names = [f for f in facts(_last(history, "assistant"), sentence_starts=True) if not f[0].isdigit()][:6]
     parts = [previous, " ".join(n for n in names if n.lower() not in previous.lower()), question.strip()]
     return " ".join(p for p in parts if p)
