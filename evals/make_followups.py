@@ -22,7 +22,20 @@ from pathlib import Path
 from typing import Any
 
 PER_ARTICLE = 3
-_PRONOUNS = {"he": ("he", "his"), "she": ("she", "her"), "it": ("it", "its"), "they": ("they", "their")}
+# (subject, possessive, object) forms.
+_PRONOUNS = {
+    "he": ("he", "his", "him"),
+    "she": ("she", "her", "her"),
+    "it": ("it", "its", "it"),
+    "they": ("they", "their", "them"),
+}
+# After these words a pronoun takes its object form ("named after him").
+_OBJECT_AFTER = frozenset(
+    "to of after by for with about from at on in into than like against between among toward towards "
+    "under over behind before beside near called named honored honoured visited met married elected "
+    "defeated succeeded influenced including".split()
+)
+_QUESTION_WORDS = frozenset("was is did does do who what when where why how which were are has had".split())
 
 
 def subject_names(title: str) -> list[str]:
@@ -34,27 +47,61 @@ def subject_names(title: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def pronoun_of(text: str) -> tuple[str, str]:
-    """The pronoun pair the article uses most: (subject form, possessive form)."""
+# Words that may follow a subject name in a question ("When did Lincoln die?", "Is Ghana a republic?").
+_VERBS_AFTER_SUBJECT = frozenset(
+    "is was are were has have had did does do die died born begin began become became lose lost win won "
+    "sign signed live lived work worked study studied write wrote grow grew get got make made take took "
+    "achieve achieved gain gained call called graduate graduated suggest suggested attend attended marry "
+    "married serve served hold held move moved return returned publish published discover discovered "
+    "receive received use used run ran leave left join joined first also ever still a an the in at "
+    "of on to for by during after before".split()
+)
+
+
+def pronoun_of(text: str) -> tuple[str, str, str]:
+    """The pronoun the article uses most for its subject: (subject, possessive, object) forms."""
     sample = f" {text[:20000].lower()} "
     counts = {
-        key: sum(sample.count(f" {w} ") for w in forms) for key, forms in _PRONOUNS.items() if key != "they"
+        key: sum(sample.count(f" {w} ") for w in forms[:2])
+        for key, forms in _PRONOUNS.items()
+        if key != "they"
     }
     best = max(counts, key=lambda k: counts[k])
     return _PRONOUNS[best]
 
 
-def refer_back(question: str, names: list[str], pronoun: tuple[str, str]) -> str | None:
+def refer_back(question: str, names: list[str], pronoun: tuple[str, str, str]) -> str | None:
     """`question` with its one mention of the subject replaced by a pronoun; None when it names the
-    subject not exactly once (then it is not a clean follow-up)."""
+    subject not exactly once, or only as part of another name ("Lorenzo ... Avogadro", "the Celsius
+    crater"), or as a common noun without "the" ("a beetle"): then it is not a clean follow-up."""
     for name in names:
-        pattern = re.compile(rf"\b(?:the\s+)?{re.escape(name)}(?:'s|’s)?\b", re.IGNORECASE)
+        proper = name[0].isupper()
+        article = r"(?:the\s+)" if proper else r"(?:the\s+)"
+        pattern = re.compile(
+            rf"\b{article}{'?' if proper else ''}{re.escape(name)}(?:\s?['’]s)?\b",
+            0 if proper else re.IGNORECASE,
+        )
         found = list(pattern.finditer(question))
         if len(found) != 1:
             continue
         match = found[0]
+        before = question[: match.start()].split()
+        after = question[match.end() :].split()
+        if before and before[-1][:1].isupper() and before[-1].lower() not in _QUESTION_WORDS:
+            continue  # the end of a longer name
+        if after and after[0][:1].isupper():
+            continue  # the start of a longer name
         possessive = match.group(0).lower().endswith(("'s", "’s"))
-        word = pronoun[1] if possessive else pronoun[0]
+        if after and not possessive and after[0].isalpha() and after[0].islower():
+            # "the Celsius crater": the name qualifies a noun; keep only verbs and function words after it.
+            if after[0].lower() not in _VERBS_AFTER_SUBJECT:
+                continue
+        if possessive:
+            word = pronoun[1]
+        elif before and before[-1].lower() in _OBJECT_AFTER:
+            word = pronoun[2]
+        else:
+            word = pronoun[0]
         start = match.start()
         rewritten = question[:start] + word + question[match.end() :]
         if start == 0:

@@ -291,6 +291,7 @@ def summarize(
             )
         metrics[name] = entry
     latencies = [float(r["latency_ms"]) for r in answered if "latency_ms" in r]
+    capped = sum(1 for r in answered if r.get("finish_reason") == "length")
     return {
         "run": run_info,
         "questions": planned if planned is not None else len(rows),
@@ -302,7 +303,25 @@ def summarize(
             "p50": _round(percentile(latencies, 50)),
             "p95": _round(percentile(latencies, 95)),
         },
+        "capped_answers": capped,
+        "grounding_by_correctness": grounding_split(answered),
     }
+
+
+def grounding_split(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean grounding of right and of wrong answers (string_presence 1 / 0): how well the judge-free
+    check tells them apart."""
+    out: dict[str, Any] = {}
+    for label, wanted in (("right", 1.0), ("wrong", 0.0)):
+        values = [
+            r["scores"]["grounding"]
+            for r in rows
+            if r.get("scores", {}).get("string_presence") == wanted
+            and r["scores"].get("grounding") is not None
+        ]
+        out[label] = round(sum(values) / len(values), 4) if values else None
+        out[f"n_{label}"] = len(values)
+    return out
 
 
 def _round(value: float | None) -> float | None:

@@ -317,6 +317,13 @@ def render_report(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> st
             "latency ms (mean / p50 / p95)",
             " / ".join(str(summary["latency_ms"].get(k)) for k in ("mean", "p50", "p95")),
         ),
+        ("answers cut at max tokens", summary.get("capped_answers")),
+        (
+            "grounding of right / wrong answers",
+            json.dumps(summary.get("grounding_by_correctness"))
+            if summary.get("grounding_by_correctness")
+            else None,
+        ),
         ("started", run.get("started_at")),
     ]
     metrics = summary["metrics"]

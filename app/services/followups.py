@@ -17,6 +17,12 @@ from app.services.attribution import content_terms, facts
 
 # Transcript layout a model may echo back instead of a question.
 _TRANSCRIPT = re.compile(r"^\s*(user|assistant|system|question|answer|q|a)\s*:", re.IGNORECASE | re.MULTILINE)
+# How answers start, not search queries ("The answer to this question would be ...", "Yes, ...").
+_ANSWERISH = re.compile(
+    r"^\W*(?:the\s+answer|answer\b|yes\b|no\b|sure\b|based\s+on|according\s+to|i\s|here\b|"
+    r"standalone\b|query\b|rewritten\b)",
+    re.IGNORECASE,
+)
 # A rewrite far longer than the conversation's question is a drift, not a rewrite.
 MAX_REWRITE_WORDS = 40
 
@@ -30,6 +36,8 @@ def usable_rewrite(rewrite: str, question: str, history: Sequence[dict[str, str]
     copy of an answer, not a drift (it must share a word with the follow-up or the last user turn)."""
     text = rewrite.strip()
     if len(text) < 3 or _TRANSCRIPT.search(text) or len(text.split()) > MAX_REWRITE_WORDS:
+        return False
+    if _ANSWERISH.match(text):
         return False
     terms = content_terms(text)
     if not terms:

@@ -74,6 +74,8 @@ HISTORY = [
         ("", False),
         ("How do emperor penguins breed?", False),  # a drift
         ("word " * 60, False),
+        ('The answer to this question would be "Yes, the allowance applies on weekends."', False),
+        ("Yes, the per-diem allowance applies on weekends.", False),
     ],
 )
 def test_unusable_rewrites_are_refused(rewrite: str, usable: bool) -> None:
