@@ -49,14 +49,27 @@ def _default_threads() -> int:
 _NEXT_TURN = re.compile(r"\n\s*(?:user|assistant|human|question)\s*:", re.IGNORECASE)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORDS = re.compile(r"\w+")
+
+
+def _similar(a: str, b: str) -> bool:
+    """Two sentences made from one template ("He loved to play chess." / "... golf.")."""
+    x, y = set(_WORDS.findall(a.lower())), set(_WORDS.findall(b.lower()))
+    return len(x) >= 3 and len(y) >= 3 and len(x & y) / len(x | y) >= 0.5
+
+
 class _Runaway:
     """Spots a generation running away: the same span of 4-32 tokens three times in a row (`loop`,
-    with its `period`), or the start of a next turn (`transcript`). Checked after every token."""
+    with its `period`), three sentences in a row from one template (`template`: "He loved to play
+    chess. He loved to play golf. He loved to play rugby."), or the start of a next turn (`transcript`).
+    Checked after every token."""
 
-    def __init__(self, prompt_len: int, decode: Any, tail_tokens: int = 16):
+    def __init__(self, prompt_len: int, decode: Any, tail_tokens: int = 16, window_tokens: int = 120):
         self.prompt_len = prompt_len
         self.decode = decode
         self.tail_tokens = tail_tokens
+        self.window_tokens = window_tokens
         self.reason: str | None = None
         self.period = 0
 
@@ -71,6 +84,12 @@ class _Runaway:
         if _NEXT_TURN.search(self.decode(new[-self.tail_tokens :])):
             self.reason = "transcript"
             return True
+        if new and self.decode(new[-1:]).rstrip().endswith((".", "!", "?")):
+            sentences = [s for s in _SENTENCE_END.split(self.decode(new[-self.window_tokens :])) if s.strip()]
+            last = sentences[-3:]
+            if len(last) == 3 and _similar(last[0], last[1]) and _similar(last[1], last[2]):
+                self.reason = "template"
+                return True
         return False
 
 

@@ -132,3 +132,17 @@ def test_a_runaway_generation_is_spotted() -> None:
     assert turn.check(prompt + [1, 2, 3, 7, 8]) and turn.reason == "transcript"
     varied = _Runaway(len(prompt), decode)
     assert not any(varied.check(prompt + list(range(20, n))) for n in range(21, 80))
+
+
+def test_sentences_from_one_template_stop_the_generation() -> None:
+    from app.llm.local_provider import _Runaway
+
+    text = "Lincoln was a lawyer. He loved to play chess. He loved to play golf. He loved to play rugby."
+    pieces = [w + " " for w in text.split(" ")]
+    guard = _Runaway(0, lambda ids: "".join(pieces[i] for i in ids))
+    stopped_at = next(n for n in range(1, len(pieces) + 1) if guard.check(list(range(n))))
+    assert guard.reason == "template" and stopped_at == len(pieces)
+    calm = _Runaway(0, lambda ids: "".join(pieces[i] for i in ids))
+    varied = "Lincoln was a lawyer. He was born in Kentucky. Later he moved to Illinois.".split(" ")
+    pieces[:] = [w + " " for w in varied]
+    assert not any(calm.check(list(range(n))) for n in range(1, len(pieces) + 1))
