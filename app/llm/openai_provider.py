@@ -121,9 +121,14 @@ class OpenAICompatibleLLM:
             reraise=True,
         )
         try:
-            return await retrying(call)
+            # The attempt loop awaits the call itself: tenacity 9's `await retrying(fn)` no longer
+            # awaits what a plain (non-async) callable such as a lambda returns.
+            async for attempt in retrying:
+                with attempt:
+                    return await call()
         except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise self._error(exc) from exc
+        raise AssertionError("unreachable: tenacity reraises the last failure")
 
     def _error(self, exc: BaseException) -> LLMError:
         status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
