@@ -68,9 +68,10 @@ class LLMSettings(BaseModel):
     local_gguf_file: str | None = None
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    # Local model: >1 discourages repeating tokens (small models loop otherwise); 1.0 turns it off. The
-    # local model also stops when its output starts repeating itself or writing the next turn.
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    # Local model: >1 discourages repeating tokens, the prompt's included, so it also discourages copying
+    # from the sources (1.1 turned "The answer is: 65." into a ramble): off by default. Loops are stopped
+    # anyway: the local model stops when its output repeats itself, or starts writing the next turn.
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0)
     # Each HTTP wait (connect, and each read: for a stream, the time to the next chunk).
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)

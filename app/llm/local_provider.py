@@ -113,7 +113,7 @@ class LocalLLM:
         *,
         num_threads: int | None = None,
         context_window: int | None = None,
-        repetition_penalty: float = 1.1,
+        repetition_penalty: float = 1.0,
         model: str = "smollm2",
         models_dir: Path | None = None,
     ) -> None:

@@ -142,7 +142,7 @@ def facts(answer: str, *, sentence_starts: bool = False) -> list[str]:
     for m in _WORD.finditer(text):
         word = _POSSESSIVE.sub("", m.group(0))
         lower = word.lower()
-        if lower in _MONTHS:
+        if lower in _MONTHS and word[0].isupper():  # "May", not "may"
             found.append(word)
         elif word[0].isupper() and lower not in stop and not word.isdigit():
             if sentence_starts or m.start() not in starts:
