@@ -76,11 +76,9 @@ def refer_back(question: str, names: list[str], pronoun: tuple[str, str, str]) -
     crater"), or as a common noun without "the" ("a beetle"): then it is not a clean follow-up."""
     for name in names:
         proper = name[0].isupper()
-        article = r"(?:the\s+)" if proper else r"(?:the\s+)"
-        pattern = re.compile(
-            rf"\b{article}{'?' if proper else ''}{re.escape(name)}(?:\s?['’]s)?\b",
-            0 if proper else re.IGNORECASE,
-        )
+        # "the" before a proper name is optional ("(the) Gray Wolf"); a common noun needs it ("the beetle").
+        article = r"(?:the\s+)?" if proper else r"(?:the\s+)"
+        pattern = re.compile(rf"\b{article}{re.escape(name)}(?:\s?['’]s)?\b", 0 if proper else re.IGNORECASE)
         found = list(pattern.finditer(question))
         if len(found) != 1:
             continue

@@ -57,39 +57,30 @@ class RateLimits:
         self.metrics.rate_limit_errors.inc()
         log.warning("rate limit store failed on %s (%r); letting the request through", what, exc)
 
-    async def hit_request(self, principal: Principal) -> None:
-        """Count one request of `principal`'s key; RateLimited past its requests a minute."""
-        rpm = self._rpm(principal)
-        if principal.key_id is None or rpm is None:
+    async def _enforce(self, principal: Principal, limit: int | None, kind: str, consume: bool) -> None:
+        """RateLimited when `principal`'s key is past `limit` (`kind`: "requests" or "tokens"); with
+        `consume`, this call counts one against it first."""
+        if principal.key_id is None or limit is None:
             return
-        item = RateLimitItemPerMinute(rpm)
+        item, ids = RateLimitItemPerMinute(limit), (kind, principal.key_id)
         try:
-            allowed = await self._limiter.hit(item, "rpm", principal.key_id)
-            retry = 0 if allowed else await self._retry_after(item, "rpm", principal.key_id)
+            allowed = await (self._limiter.hit(item, *ids) if consume else self._limiter.test(item, *ids))
+            retry = 0 if allowed else await self._retry_after(item, *ids)
         except Exception as exc:
-            self._failed("requests", exc)
+            self._failed(kind, exc)
             return
         if not allowed:
-            self.metrics.rate_limited.labels(limit="requests").inc()
-            raise RateLimited(f"this key is over its limit of {rpm} requests a minute", retry_after_s=retry)
+            self.metrics.rate_limited.labels(limit=kind).inc()
+            what = "requests" if kind == "requests" else "generated tokens"
+            raise RateLimited(f"this key is over its limit of {limit} {what} a minute", retry_after_s=retry)
+
+    async def hit_request(self, principal: Principal) -> None:
+        """Count one request of `principal`'s key; RateLimited past its requests a minute."""
+        await self._enforce(principal, self._rpm(principal), "requests", consume=True)
 
     async def check_tokens(self, principal: Principal) -> None:
         """RateLimited when `principal`'s key has spent its generated tokens for this minute."""
-        tpm = self._tpm(principal)
-        if principal.key_id is None or tpm is None:
-            return
-        item = RateLimitItemPerMinute(tpm)
-        try:
-            allowed = await self._limiter.test(item, "tpm", principal.key_id)
-            retry = 0 if allowed else await self._retry_after(item, "tpm", principal.key_id)
-        except Exception as exc:
-            self._failed("tokens", exc)
-            return
-        if not allowed:
-            self.metrics.rate_limited.labels(limit="tokens").inc()
-            raise RateLimited(
-                f"this key is over its limit of {tpm} generated tokens a minute", retry_after_s=retry
-            )
+        await self._enforce(principal, self._tpm(principal), "tokens", consume=False)
 
     async def spend_tokens(self, principal: Principal, tokens: int) -> None:
         """Count `tokens` generated for `principal`'s key (an answer that went over still counts whole)."""
@@ -97,6 +88,6 @@ class RateLimits:
         if principal.key_id is None or tpm is None or tokens <= 0:
             return
         try:
-            await self._limiter.hit(RateLimitItemPerMinute(tpm), "tpm", principal.key_id, cost=tokens)
+            await self._limiter.hit(RateLimitItemPerMinute(tpm), "tokens", principal.key_id, cost=tokens)
         except Exception as exc:
             self._failed("tokens spent", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -29,6 +30,10 @@ class Completion:
     model: str
     usage: Usage
     finish_reason: str | None
+
+
+# A model writing the next turn of the conversation ("\nUser: ...") instead of ending its answer.
+NEXT_TURN = re.compile(r"\n\s*(?:user|assistant|human|question|q)\s*:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from app.llm.base import Completion, LLMDelta, LLMError, Messages, Usage, approx_prompt_tokens
+from app.llm.base import NEXT_TURN, Completion, LLMDelta, LLMError, Messages, Usage, approx_prompt_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ def _default_threads() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # A 135M model stops getting faster beyond a few threads; leave cores to the embedder and the server.
     return max(1, min(cpus, 8))
-
-
-# The model writing the next turn of the conversation instead of ending its answer.
-_NEXT_TURN = re.compile(r"\n\s*(?:user|assistant|human|question)\s*:", re.IGNORECASE)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -81,7 +77,7 @@ class _Runaway:
             if new[-period:] == new[-2 * period : -period] == new[-3 * period : -2 * period]:
                 self.reason, self.period = "loop", period
                 return True
-        if _NEXT_TURN.search(self.decode(new[-self.tail_tokens :])):
+        if NEXT_TURN.search(self.decode(new[-self.tail_tokens :])):
             self.reason = "transcript"
             return True
         if new and self.decode(new[-1:]).rstrip().endswith((".", "!", "?")):

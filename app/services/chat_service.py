@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -26,7 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.auth.principal import Principal
 from app.history.base import HistoryStore, HistoryStoreError, Turn, trim_to_token_budget
-from app.llm.base import LLM, Messages, Usage, approx_tokens, context_window_of, prompt_token_counter
+from app.llm.base import (
+    LLM,
+    NEXT_TURN,
+    Messages,
+    Usage,
+    approx_tokens,
+    context_window_of,
+    prompt_token_counter,
+)
 from app.prompting import PromptRegistry, inline
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
@@ -55,8 +62,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A line where a model starts writing the next turn of the conversation instead of stopping.
-_TRANSCRIPT = re.compile(r"\n\s*(?:user|assistant|human|question|q)\s*:", re.IGNORECASE)
 # What the condense step (a follow-up -> a standalone search query) may generate.
 CONDENSE_MAX_TOKENS = 64
 # What a client is told to wait when the history store is down.
@@ -83,7 +88,7 @@ class _Prepared:
 
 def trim_transcript(answer: str) -> str:
     """The answer without a transcript the model went on to write ("User: ...", "Question: ...")."""
-    match = _TRANSCRIPT.search(answer)
+    match = NEXT_TURN.search(answer)
     return (answer[: match.start()] if match else answer).strip()
 
 
