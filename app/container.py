@@ -31,14 +31,17 @@ if TYPE_CHECKING:
     from app.auth.rate_limits import RateLimits
     from app.history.base import HistoryStore
     from app.jobs.base import JobStore
+    from app.jobs.queue import ArqJobQueue
     from app.llm.base import LLM
     from app.prompting import PromptRegistry
+    from app.retrieval.bm25_feed import BM25Feed
     from app.retrieval.bm25_index import BM25Index
     from app.retrieval.retriever import Retriever
     from app.services.chat_service import ChatService
     from app.services.document_service import DocumentService
     from app.services.metrics import Metrics
     from app.services.retrieval_service import RetrievalService
+    from app.storage import UploadStorage
     from ingest.chunking import Chunker
     from ingest.embedder import Embedder
     from ingest.pipeline import IngestPipeline
@@ -116,18 +119,39 @@ class Container:
         """BM25, derived from the vector index and kept in step by the pipeline."""
         from app.retrieval.bm25_index import build_bm25_index
 
-        return build_bm25_index(self.settings, self.store)
+        return build_bm25_index(
+            self.settings, self.store, on_full_rebuild=self.metrics.bm25_full_rebuilds.inc
+        )
+
+    @cached_property
+    def bm25_feed(self) -> BM25Feed | None:
+        """With `retrieval.bm25_feed = redis`: the change feed every replica's BM25 index follows."""
+        if self.settings.retrieval.bm25_feed != "redis":
+            return None
+        from app.retrieval.bm25_feed import BM25Feed
+
+        url = self.settings.shared_redis_url
+        if not url:
+            raise ValueError(
+                "retrieval.bm25_feed=redis needs a Redis: set RAGSERVER_REDIS_URL or jobs.redis_url"
+            )
+        stream = self.settings.retrieval.bm25_feed_stream
+        return BM25Feed(url, self.bm25, stream=stream, on_lag=self.metrics.bm25_feed_lag.set)
 
     @cached_property
     def pipeline(self) -> IngestPipeline:
         from ingest.pipeline import IngestPipeline
 
-        return IngestPipeline(self.store, self.embedder, self.chunker, listeners=[self.bm25])
+        # With a feed, changes reach this process's index (and every other) through the feed.
+        listener = self.bm25_feed.publisher if self.bm25_feed is not None else self.bm25
+        return IngestPipeline(self.store, self.embedder, self.chunker, listeners=[listener])
 
     @cached_property
     def retriever(self) -> Retriever:
         from app.retrieval.retriever import build_retriever
 
+        if self.bm25_feed is not None:  # this process searches: follow everyone's BM25 changes
+            self.bm25_feed.follow()
         return build_retriever(self.settings.retrieval, self.store, self.query_embedder, self.bm25)
 
     @cached_property
@@ -157,6 +181,26 @@ class Container:
         from app.jobs.factory import build_job_store
 
         return build_job_store(self.settings)
+
+    @cached_property
+    def storage(self) -> UploadStorage:
+        from app.storage import build_storage
+
+        return build_storage(self.settings)
+
+    @cached_property
+    def job_queue(self) -> ArqJobQueue | None:
+        """With `jobs.runner = queue`: the arq queue `ragserver worker` processes consume."""
+        if self.settings.jobs.runner != "queue":
+            return None
+        from app.jobs.queue import ArqJobQueue
+
+        url = self.settings.shared_redis_url
+        if not url:
+            raise ValueError(
+                "jobs.runner=queue needs a Redis: set RAGSERVER_REDIS_URL or RAGSERVER_JOBS__REDIS_URL"
+            )
+        return ArqJobQueue(url, self.settings.jobs.queue_name)
 
     @cached_property
     def database(self) -> Engine:
@@ -223,6 +267,8 @@ class Container:
             self.metrics,
             audit=self.audit,
             document_id_key=self.keys.secret("document_id_key"),
+            storage=self.storage,
+            queue=self.job_queue,
         )
 
     @cached_property
@@ -261,6 +307,10 @@ class Container:
         the services using them are forgotten, so opening the container again rebuilds them."""
         if self.built("retrieval"):
             self.retrieval.close()
+        if self.built("bm25_feed") and self.bm25_feed is not None:
+            self.bm25_feed.stop()
+        if self.built("job_queue") and self.job_queue is not None:
+            await self.job_queue.aclose()
         for name in ("history", "jobs", "llm"):
             if self.built(name) and name not in self._injected:
                 try:
@@ -270,7 +320,18 @@ class Container:
                 del self.__dict__[name]
         if self.built("database"):
             self.database.dispose()
-        forget = ("retrieval", "documents", "chat", "database", "keys", "audit", "authenticator", "key_admin")
+        forget = (
+            "retrieval",
+            "documents",
+            "chat",
+            "database",
+            "keys",
+            "audit",
+            "authenticator",
+            "key_admin",
+            "bm25_feed",
+            "job_queue",
+        )
         for name in forget:
             self.__dict__.pop(name, None)
 

@@ -127,6 +127,11 @@ class RetrievalSettings(BaseModel):
     # query, and no loss at 64 concurrent requests), 1 for torch (whose spinning threads oversubscribe
     # a busy CPU: 100-350 ms a query with 2 on 2 busy cores).
     query_threads: int | None = Field(None, ge=0)
+    # How a BM25 change reaches every process: "local" (the index files under the data dir, shared by
+    # processes on one machine) or "redis" (a change feed on a Redis stream that every replica follows;
+    # for replicas with data dirs of their own). The feed's Redis is the queue's (`shared_redis_url`).
+    bm25_feed: Literal["local", "redis"] = "local"
+    bm25_feed_stream: str = Field("ragserver:bm25:changes", min_length=1)
 
 
 class PromptSettings(BaseModel):
@@ -192,6 +197,28 @@ class DatabaseSettings(BaseModel):
     url: str | None = None
 
 
+class JobsSettings(BaseModel):
+    """Who runs ingestion jobs (docs/ARCHITECTURE.md, "Scaling out")."""
+
+    # inprocess: each server runs the jobs it accepted (the embedded default, nothing else to run).
+    # queue: jobs go on an arq queue in Redis and `ragserver worker` processes run them.
+    runner: Literal["inprocess", "queue"] = "inprocess"
+    # The queue's Redis; None: the history Redis (RAGSERVER_REDIS_URL).
+    redis_url: str | None = None
+    queue_name: str = Field("ragserver:ingest", min_length=1)
+    # A running job whose worker has not said it is alive for this long is queued again (reaper).
+    heartbeat_timeout_s: float = Field(30.0, gt=0)
+
+
+class StorageSettings(BaseModel):
+    """Where uploads wait for their job: a local directory, or an S3 bucket every replica shares."""
+
+    # None: <data_dir>/uploads. A path, or s3://bucket/prefix (AWS_* variables for credentials).
+    url: str | None = None
+    # An S3-compatible endpoint (MinIO, moto, ...); None: AWS.
+    endpoint_url: str | None = None
+
+
 class AuthSettings(BaseModel):
     # api_key: every request but /healthz and /readyz carries `Authorization: Bearer <key>`
     # (docs/SECURITY.md).
@@ -231,6 +258,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
+    jobs: JobsSettings = JobsSettings()
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -280,6 +309,11 @@ class Settings(BaseSettings):
     def database_url(self) -> str:
         """`database.url`, or the SQLite file under the data dir (`sqlite_path`) when unset."""
         return self.database.url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def shared_redis_url(self) -> str | None:
+        """The Redis of the job queue and the BM25 feed: `jobs.redis_url`, else the history Redis."""
+        return self.jobs.redis_url or self.history.redis_url
 
     @property
     def bm25_dir(self) -> Path:

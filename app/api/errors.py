@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.admin import KeyNotFound
+from app.jobs.base import JobStateConflict
 from app.llm.base import LLMError
 from app.logging_setup import current_request_id
 from app.prompting import PromptError, UnknownPrompt
@@ -64,6 +65,7 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (CollectionNotFound, 404, "collection_not_found"),
     (DocumentNotFound, 404, "document_not_found"),
     (JobNotFound, 404, "job_not_found"),
+    (JobStateConflict, 409, "job_state_conflict"),
     (ConversationNotFound, 404, "conversation_not_found"),
     (KeyNotFound, 404, "key_not_found"),
     (UnknownPrompt, 400, "unknown_prompt"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -245,6 +246,39 @@ def serve(
         limit_concurrency=limit_concurrency or settings.server.limit_concurrency,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_s,  # type: ignore[arg-type]
     )
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Stop once the queue is empty.")] = False,
+    log_format: Annotated[str | None, typer.Option(help="text | json (default server.log_format).")] = None,
+) -> None:
+    """Run ingestion jobs from the Redis queue (RAGSERVER_JOBS__RUNNER=queue on the API replicas), one
+    at a time, with a reaper that re-queues jobs whose worker died. SIGTERM: the running job stops at its
+    next boundary and another worker finishes it."""
+    import signal
+
+    from app.jobs.worker import run_worker
+    from app.logging_setup import configure_logging
+    from app.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.server.log_level.upper(), log_format or settings.server.log_format)
+    if not settings.shared_redis_url:
+        fail("the worker needs the queue's Redis: set RAGSERVER_REDIS_URL or RAGSERVER_JOBS__REDIS_URL")
+
+    async def _main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await run_worker(settings, burst=burst)
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(_main())
 
 
 def main() -> None:  # pragma: no cover - console entry point

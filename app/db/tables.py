@@ -24,6 +24,11 @@ ingest_jobs = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("owner", sa.Text, nullable=False, server_default=""),
+    # The worker process running it ("host:pid"), how many times it was claimed, and when that worker
+    # last said it was alive (the reaper re-queues a running job whose heartbeat went stale).
+    sa.Column("worker", sa.Text, nullable=False, server_default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("heartbeat_at", sa.Double),
     # list_unfinished: WHERE status IN (...) ORDER BY created_at
     sa.Index("ingest_jobs_by_status", "status", "created_at"),
 )

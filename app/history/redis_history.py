@@ -80,7 +80,7 @@ class RedisHistoryStore:
     async def get(self, conversation_id: str) -> list[Turn] | None:
         """See `HistoryStore.get`."""
         async with self._failing_as_store_error():
-            raws = await self._redis.lrange(self._key(conversation_id), 0, -1)
+            raws = await self._redis.lrange(self._key(conversation_id), 0, -1)  # type: ignore[misc]
         # Redis has no empty lists: a missing key reads as [], and that means unknown or expired.
         if not raws:
             return None

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
-FILE_STATUSES = ("queued", "running", "succeeded", "skipped", "failed")
-FINAL_FILE_STATUSES = frozenset({"succeeded", "skipped", "failed"})
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "partial")
+FILE_STATUSES = ("queued", "running", "succeeded", "skipped", "failed", "cancelled")
+FINAL_FILE_STATUSES = frozenset({"succeeded", "skipped", "failed", "cancelled"})
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "partial", "cancelled")
 UNFINISHED_JOB_STATUSES = frozenset({"queued", "running"})
 
 
@@ -29,6 +29,10 @@ def check_job_status(status: str) -> str:
     if status not in JOB_STATUSES:
         raise ValueError(f"job status must be one of {JOB_STATUSES}, got {status!r}")
     return status
+
+
+class JobStateConflict(Exception):
+    """The job is not in a state that allows the change (cancel a finished job, retry a running one)."""
 
 
 class JobStoreUnavailable(Exception):
@@ -89,6 +93,11 @@ class Job:
     # The server instance that accepted the job and holds its uploads: after a restart it resumes the
     # job; other instances sharing the job database (PostgreSQL) leave it alone ("" = any instance).
     owner: str = ""
+    # The worker process running it ("host:pid"; "" before any claimed it), how many times it was
+    # claimed, and its last heartbeat (Unix time).
+    worker: str = ""
+    attempts: int = 0
+    heartbeat_at: float | None = None
 
     def __post_init__(self) -> None:
         check_job_status(self.status)
@@ -125,6 +134,9 @@ class Job:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "owner": self.owner,
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "heartbeat_at": self.heartbeat_at,
             "progress": self.progress,
         }
 
@@ -140,12 +152,16 @@ class Job:
             created_at=float(data["created_at"]),
             updated_at=float(data["updated_at"]),
             owner=str(data.get("owner") or ""),
+            worker=str(data.get("worker") or ""),
+            attempts=int(data.get("attempts") or 0),
+            heartbeat_at=data.get("heartbeat_at"),
         )
 
 
 def final_status(files: Iterable[JobFile]) -> str:
     """The job status once every file is final: all succeeded/skipped -> 'succeeded', all failed ->
-    'failed', a mix -> 'partial'. A job without files has nothing left to do: 'succeeded'.
+    'failed', a mix -> 'partial', any cancelled -> 'cancelled'. A job without files has nothing left to do:
+    'succeeded'.
 
     Raises ValueError while a file is still queued or running: calling it then is a bug that would mark
     a job finished too early (and it would never be resumed).
@@ -154,6 +170,8 @@ def final_status(files: Iterable[JobFile]) -> str:
     pending = [s for s in statuses if s not in FINAL_FILE_STATUSES]
     if pending:
         raise ValueError(f"final_status needs every file final; {len(pending)} still {sorted(set(pending))}")
+    if "cancelled" in statuses:
+        return "cancelled"
     if statuses and all(s == "failed" for s in statuses):
         return "failed"
     if all(s in ("succeeded", "skipped") for s in statuses):
@@ -183,8 +201,36 @@ class JobStore(Protocol):
         """
         ...
 
-    async def set_status(self, job_id: str, status: str) -> None:
-        """Set the job status and bump `updated_at`; KeyError for an unknown job."""
+    async def set_status(self, job_id: str, status: str, *, only_from: Iterable[str] | None = None) -> bool:
+        """Set the job status and bump `updated_at`; KeyError for an unknown job. With `only_from`, only
+        while the job's status is one of those (False, and nothing changed, otherwise)."""
+        ...
+
+    async def claim(self, job_id: str, worker: str, stale_before: float) -> Job | None:
+        """Atomically make `worker` the job's runner: when it is queued, or running with a heartbeat
+        older than `stale_before` (its worker is gone). Sets status running, the worker, the heartbeat
+        and attempts + 1, and returns the job; None when it is unknown, finished, or held by a live
+        worker. Two workers claiming one job at once: exactly one gets it."""
+        ...
+
+    async def heartbeat(self, job_id: str, worker: str) -> str | None:
+        """Refresh the heartbeat of `worker`'s job and return the job's status (a worker stops when it
+        reads 'cancelled'); None when the job is gone or another worker has claimed it since."""
+        ...
+
+    async def list_stale(self, stale_before: float) -> list[Job]:
+        """Unfinished jobs nobody is working on: running with a heartbeat older than `stale_before`,
+        or queued and not updated since then (the reaper queues them again)."""
+        ...
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel an unfinished job: its files not yet final become 'cancelled', the job 'cancelled'.
+        KeyError for an unknown job, JobStateConflict for a finished one."""
+        ...
+
+    async def retry(self, job_id: str) -> Job:
+        """Queue a finished job's failed and cancelled files again (the job becomes 'queued').
+        KeyError for an unknown job, JobStateConflict while it runs or when no file failed."""
         ...
 
     async def list_unfinished(self) -> list[Job]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -21,9 +21,11 @@ from app.db import make_engine, migrate
 from app.db.tables import ingest_job_files as files_t
 from app.db.tables import ingest_jobs as jobs_t
 from app.jobs.base import (
+    FINAL_FILE_STATUSES,
     UNFINISHED_JOB_STATUSES,
     Job,
     JobFile,
+    JobStateConflict,
     JobStoreUnavailable,
     check_file_status,
     check_job_status,
@@ -63,6 +65,9 @@ class SQLJobStore:
             "created_at": job.created_at,
             "updated_at": job.updated_at,
             "owner": job.owner,
+            "worker": job.worker,
+            "attempts": job.attempts,
+            "heartbeat_at": job.heartbeat_at,
         }
         file_rows = [
             {"job_id": job.job_id, "position": i, **{name: getattr(f, name) for name in _FILE_FIELDS}}
@@ -104,10 +109,121 @@ class SQLJobStore:
 
         await self._write(_update)
 
-    async def set_status(self, job_id: str, status: str) -> None:
+    async def set_status(self, job_id: str, status: str, *, only_from: Iterable[str] | None = None) -> bool:
         """See `JobStore.set_status`."""
         check_job_status(status)
-        await self._write(lambda conn: _touch(conn, job_id, status))
+        allowed = None if only_from is None else sorted(only_from)
+
+        def _set(conn: Connection) -> bool:
+            if allowed is None:
+                _touch(conn, job_id, status)
+                return True
+            change = (
+                sa.update(jobs_t)
+                .where(jobs_t.c.job_id == job_id, jobs_t.c.status.in_(allowed))
+                .values(status=status, updated_at=time.time())
+            )
+            if conn.execute(change).rowcount:
+                return True
+            _must_exist(conn, job_id)
+            return False
+
+        return await self._write(_set)
+
+    async def claim(self, job_id: str, worker: str, stale_before: float) -> Job | None:
+        """See `JobStore.claim`: one conditional UPDATE, so the database decides between two claimers."""
+        now = time.time()
+        claimable = sa.or_(
+            jobs_t.c.status == "queued",
+            sa.and_(
+                jobs_t.c.status == "running",
+                sa.or_(jobs_t.c.heartbeat_at.is_(None), jobs_t.c.heartbeat_at < stale_before),
+            ),
+        )
+        change = (
+            sa.update(jobs_t)
+            .where(jobs_t.c.job_id == job_id, claimable)
+            .values(
+                status="running",
+                worker=worker,
+                attempts=jobs_t.c.attempts + 1,
+                heartbeat_at=now,
+                updated_at=now,
+            )
+        )
+        if not await self._write(lambda conn: conn.execute(change).rowcount):
+            return None
+        return await self.get(job_id)
+
+    async def heartbeat(self, job_id: str, worker: str) -> str | None:
+        """See `JobStore.heartbeat`."""
+        change = (
+            sa.update(jobs_t)
+            .where(jobs_t.c.job_id == job_id, jobs_t.c.worker == worker)
+            .values(heartbeat_at=time.time())
+        )
+
+        def _beat(conn: Connection) -> str | None:
+            if not conn.execute(change).rowcount:
+                return None
+            return conn.execute(sa.select(jobs_t.c.status).where(jobs_t.c.job_id == job_id)).scalar_one()
+
+        return await self._write(_beat)
+
+    async def list_stale(self, stale_before: float) -> list[Job]:
+        """See `JobStore.list_stale`."""
+        stale = sa.or_(
+            sa.and_(
+                jobs_t.c.status == "running",
+                sa.or_(jobs_t.c.heartbeat_at.is_(None), jobs_t.c.heartbeat_at < stale_before),
+            ),
+            sa.and_(jobs_t.c.status == "queued", jobs_t.c.updated_at < stale_before),
+        )
+        return await self._read(_JOBS_WITH_FILES.where(stale))
+
+    async def cancel(self, job_id: str) -> Job:
+        """See `JobStore.cancel`."""
+
+        def _cancel(conn: Connection) -> None:
+            status = _must_exist(conn, job_id)
+            if status not in UNFINISHED_JOB_STATUSES:
+                raise JobStateConflict(f"job {job_id} is already {status}")
+            conn.execute(
+                sa.update(files_t)
+                .where(files_t.c.job_id == job_id, files_t.c.status.not_in(sorted(FINAL_FILE_STATUSES)))
+                .values(status="cancelled", error="cancelled")
+            )
+            _touch(conn, job_id, "cancelled")
+
+        await self._write(_cancel)
+        job = await self.get(job_id)
+        assert job is not None
+        return job
+
+    async def retry(self, job_id: str) -> Job:
+        """See `JobStore.retry`."""
+
+        def _retry(conn: Connection) -> None:
+            status = _must_exist(conn, job_id)
+            if status in UNFINISHED_JOB_STATUSES:
+                raise JobStateConflict(f"job {job_id} is still {status}")
+            redo = conn.execute(
+                sa.update(files_t)
+                .where(files_t.c.job_id == job_id, files_t.c.status.in_(["failed", "cancelled"]))
+                .values(status="queued", error=None, chunks=0)
+            ).rowcount
+            if not redo:
+                raise JobStateConflict(f"job {job_id} has no failed or cancelled file to retry")
+            conn.execute(
+                sa.update(jobs_t)
+                .where(jobs_t.c.job_id == job_id)
+                .values(status="queued", worker="", heartbeat_at=None, updated_at=time.time())
+            )
+
+        await self._write(_retry)
+        job = await self.get(job_id)
+        assert job is not None
+        return job
 
     async def list_unfinished(self) -> list[Job]:
         """See `JobStore.list_unfinished`."""
@@ -187,6 +303,14 @@ def _touch(conn: Connection, job_id: str, status: str | None = None) -> None:
         raise KeyError(f"unknown job {job_id}")
 
 
+def _must_exist(conn: Connection, job_id: str) -> str:
+    """The job's status; KeyError for an unknown job."""
+    status = conn.execute(sa.select(jobs_t.c.status).where(jobs_t.c.job_id == job_id)).scalar_one_or_none()
+    if status is None:
+        raise KeyError(f"unknown job {job_id}")
+    return str(status)
+
+
 def _jobs_from_rows(rows: Sequence[Row[Any]]) -> list[Job]:
     """Group `_JOBS_WITH_FILES` rows (one per file, in order) into jobs."""
     jobs: dict[str, tuple[Row[Any], list[JobFile]]] = {}
@@ -204,6 +328,9 @@ def _jobs_from_rows(rows: Sequence[Row[Any]]) -> list[Job]:
             created_at=row.created_at,
             updated_at=row.updated_at,
             owner=row.owner,
+            worker=row.worker,
+            attempts=row.attempts,
+            heartbeat_at=row.heartbeat_at,
         )
         for row, job_files in jobs.values()
     ]

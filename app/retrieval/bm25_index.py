@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -74,6 +74,7 @@ class BM25Index:
         analyzer: Analyzer | None = None,
         k1: float = 1.2,
         b: float = 0.75,
+        on_full_rebuild: Callable[[], None] | None = None,
     ):
         self.root = Path(root)
         self.store = store
@@ -85,6 +86,10 @@ class BM25Index:
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
         self._dirs: dict[str, Path] = {}
+        self.on_full_rebuild = on_full_rebuild
+        # Set when a change feed keeps the term table current (`bm25_feed`): a flush then re-indexes
+        # without comparing counts with the store, which a concurrent writer elsewhere makes differ.
+        self.trust_table = False
 
     @property
     def signature(self) -> str:
@@ -102,7 +107,7 @@ class BM25Index:
         """Re-index the collection if its terms changed since the last snapshot; re-derive them from
         the store first when the two disagree on the chunk count."""
         with self._lock(collection), self._file_lock(collection):
-            if self._table(collection).count() != self._store_count(collection):
+            if not self.trust_table and self._table(collection).count() != self._store_count(collection):
                 self._rebuild_locked(collection)
                 return
             current = self._read_current(collection)
@@ -125,7 +130,28 @@ class BM25Index:
         (self._dir(collection) / "chunks.sqlite3").unlink(missing_ok=True)
         count = self._table(collection).replace_all(self._row(c) for c in self._store_chunks(collection))
         self._write_snapshot(collection)
+        if self.on_full_rebuild is not None:
+            self.on_full_rebuild()
         return count
+
+    # -- a change feed (app.retrieval.bm25_feed) -------------------------------------------------
+
+    def row(self, chunk: Chunk) -> Row:
+        """A chunk's analysed terms, as the term table (and the feed) holds them."""
+        return self._row(chunk)
+
+    def apply_rows(self, collection: str, rows: list[Row], deleted_ids: list[str]) -> None:
+        """Apply a change another process published (searchable after `refresh`)."""
+        self._table(collection).apply(rows, deleted_ids)
+
+    def refresh(self, collection: str) -> None:
+        """Re-index a collection this process serves after feed changes; one it has not loaded yet is
+        left for its first load (which checks it against the store)."""
+        if collection not in self._snapshots:
+            return
+        with self._lock(collection), self._file_lock(collection):
+            if self._table(collection).generation() != self._snapshots[collection].generation:
+                self._write_snapshot(collection)
 
     def ensure_consistent(self, collection: str) -> bool:
         """Compare the derived ids with the store's; rebuild when they differ. True if it rebuilt."""
@@ -322,8 +348,12 @@ class BM25Index:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def build_bm25_index(settings: Settings, store: VectorIndex) -> BM25Index:
+def build_bm25_index(
+    settings: Settings, store: VectorIndex, *, on_full_rebuild: Callable[[], None] | None = None
+) -> BM25Index:
     """The BM25 index under `settings.bm25_dir`, derived from `store`."""
     r = settings.retrieval
     analyzer = Analyzer(title_weight=r.bm25_title_weight)
-    return BM25Index(settings.bm25_dir, store, analyzer=analyzer, k1=r.bm25_k1, b=r.bm25_b)
+    return BM25Index(
+        settings.bm25_dir, store, analyzer=analyzer, k1=r.bm25_k1, b=r.bm25_b, on_full_rebuild=on_full_rebuild
+    )

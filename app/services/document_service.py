@@ -24,7 +24,9 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -37,6 +39,7 @@ from typing import Any, TypeVar
 from app.auth.audit import AuditLog, AuditTarget
 from app.auth.principal import Principal
 from app.jobs.base import Job, JobFile, JobStore, JobStoreUnavailable, final_status
+from app.jobs.queue import ArqJobQueue
 from app.services.errors import InvalidInput, Unavailable
 from app.services.metrics import Metrics
 from app.services.uploads import (
@@ -50,6 +53,7 @@ from app.services.uploads import (
     receive_upload,
 )
 from app.settings import Settings
+from app.storage import LocalStorage, StorageError, UploadStorage
 from ingest.loaders import LoadError, load_bytes
 from ingest.pipeline import IngestCancelled, IngestPipeline
 from ingest.safety import LoadLimits, display_filename
@@ -137,6 +141,8 @@ class DocumentService:
         *,
         audit: AuditLog | None = None,
         document_id_key: bytes = b"",
+        storage: UploadStorage | None = None,
+        queue: ArqJobQueue | None = None,
     ):
         self.settings = settings
         self.audit = audit
@@ -145,6 +151,11 @@ class DocumentService:
         self.pipeline = pipeline
         self.jobs = jobs
         self.metrics = metrics
+        self.storage: UploadStorage = storage or LocalStorage(settings.uploads_dir)
+        # None: the in-process runner (this process runs the jobs it accepts); else an arq queue that
+        # `ragserver worker` processes consume.
+        self.queue = queue
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.upload_limits = UploadLimits.from_settings(settings)
         self.load_limits = LoadLimits.from_settings(settings.limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -152,9 +163,12 @@ class DocumentService:
         self._receiving: set[str] = set()
         self._worker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # Set by stop(): the running pipeline stops at its next boundary.
+        # Set by stop(): no new job starts. Each running job has its own event (stop, cancel, or another
+        # worker took the job over): its pipeline stops at the next boundary.
         self._cancel = threading.Event()
+        self._running: dict[str, threading.Event] = {}
         self._job_thread: threading.Thread | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -162,10 +176,18 @@ class DocumentService:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.settings.jobs.heartbeat_timeout_s
+
     async def start(self) -> None:
-        """Start the job worker, re-queue jobs a previous process left unfinished, and start the
-        retention sweep (which runs once now, then periodically)."""
+        """Start the retention sweep (once now, then periodically) and, with the in-process runner, the
+        job worker, re-queuing the jobs a previous process of this instance left unfinished. With the
+        queue runner, `ragserver worker` processes run jobs (`start_worker`)."""
         self._cancel.clear()
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="ingest-retention")
+        if self.queue is not None:
+            return
         self._worker = asyncio.create_task(self._work(), name="ingest-worker")
         me = self.settings.instance_id
         try:
@@ -180,14 +202,79 @@ class DocumentService:
                 continue
             log.info("resuming ingestion job %s", job.job_id)
             await self._queue.put(job.job_id)
-        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="ingest-retention")
+
+    async def start_worker(self) -> None:
+        """In a `ragserver worker` process: start the reaper, which queues again every job whose worker
+        stopped heartbeating for `jobs.heartbeat_timeout_s` (and queued jobs nobody picked up)."""
+        self._cancel.clear()
+        self._reaper = asyncio.create_task(self._reap_periodically(), name="ingest-reaper")
+
+    async def run_queued(self, job_id: str) -> None:
+        """Run one job a queue message names (the worker's task); a no-op when the job is finished,
+        cancelled or held by another live worker."""
+        await self._run_to_the_end(job_id)
+
+    async def reap(self, now: float | None = None) -> list[str]:
+        """Queue again the jobs `list_stale` finds; returns their ids."""
+        now = time.time() if now is None else now
+        stale = await self.jobs.list_stale(now - self.heartbeat_timeout_s)
+        for job in stale:
+            log.warning(
+                "re-queuing job %s (%s, worker %r, attempt %d): no heartbeat for %.0f s",
+                job.job_id,
+                job.status,
+                job.worker,
+                job.attempts,
+                self.heartbeat_timeout_s,
+            )
+            await self._dispatch(job)
+        return [job.job_id for job in stale]
+
+    async def _reap_periodically(self) -> None:
+        every = max(0.2, self.heartbeat_timeout_s / 3)
+        while True:
+            try:
+                await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reaper pass failed; trying again")
+            await asyncio.sleep(every)
+
+    async def _dispatch(self, job: Job) -> None:
+        if self.queue is None:
+            await self._queue.put(job.job_id)
+        else:
+            await self.queue.enqueue(job)
+
+    async def cancel_job(self, job_id: str, *, principal: Principal) -> Job:
+        """Cancel an unfinished job: files not yet ingested are 'cancelled' (JobStateConflict, 409,
+        for a finished job). The worker running it stops at its next boundary."""
+        await self.get_job(job_id, principal=principal)
+        async with self._audited(principal, "job.cancel", "", job_id), _store_errors_as_unavailable():
+            job = await self.jobs.cancel(job_id)
+        running = self._running.get(job_id)
+        if running is not None:
+            running.set()
+        return job
+
+    async def retry_job(self, job_id: str, *, principal: Principal) -> Job:
+        """Queue a finished job's failed and cancelled files again (JobStateConflict, 409, while it is
+        unfinished or when no file failed)."""
+        await self.get_job(job_id, principal=principal)
+        async with self._audited(principal, "job.retry", "", job_id), _store_errors_as_unavailable():
+            job = await self.jobs.retry(job_id)
+        await self._dispatch(job)
+        return job
 
     async def stop(self) -> None:
         """Stop the worker within about STOP_GRACE_S: a running job stops at its next boundary and
         stays queued/running in the job store, so the next start resumes it."""
         deadline = time.monotonic() + STOP_GRACE_S
         self._cancel.set()
-        tasks = [t for t in (self._worker, self._sweeper) if t is not None]
+        for running in list(self._running.values()):
+            running.set()
+        tasks = [t for t in (self._worker, self._sweeper, self._reaper) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -198,7 +285,7 @@ class DocumentService:
             await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("ingestion thread still busy at stop; its job resumes at the next start")
-        self._worker = self._sweeper = None
+        self._worker = self._sweeper = self._reaper = None
 
     async def wait_idle(self) -> None:
         """Wait until every queued job has finished (tests, benchmarks)."""
@@ -206,9 +293,10 @@ class DocumentService:
 
     # -- uploads -----------------------------------------------------------------------------------
 
-    def _reserve_slot(self) -> None:
+    async def _reserve_slot(self) -> None:
         """Refuse (503) when the queue holds limits.max_queued_jobs jobs (counting uploads underway)."""
-        waiting = self._queue.qsize() + len(self._receiving)
+        queued = self._queue.qsize() if self.queue is None else await self.queue.depth()
+        waiting = queued + len(self._receiving)
         if waiting >= self.settings.limits.max_queued_jobs:
             raise Unavailable(
                 f"the ingestion queue is full ({waiting} jobs waiting, limits.max_queued_jobs); "
@@ -242,9 +330,9 @@ class DocumentService:
         validate_store_name(store)
         if declared_bytes is not None and declared_bytes > self.upload_limits.max_request_bytes:
             raise self.upload_limits.request_too_large()
-        self._reserve_slot()
+        await self._reserve_slot()
         job_id = uuid.uuid4().hex
-        job_dir = self.settings.uploads_dir / job_id
+        job_dir = self.storage.staging_root / job_id
         self._receiving.add(job_id)
         try:
             received = await receive_upload(parts, job_dir, self.upload_limits)
@@ -262,6 +350,10 @@ class DocumentService:
                     stored_path=str(staged.path),
                     original_filename=original,
                 )
+            kept = list(job_files.values())
+            keys = await self.storage.keep(job_id, job_dir, [Path(f.stored_path) for f in kept])
+            for f, key in zip(kept, keys, strict=True):
+                f.stored_path = key
             now = time.time()
             job = Job(
                 job_id=job_id,
@@ -271,16 +363,19 @@ class DocumentService:
                 metadata=received.metadata,
                 created_at=now,
                 updated_at=now,
-                owner=self.settings.instance_id,
+                # With the in-process runner and local uploads only this instance can run it.
+                owner=self.settings.instance_id if self.queue is None and not self.storage.shared else "",
             )
             async with _store_errors_as_unavailable():
                 await self.jobs.create(job)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, job_dir, True))
+            if self.storage.shared:
+                await asyncio.shield(self.storage.delete_job(job_id))
             raise
         finally:
             self._receiving.discard(job_id)
-        await self._queue.put(job_id)
+        await self._dispatch(job)
         return job
 
     async def _document_ids(self, store: str, filenames: list[str]) -> dict[str, str]:
@@ -382,23 +477,55 @@ class DocumentService:
         done = await self.jobs.get(job_id)
         assert done is not None
         status = final_status(done.files)
-        await self.jobs.set_status(job_id, status)
+        # A cancel that landed meanwhile stays (the job is no longer queued or running).
+        if not await self.jobs.set_status(job_id, status, only_from=("queued", "running")):
+            return
         self.metrics.jobs.labels(status=status).inc()
         if status == "succeeded":
-            await asyncio.to_thread(shutil.rmtree, self.settings.uploads_dir / job_id, True)
+            await self.storage.delete_job(job_id)
 
     async def _run(self, job_id: str) -> None:
-        job = await self.jobs.get(job_id)
-        if job is None or job.is_finished:
+        # The in-process runner resumes its own jobs whatever their heartbeat (only it runs them);
+        # a queue worker takes a running job over only once its worker stopped heartbeating.
+        stale_before = time.time() - self.heartbeat_timeout_s if self.queue is not None else float("inf")
+        job = await self.jobs.claim(job_id, self.worker_id, stale_before)
+        if job is None:
             return
-        if job.status != "running":
-            await self.jobs.set_status(job_id, "running")
-        todo = [f for f in job.files if not f.is_final]
-        if todo:
-            await self._in_job_thread(self._ingest_job, job, todo, asyncio.get_running_loop())
+        cancel = threading.Event()
+        if self._cancel.is_set():
+            cancel.set()
+        self._running[job_id] = cancel
+        beat = asyncio.create_task(self._heartbeat(job_id, cancel), name=f"heartbeat-{job_id}")
+        try:
+            todo = [f for f in job.files if not f.is_final]
+            if todo:
+                await self._in_job_thread(self._ingest_job, job, todo, asyncio.get_running_loop(), cancel)
+        except asyncio.CancelledError:  # the worker is stopping: the pipeline stops at its next boundary
+            cancel.set()
+            raise
+        finally:
+            beat.cancel()
+            self._running.pop(job_id, None)
         await self._finish(job_id)
 
-    def _ingest_job(self, job: Job, todo: list[JobFile], loop: asyncio.AbstractEventLoop) -> None:
+    async def _heartbeat(self, job_id: str, cancel: threading.Event) -> None:
+        """Say this worker is alive every third of the timeout; stop the job when it was cancelled or
+        another worker took it over (this one was thought dead)."""
+        every = max(0.1, self.heartbeat_timeout_s / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                status = await self.jobs.heartbeat(job_id, self.worker_id)
+            except JobStoreUnavailable:
+                continue
+            if status is None or status == "cancelled":
+                log.info("job %s %s; stopping it", job_id, "cancelled" if status else "taken over")
+                cancel.set()
+                return
+
+    def _ingest_job(
+        self, job: Job, todo: list[JobFile], loop: asyncio.AbstractEventLoop, cancel: threading.Event
+    ) -> None:
         """Runs in the job's thread: load each file (a failure is that file's), ingest, and record
         each file's outcome as it finishes."""
         by_doc = {f.document_id: f for f in todo}
@@ -423,11 +550,11 @@ class DocumentService:
 
         def items() -> Iterator[SourceDocument | LoadFailure]:
             for f in todo:
-                if self._cancel.is_set():
+                if cancel.is_set():
                     return
                 yield self._load(job, f)
 
-        self.pipeline.ingest(items(), job.collection, on_document=on_document, cancel=self._cancel)
+        self.pipeline.ingest(items(), job.collection, on_document=on_document, cancel=cancel)
 
     def _load(self, job: Job, f: JobFile) -> SourceDocument | LoadFailure:
         """One stored upload as a document, or its failure: nothing a file holds can raise past here."""
@@ -437,16 +564,14 @@ class DocumentService:
         if original is not None:
             metadata["original_filename"] = original
         try:
-            data = Path(f.stored_path).read_bytes()
+            data = self.storage.read(f.stored_path)
             return load_bytes(
                 data, shown, doc_id=f.document_id, source=shown, metadata=metadata, limits=self.load_limits
             )
         except LoadError as exc:
             return LoadFailure(source=f.stored_path, error=str(exc))
-        except OSError as exc:
-            return LoadFailure(
-                source=f.stored_path, error=f"the stored upload cannot be read: {exc.strerror or exc}"
-            )
+        except StorageError as exc:
+            return LoadFailure(source=f.stored_path, error=str(exc))
         except Exception as exc:  # a loader bug must still fail only this file
             log.exception("loading %s failed", f.stored_path)
             return LoadFailure(
@@ -504,23 +629,18 @@ class DocumentService:
         if days > 0:
             jobs = await self.jobs.delete_finished(now - days * 86400)
             for job_id in jobs:
-                await asyncio.to_thread(shutil.rmtree, self.settings.uploads_dir / job_id, True)
+                await self.storage.delete_job(job_id)
         orphans = 0
-        for path in await asyncio.to_thread(self._upload_dirs):
-            if path.name in self._receiving or path.name in jobs:
+        for job_id, written in (await self.storage.job_ids()).items():
+            if job_id in self._receiving or job_id in jobs:
                 continue
-            age = now - (await asyncio.to_thread(path.stat)).st_mtime
-            if age < ORPHAN_UPLOAD_AGE_S or await self.jobs.get(path.name) is not None:
+            if now - written < ORPHAN_UPLOAD_AGE_S or await self.jobs.get(job_id) is not None:
                 continue
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            await self.storage.delete_job(job_id)
             orphans += 1
         if jobs or orphans:
             log.info("retention: deleted %d finished jobs and %d orphan upload folders", len(jobs), orphans)
         return {"jobs": len(jobs), "orphan_uploads": orphans}
-
-    def _upload_dirs(self) -> list[Path]:
-        root = self.settings.uploads_dir
-        return [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
 
     # -- documents -------------------------------------------------------------------------------
 

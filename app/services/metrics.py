@@ -87,6 +87,16 @@ class Metrics:
         self.capped_answers = Counter(
             "ragserver_answers_capped_total", "Answers cut at max_tokens (finish_reason length)", registry=r
         )
+        self.bm25_full_rebuilds = Counter(
+            "ragserver_bm25_full_rebuilds_total",
+            "BM25 indexes re-derived from every chunk of the vector store (a change should never need one)",
+            registry=r,
+        )
+        self.bm25_feed_lag = Gauge(
+            "ragserver_bm25_feed_lag_seconds",
+            "Age of the last BM25 change-feed entry this process applied, when it applied it",
+            registry=r,
+        )
         self.condense = Counter(
             "ragserver_condense_total",
             "Follow-up search queries: the model's rewrite, or the deterministic fallback",

@@ -169,6 +169,8 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
         ("GET", "/v1/collections/{collection}/documents/{document_id}"): Call("reader", 404),
         ("DELETE", "/v1/collections/{collection}/documents/{document_id}"): Call("writer", 404),
         ("GET", "/v1/jobs/{job_id}"): Call("reader", 404),
+        ("POST", "/v1/jobs/{job_id}/cancel"): Call("writer", 404),
+        ("POST", "/v1/jobs/{job_id}/retry"): Call("writer", 404),
         # B's own hr exists, but A's conversation id names nothing in tenant B.
         ("POST", "/v1/chat"): Call("reader", 404, json={**ask, "conversation_id": w.a_conversation}),
         ("GET", "/v1/conversations/{conversation_id}"): Call("reader", 404),
@@ -291,6 +293,8 @@ def test_a_key_limited_to_other_collections_sees_hr_as_missing(world: World) -> 
         ("GET", "/v1/collections/hr/documents", None),
         ("GET", f"/v1/collections/hr/documents/{world.a_doc}", None),
         ("GET", f"/v1/jobs/{world.a_job}", None),
+        ("POST", f"/v1/jobs/{world.a_job}/cancel", None),
+        ("POST", f"/v1/jobs/{world.a_job}/retry", None),
         ("POST", "/v1/chat", {"message": "per-diem?", "collection": "hr"}),
         ("POST", "/v1/retrieve", {"query": "per-diem", "collection": "hr"}),
         (

@@ -74,8 +74,34 @@ async def upload_documents(
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
 async def get_job(job_id: str, service: DocumentServiceDep, principal: Reader) -> JobOut:
-    """Status of an ingestion job: queued, running, succeeded, failed or partial, per file."""
+    """Status of an ingestion job: queued, running, succeeded, failed, partial or cancelled, per file,
+    with the worker running it and how many times a worker took it."""
     return JobOut.from_job(await service.get_job(job_id, principal=principal))
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses={404: {"description": "No such job"}, 409: {"description": "The job already finished"}},
+)
+async def cancel_job(job_id: str, service: DocumentServiceDep, principal: Writer) -> JobOut:
+    """Cancel a queued or running job: files not yet ingested become `cancelled` (files already
+    ingested stay); the worker stops at its next boundary."""
+    return JobOut.from_job(await service.cancel_job(job_id, principal=principal))
+
+
+@router.post(
+    "/v1/jobs/{job_id}/retry",
+    response_model=JobOut,
+    responses={
+        404: {"description": "No such job"},
+        409: {"description": "The job is still running, or no file failed"},
+    },
+)
+async def retry_job(job_id: str, service: DocumentServiceDep, principal: Writer) -> JobOut:
+    """Queue a finished job's failed and cancelled files again (their stored uploads are kept until
+    the job succeeds)."""
+    return JobOut.from_job(await service.retry_job(job_id, principal=principal))
 
 
 @router.get("/v1/collections/{collection}/documents", response_model=DocumentList)

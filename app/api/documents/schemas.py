@@ -33,6 +33,11 @@ class JobFileOut(BaseModel):
     chunks: int = 0
 
 
+class WorkerOut(BaseModel):
+    host: str
+    pid: int
+
+
 class JobOut(BaseModel):
     """The status answer of an ingestion job (`GET /v1/jobs/{job_id}`)."""
 
@@ -44,6 +49,10 @@ class JobOut(BaseModel):
     metadata: dict[str, Any] = {}
     created_at: float
     updated_at: float
+    # The worker process running (or that last ran) it, and how many times a worker claimed it (more
+    # than one: a worker died or stopped and another took over).
+    worker: WorkerOut | None = None
+    attempts: int = 0
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
@@ -53,6 +62,8 @@ class JobOut(BaseModel):
 
         view = job.to_dict()
         view["collection"] = split_store_name(job.collection)[1]  # as its tenant names it
+        host, _, pid = job.worker.rpartition(":")
+        view["worker"] = {"host": host, "pid": int(pid)} if host and pid.isdigit() else None
         return cls.model_validate(view)
 
 
