@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-model serve test lint bench eval redis postgres browser clean
+.PHONY: install install-model serve cluster test lint bench eval redis postgres browser clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ install-model: install
 
 serve: install
 	RAGSERVER_AUTH__MODE=$(AUTH) $(BIN)/ragserver serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# The scale-out topology as processes on loopback (what deploy/compose.yaml runs in containers): a Chroma
+# server, an S3 endpoint (moto), two API replicas and two ingestion workers on the machine's PostgreSQL and
+# Redis (started here when they are not running). Ctrl-C stops it all. CLUSTER_DIR for the logs and data.
+cluster: install redis postgres
+	$(BIN)/python -m app.devtools.cluster
 
 # Redis backs the history/job contract tests; start it on loopback when installed and not running.
 redis:

@@ -15,6 +15,7 @@ from rich.table import Table
 from app.cli.bench_abuse import bench_abuse
 from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_queries import bench_queries
+from app.cli.bench_scale import bench_scale
 from app.cli.bench_serve import bench_serve
 from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option
 from app.cli.db import db_app
@@ -37,6 +38,7 @@ app.add_typer(keys_app, name="keys")
 app.command("audit")(audit)
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
+bench_app.command("scale")(bench_scale)
 bench_app.command("queries")(bench_queries)
 bench_app.command("abuse")(bench_abuse)
 eval_app.command("retrieval")(retrieval)

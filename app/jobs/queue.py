@@ -51,6 +51,10 @@ class ArqJobQueue:
         pool = await self.pool()
         return int(await pool.zcard(self.queue_name))
 
+    async def ping(self) -> bool:
+        pool = await self.pool()
+        return bool(await pool.ping())
+
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.aclose()

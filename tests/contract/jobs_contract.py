@@ -177,3 +177,106 @@ class JobStoreContract:
         stored = await second.get(job.job_id)
         assert stored is not None and stored.files[0].status == "running"
         assert [j.job_id for j in await second.list_unfinished()] == [job.job_id]
+
+    # -- workers: claims, heartbeats, the reaper, cancel and retry ---------------------------------
+
+    async def test_claim_takes_a_queued_job_once(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        now = time.time()
+        claims = await asyncio.gather(*(store.claim(job.job_id, f"host:{pid}", now - 30) for pid in range(8)))
+        won = [c for c in claims if c is not None]
+        assert len(won) == 1
+        assert won[0].status == "running" and won[0].attempts == 1
+        assert won[0].heartbeat_at is not None and won[0].heartbeat_at >= now - 1
+        stored = await store.get(job.job_id)
+        assert stored is not None and stored.worker == won[0].worker
+
+    async def test_claim_takes_over_only_a_stale_running_job(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        assert await store.claim(job.job_id, "a:1", time.time() - 30) is not None
+        # a:1 is alive (fresh heartbeat): b:2 cannot take the job.
+        assert await store.claim(job.job_id, "b:2", time.time() - 30) is None
+        assert await store.heartbeat(job.job_id, "a:1") == "running"
+        # Once the heartbeat is older than the cut-off, b:2 takes it over; a:1's next beat says so.
+        taken = await store.claim(job.job_id, "b:2", time.time() + 1)
+        assert taken is not None and taken.worker == "b:2" and taken.attempts == 2
+        assert await store.heartbeat(job.job_id, "a:1") is None
+        assert await store.heartbeat(job.job_id, "b:2") == "running"
+        assert await store.heartbeat("never-seen", "b:2") is None
+
+    async def test_claim_never_takes_a_finished_job(self, store: JobStore) -> None:
+        job = make_job(status="succeeded")
+        await store.create(job)
+        assert await store.claim(job.job_id, "a:1", time.time() + 60) is None
+        assert await store.claim("never-seen", "a:1", time.time()) is None
+
+    async def test_list_stale(self, store: JobStore) -> None:
+        fresh, dead, waiting, done = (
+            make_job(),
+            make_job(),
+            make_job(created_at=time.time() - 100),
+            make_job(),
+        )
+        for job in (fresh, dead, waiting, done):
+            await store.create(job)
+        await store.claim(fresh.job_id, "a:1", 0)
+        await store.claim(dead.job_id, "b:2", 0)
+        await store.set_status(done.job_id, "succeeded")
+        cut_off = time.time() + 0.5
+        await asyncio.sleep(0.6)
+        await store.heartbeat(fresh.job_id, "a:1")
+        stale = {j.job_id for j in await store.list_stale(cut_off)}
+        assert stale == {dead.job_id, waiting.job_id}
+
+    async def test_set_status_only_from(self, store: JobStore) -> None:
+        job = make_job()
+        await store.create(job)
+        await store.cancel(job.job_id)
+        assert await store.set_status(job.job_id, "succeeded", only_from=("queued", "running")) is False
+        stored = await store.get(job.job_id)
+        assert stored is not None and stored.status == "cancelled"
+        assert await store.set_status(job.job_id, "failed", only_from=("cancelled",)) is True
+        with pytest.raises(KeyError):
+            await store.set_status("never-seen", "failed", only_from=("queued",))
+
+    async def test_cancel_keeps_finished_files(self, store: JobStore) -> None:
+        from app.jobs.base import JobStateConflict
+
+        job = make_job()
+        await store.create(job)
+        await store.update_file(job.job_id, "doc-0", "succeeded", chunks=4)
+        cancelled = await store.cancel(job.job_id)
+        assert cancelled.status == "cancelled"
+        assert [f.status for f in cancelled.files] == ["succeeded", "cancelled", "cancelled"]
+        assert cancelled.is_finished
+        with pytest.raises(JobStateConflict):
+            await store.cancel(job.job_id)
+        with pytest.raises(KeyError):
+            await store.cancel("never-seen")
+
+    async def test_retry_requeues_failed_and_cancelled_files(self, store: JobStore) -> None:
+        from app.jobs.base import JobStateConflict
+
+        job = make_job()
+        await store.create(job)
+        with pytest.raises(JobStateConflict):
+            await store.retry(job.job_id)  # still queued
+        await store.claim(job.job_id, "a:1", 0)
+        await store.update_file(job.job_id, "doc-0", "succeeded", chunks=4)
+        await store.update_file(job.job_id, "doc-1", "failed", error="bad pdf")
+        await store.cancel(job.job_id)
+        retried = await store.retry(job.job_id)
+        assert retried.status == "queued" and retried.worker == "" and retried.attempts == 1
+        assert [(f.status, f.error, f.chunks) for f in retried.files] == [
+            ("succeeded", None, 4),
+            ("queued", None, 0),
+            ("queued", None, 0),
+        ]
+        await store.claim(job.job_id, "a:1", 0)
+        for name in ("doc-1", "doc-2"):
+            await store.update_file(job.job_id, name, "succeeded", chunks=1)
+        await store.set_status(job.job_id, "succeeded")
+        with pytest.raises(JobStateConflict):
+            await store.retry(job.job_id)  # nothing failed

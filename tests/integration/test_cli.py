@@ -98,3 +98,28 @@ def test_bench_queries_compares_torch_and_onnx(run, tmp_path: Path) -> None:
     assert figures["torch_p50_ms_1t"] > 0 and figures["onnx_p50_ms_1t"] > 0
     assert figures["max_abs_diff"] < 1e-4
     assert run("bench", "queries", "--queries", str(queries), "--threads", "two").exit_code == 2
+
+
+def test_bench_scale_prints_each_size(run, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"_id": str(i), "title": f"T{i}", "text": f"cells divide {i} times"}) + "\n"
+            for i in range(50)
+        )
+    )
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(
+            json.dumps({"_id": str(i), "text": f"how often do cells divide {i}"}) + "\n" for i in range(30)
+        )
+    )
+    args = ["bench", "scale", "--corpus", str(corpus), "--queries", str(queries), "--requests", "20"]
+    result = run(*args, "--sizes", "300", "--work-dir", str(tmp_path / "scale"))
+    assert result.exit_code == 0, result.output
+    (row,) = last_json(result.stdout)["sizes"]
+    assert row["chunks"] == 300 and row["write_chunks_per_s"] > 0 and row["peak_rss_mb"] > 0
+    assert row["restart_s"] > 0 and row["new_replica_s"] > 0
+    assert row["hybrid_c1"]["p99_ms"] >= row["hybrid_c1"]["p50_ms"] > 0
+    assert row["hybrid_c16"]["qps"] > 0
+    assert run(*args, "--sizes", "ten").exit_code == 2

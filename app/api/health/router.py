@@ -37,6 +37,8 @@ async def readyz(container: ContainerDep) -> JSONResponse:
         "job_store": await check(container.jobs.ping()),
         "llm": await check(container.llm.health()),
     }
+    if container.job_queue is not None:
+        checks["job_queue"] = await check(container.job_queue.ping())
     down = [name for name, ok in checks.items() if not ok]
     if down:
         body = {
