@@ -137,7 +137,11 @@ class SQLJobStore:
             jobs_t.c.status == "queued",
             sa.and_(
                 jobs_t.c.status == "running",
-                sa.or_(jobs_t.c.heartbeat_at.is_(None), jobs_t.c.heartbeat_at < stale_before),
+                sa.or_(
+                    jobs_t.c.heartbeat_at.is_(None),
+                    jobs_t.c.heartbeat_at < stale_before,
+                    jobs_t.c.worker == worker,  # its own job again (after a job-store outage)
+                ),
             ),
         )
         change = (

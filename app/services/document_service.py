@@ -169,6 +169,8 @@ class DocumentService:
         self._running: dict[str, threading.Event] = {}
         self._job_thread: threading.Thread | None = None
         self._reaper: asyncio.Task[None] | None = None
+        # Jobs this instance accepted and resumes at start-up: claimed whatever their heartbeat.
+        self._resumed: set[str] = set()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -201,7 +203,10 @@ class DocumentService:
                 log.info("leaving unfinished job %s to its owner %s", job.job_id, job.owner)
                 continue
             log.info("resuming ingestion job %s", job.job_id)
+            if job.owner == me:  # this instance's own: its heartbeat may be a dead process's, still fresh
+                self._resumed.add(job.job_id)
             await self._queue.put(job.job_id)
+        self._reaper = asyncio.create_task(self._reap_periodically(), name="ingest-reaper")
 
     async def start_worker(self) -> None:
         """In a `ragserver worker` process: start the reaper, which queues again every job whose worker
@@ -218,6 +223,8 @@ class DocumentService:
         """Queue again the jobs `list_stale` finds; returns their ids."""
         now = time.time() if now is None else now
         stale = await self.jobs.list_stale(now - self.heartbeat_timeout_s)
+        if self.queue is None:  # the in-process runner can only run jobs whose uploads it can read
+            stale = [job for job in stale if job.owner in ("", self.settings.instance_id)]
         for job in stale:
             log.warning(
                 "re-queuing job %s (%s, worker %r, attempt %d): no heartbeat for %.0f s",
@@ -485,9 +492,11 @@ class DocumentService:
             await self.storage.delete_job(job_id)
 
     async def _run(self, job_id: str) -> None:
-        # The in-process runner resumes its own jobs whatever their heartbeat (only it runs them);
-        # a queue worker takes a running job over only once its worker stopped heartbeating.
-        stale_before = time.time() - self.heartbeat_timeout_s if self.queue is not None else float("inf")
+        # A running job is taken over once its worker stopped heartbeating; the in-process runner
+        # resumes the jobs it accepted at once (only it can read their uploads).
+        forced = job_id in self._resumed
+        self._resumed.discard(job_id)
+        stale_before = float("inf") if forced else time.time() - self.heartbeat_timeout_s
         job = await self.jobs.claim(job_id, self.worker_id, stale_before)
         if job is None:
             return

@@ -205,6 +205,9 @@ class JobStoreContract:
         assert await store.heartbeat(job.job_id, "a:1") is None
         assert await store.heartbeat(job.job_id, "b:2") == "running"
         assert await store.heartbeat("never-seen", "b:2") is None
+        # A worker may claim its own running job again (it resumes after a job-store outage).
+        again = await store.claim(job.job_id, "b:2", 0)
+        assert again is not None and again.attempts == 3
 
     async def test_claim_never_takes_a_finished_job(self, store: JobStore) -> None:
         job = make_job(status="succeeded")
