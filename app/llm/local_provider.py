@@ -1,5 +1,5 @@
-"""A small local model on CPU (SmolLM2-135M-Instruct by default, Qwen2.5-Coder-0.5B-Instruct as an
-option: `app/llm/local_models.py`), from a GGUF file that ships in pip packages.
+"""A small local model on CPU (`llm.local_model`: Qwen2.5-Coder-0.5B-Instruct by default, or
+SmolLM2-135M-Instruct: `app/llm/local_models.py`), from a GGUF file that ships in pip packages.
 
 transformers and torch are imported in `load()` only, so importing this module stays cheap.
 """
@@ -90,7 +90,8 @@ class _Runaway:
 
 
 class LocalLLM:
-    """SmolLM2-135M-Instruct served in-process with transformers.
+    """A packaged GGUF model (SmolLM2-135M-Instruct unless `model` says otherwise) served in-process
+    with transformers.
 
     `load()` reads the model once (call it at start-up; otherwise the first request loads it).
     Generation runs in a worker thread, one at a time (one model, CPU), so the event loop stays

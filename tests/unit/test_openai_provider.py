@@ -251,7 +251,9 @@ def test_factory_defaults() -> None:
 
     local = build_llm(LLMSettings())
     assert isinstance(local, LocalLLM)
-    assert local.model_name == "SmolLM2-135M-Instruct"
+    assert local.model_name == "Qwen2.5-Coder-0.5B-Instruct"  # the default local model
+    small = build_llm(LLMSettings(local_model="smollm2"))
+    assert isinstance(small, LocalLLM) and small.model_name == "SmolLM2-135M-Instruct"
     remote = build_llm(LLMSettings(provider="openai", model="gpt-4o-mini"))
     assert isinstance(remote, OpenAICompatibleLLM)
     assert remote.base_url == "https://api.openai.com/v1"
