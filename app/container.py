@@ -34,12 +34,15 @@ if TYPE_CHECKING:
     from app.jobs.queue import ArqJobQueue
     from app.llm.base import LLM
     from app.prompting import PromptRegistry
+    from app.responses.store import ResponseStore
     from app.retrieval.bm25_feed import BM25Feed
     from app.retrieval.bm25_index import BM25Index
     from app.retrieval.retriever import Retriever
     from app.services.chat_service import ChatService
     from app.services.document_service import DocumentService
     from app.services.metrics import Metrics
+    from app.services.online_judge import OnlineJudge
+    from app.services.responses import ResponseService
     from app.services.retrieval_service import RetrievalService
     from app.storage import UploadStorage
     from ingest.chunking import Chunker
@@ -203,6 +206,27 @@ class Container:
         return ArqJobQueue(url, self.settings.jobs.queue_name)
 
     @cached_property
+    def response_store(self) -> ResponseStore:
+        from app.responses.store import SQLResponseStore
+
+        return SQLResponseStore(self.database)
+
+    @cached_property
+    def responses(self) -> ResponseService:
+        from app.services.responses import ResponseService
+
+        return ResponseService(self.settings, self.response_store, self.metrics, judge=self.online_judge)
+
+    @cached_property
+    def online_judge(self) -> OnlineJudge | None:
+        """With `judge.base_url`: scores a sampled share of live answers in the background."""
+        if not self.settings.judge.base_url:
+            return None
+        from app.services.online_judge import OnlineJudge
+
+        return OnlineJudge(self.settings.judge, lambda: self.embedder, self.response_store, self.metrics)
+
+    @cached_property
     def database(self) -> Engine:
         """The relational system of record (keys, audit log), migrated to the newest schema."""
         from app.db import make_engine, migrate
@@ -284,6 +308,7 @@ class Container:
             self.metrics,
             rate_limits=self.rate_limits,
             audit=self.audit,
+            responses=self.responses,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -331,6 +356,9 @@ class Container:
             "key_admin",
             "bm25_feed",
             "job_queue",
+            "response_store",
+            "responses",
+            "online_judge",
         )
         for name in forget:
             self.__dict__.pop(name, None)

@@ -18,6 +18,7 @@ from app.api.middleware import BodyLimit, RequestContext, RequestMetrics, is_upl
 from app.container import Container, open_container
 from app.logging_setup import ensure_logging
 from app.settings import Settings
+from app.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         ensure_logging(server.log_level, server.log_format)
         check_routes_guarded(app)  # again: routes may have been added after create_app
         warn_if_open(graph.settings)
+        setup_tracing(graph.settings)
         async with open_container(graph, warm=True) as opened:
             app.state.container = opened
             await opened.documents.start()
+            await opened.responses.start()
             log.info("ragserver ready (data dir %s)", opened.settings.data_dir)
             try:
                 yield
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
                 # which stopped their generations; the document service checkpoints its jobs here.
                 log.info("ragserver shutting down")
                 await opened.documents.stop()
+                await opened.responses.stop()
 
     app = FastAPI(
         title="ragserver",
@@ -100,7 +104,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     from app.api.health.router import router as health_router
     from app.api.openai.responses import router as responses_router
     from app.api.openai.router import router as openai_router
+    from app.api.responses.router import router as traces_router
     from app.api.retrieve.router import router as retrieve_router
+    from app.api.ui.router import router as ui_router
 
     for router in (
         health_router,
@@ -109,7 +115,9 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         openai_router,
         responses_router,
         retrieve_router,
+        traces_router,
         admin_router,
+        ui_router,
     ):
         app.include_router(router)
     check_routes_guarded(app)

@@ -220,6 +220,34 @@ class StorageSettings(BaseModel):
     endpoint_url: str | None = None
 
 
+class ResponsesSettings(BaseModel):
+    """Response traces (every answer, with how it was made) and their feedback."""
+
+    # Traces (with their feedback and events) older than this are deleted; 0 keeps them.
+    retention_days: float = Field(30.0, ge=0)
+
+
+class OtelSettings(BaseModel):
+    """OpenTelemetry traces, opt-in; the exporter reads the standard OTEL_EXPORTER_OTLP_* variables."""
+
+    enabled: bool = False
+    service_name: str = "ragserver"
+
+
+class JudgeSettings(BaseModel):
+    """The online judge: a sampled share of live answers scored in the background (ragas faithfulness
+    and answer relevancy, as offline) by an OpenAI-compatible judge LLM. Off without a base_url."""
+
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr = SecretStr("not-needed")
+    sample_rate: float = Field(0.05, ge=0.0, le=1.0)
+    # Judge calls at once, and answers waiting to be judged (beyond it, samples are dropped and counted).
+    concurrency: int = Field(1, ge=1, le=16)
+    max_pending: int = Field(16, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+
+
 class AuthSettings(BaseModel):
     # api_key: every request but /healthz and /readyz carries `Authorization: Bearer <key>`
     # (docs/SECURITY.md).
@@ -261,6 +289,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     jobs: JobsSettings = JobsSettings()
     storage: StorageSettings = StorageSettings()
+    responses: ResponsesSettings = ResponsesSettings()
+    otel: OtelSettings = OtelSettings()
+    judge: JudgeSettings = JudgeSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,8 +144,12 @@ class RagasJudge:
 
     async def score(self, sample: JudgeSample) -> MetricScores:
         """All four metrics of one sample, concurrently (each judge call still waits for the semaphore)."""
+        return await self.score_some(sample, JUDGE_METRICS)
+
+    async def score_some(self, sample: JudgeSample, names: Sequence[str]) -> MetricScores:
+        """The metrics `names` of one sample (the online judge scores faithfulness and relevancy only)."""
         merged = MetricScores.empty()
-        for part in await asyncio.gather(*(self._one(name, sample) for name in JUDGE_METRICS)):
+        for part in await asyncio.gather(*(self._one(name, sample) for name in names)):
             merged.merge(part)
         return merged
 

@@ -104,7 +104,9 @@ wording looks right.</p>
 <div class="q"><b>{{ r.id }}</b>: {{ r.question }}<br>
 <b>answer:</b> {{ r.answer }}<br>
 <b>not in its sources:</b> {{ r.grounding.unsupported|join(", ") }}
-(grounding {{ "%.2f"|format(r.scores.grounding) }}; reference: {{ r.references|join(" | ") }})<br>
+(grounding {% if r.scores.grounding is not none %}{{ "%.2f"|format(r.scores.grounding) }}
+{%- else %}n/a{% endif %};
+reference: {{ r.references|join(" | ") }})<br>
 <b>cited:</b> {{ r.citations|map(attribute="title")|join(", ") or "nothing" }}</div>
 {% endfor %}
 {% endif %}

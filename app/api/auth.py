@@ -28,7 +28,18 @@ from app.services.errors import Forbidden, ServiceError
 # Open to anyone: liveness and readiness (load balancers), and the API's own description (its pages
 # and their assets, app/api/docs.py).
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs-assets"}
+    {
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/docs-assets",
+        # The web UI's two static pages: they hold no data, every call they make carries the key.
+        "/ui",
+        "/ui/review",
+    }
 )
 
 

@@ -35,6 +35,7 @@ from app.services.errors import (
     Unavailable,
 )
 from app.services.limits import OverLimit, RequestTimedOut
+from app.services.responses import ResponseNotFound
 from ingest.filters import FilterError
 from ingest.vector_index import CollectionNotFound, InvalidCollectionName, InvalidTenantName
 
@@ -66,6 +67,7 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (DocumentNotFound, 404, "document_not_found"),
     (JobNotFound, 404, "job_not_found"),
     (JobStateConflict, 409, "job_state_conflict"),
+    (ResponseNotFound, 404, "response_not_found"),
     (ConversationNotFound, 404, "conversation_not_found"),
     (KeyNotFound, 404, "key_not_found"),
     (UnknownPrompt, 400, "unknown_prompt"),

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # One SSE message as sse_starlette takes it: {"data": ...} or {"event": ..., "data": ...}.
 SSEMessage = dict[str, str]
+# Every answer names its response (GET /v1/responses/{id}, feedback) in this header, streaming or not.
+RESPONSE_ID_HEADER = "X-Response-ID"
 # Keep-alive comment lines on a quiet stream, so proxies do not time the connection out.
 PING_S = 15
 
@@ -97,10 +99,15 @@ async def encode_stream(
 
 
 async def sse_response(
-    events: AsyncGenerator[ChatEvent, None], encoder: SSEEncoder, request: Request | None = None
+    events: AsyncGenerator[ChatEvent, None],
+    encoder: SSEEncoder,
+    request: Request | None = None,
+    *,
+    response_id: str | None = None,
 ) -> EventSourceResponse:
     """A streaming response for a chat stream, primed first (see `prime`): raises what the stream
-    raises before its first event."""
+    raises before its first event. `response_id` goes in the `X-Response-ID` header."""
     primed = await prime(events, request)
+    headers = {RESPONSE_ID_HEADER: response_id} if response_id else None
     # "\n" line ends, as OpenAI clients expect (some split on blank lines "\n\n").
-    return EventSourceResponse(encode_stream(primed, encoder), ping=PING_S, sep="\n")
+    return EventSourceResponse(encode_stream(primed, encoder), ping=PING_S, sep="\n", headers=headers)

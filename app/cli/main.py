@@ -23,7 +23,9 @@ from app.cli.dev import dev_app
 from app.cli.eval_rag import compare as eval_compare
 from app.cli.eval_rag import rag as eval_rag
 from app.cli.eval_retrieval import retrieval
+from app.cli.feedback import feedback_app
 from app.cli.keys import audit, keys_app
+from app.cli.monitor import monitor_app
 
 app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
 docs_app = typer.Typer(help="List or delete documents.", no_args_is_help=True)
@@ -35,6 +37,8 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
 app.add_typer(keys_app, name="keys")
+app.add_typer(feedback_app, name="feedback")
+app.add_typer(monitor_app, name="monitor")
 app.command("audit")(audit)
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)

@@ -106,3 +106,69 @@ instance_secrets = sa.Table(
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# -- response traces, feedback, engagement (issue 14) ------------------------------------------------
+
+# One row per answer: how it was made. JSON as text (the same on SQLite and PostgreSQL).
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("response_id", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("api", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("key_id", sa.Text),
+    sa.Column("collection", sa.Text, nullable=False),
+    sa.Column("conversation_id", sa.Text),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("history_json", sa.Text, nullable=False),
+    sa.Column("search_query", sa.Text, nullable=False),
+    sa.Column("chunks_json", sa.Text, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("params_json", sa.Text, nullable=False),
+    sa.Column("retrieval_json", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("citations_json", sa.Text, nullable=False),
+    sa.Column("finish_reason", sa.Text),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("grounding", sa.Double),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("retrieve_ms", sa.Double),
+    sa.Column("ttft_ms", sa.Double),
+    sa.Column("total_ms", sa.Double),
+    sa.Column("experiment", sa.Text),
+    sa.Column("judge_json", sa.Text),
+    sa.Index("responses_by_time", "created_at"),
+    sa.Index("responses_by_collection", "collection", "created_at"),
+)
+
+# One feedback per (response, caller): sending again replaces it.
+response_feedback = sa.Table(
+    "response_feedback",
+    metadata,
+    sa.Column("response_id", sa.Text, primary_key=True),
+    sa.Column("caller", sa.Text, primary_key=True),
+    sa.Column("rating", sa.Text),
+    sa.Column("score", sa.Double),
+    sa.Column("comment", sa.Text),
+    sa.Column("correction", sa.Text),
+    sa.Column("tags_json", sa.Text, nullable=False),
+    sa.Column("reviewed", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Index("response_feedback_by_rating", "rating", "updated_at"),
+)
+
+response_events = sa.Table(
+    "response_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("response_id", sa.Text, nullable=False),
+    sa.Column("caller", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("citation", sa.Integer),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Index("response_events_by_response", "response_id"),
+)

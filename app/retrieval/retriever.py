@@ -222,11 +222,23 @@ class Retriever:
 
     def _embed_query(self, query: str) -> Future[np.ndarray]:
         """The query's embedding, as a one-row array, computed in the background when possible."""
+        from app.telemetry import tracer
+
+        model = getattr(self.embedder, "model_name", type(self.embedder).__name__)
+        span = tracer().start_span(
+            "embeddings",
+            attributes={"gen_ai.operation.name": "embeddings", "gen_ai.request.model": str(model)},
+        )
         if self._query_batcher is None:
             done: Future[np.ndarray] = Future()
-            done.set_result(self.embedder.embed([query]))
+            try:
+                done.set_result(self.embedder.embed([query]))
+            finally:
+                span.end()
             return done
-        return self._query_batcher.submit([query])
+        pending = self._query_batcher.submit([query])
+        pending.add_done_callback(lambda _: span.end())
+        return pending
 
     def _dense_ranking(
         self, collection: str, vector: np.ndarray, flt: MetadataFilter | None, n: int

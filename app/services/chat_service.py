@@ -44,6 +44,7 @@ from app.services.chat_types import (
     CitationsEvent,
     DoneEvent,
     ResolvedChatQuery,
+    StartEvent,
     TokenEvent,
 )
 from app.services.errors import Unavailable
@@ -53,10 +54,12 @@ from app.services.metrics import Metrics
 from app.services.prompt_budget import FittedPrompt, History, fit_prompt
 from app.services.retrieval_service import RetrievalService
 from app.settings import Settings
+from app.telemetry import llm_request_attributes, llm_response_attributes, tracer
 
 if TYPE_CHECKING:
     from app.auth.audit import AuditLog
     from app.auth.rate_limits import RateLimits
+    from app.services.responses import ResponseService
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,10 @@ T = TypeVar("T")
 CONDENSE_MAX_TOKENS = 64
 # What a client is told to wait when the history store is down.
 HISTORY_RETRY_AFTER_S = 5
+
+
+def new_response_id() -> str:
+    return f"resp_{uuid.uuid4().hex}"
 
 
 class ConversationNotFound(LookupError):
@@ -84,6 +91,9 @@ class _Prepared:
     prompt_ref: str
     retrieval: dict[str, Any]
     started: float
+    store: str = ""  # the collection's store name (tenant-qualified)
+    history: list[dict[str, str]] | None = None  # the turns before the question
+    retrieve_ms: float | None = None
 
 
 def trim_transcript(answer: str) -> str:
@@ -106,8 +116,10 @@ class ChatService:
         *,
         rate_limits: RateLimits | None = None,
         audit: AuditLog | None = None,
+        responses: ResponseService | None = None,
     ):
         self.settings = settings
+        self.responses = responses
         self.rate_limits = rate_limits
         self.audit = audit
         self.llm = llm
@@ -117,39 +129,54 @@ class ChatService:
         self.metrics = metrics
         self.limiter = GenerationLimiter(settings.limits, metrics)
 
-    async def chat(self, query: ChatQuery, *, principal: Principal) -> ChatResult:
-        """A complete answer from `principal`'s collection. Raises PayloadTooLarge / OverLimit for a
-        request over a limit, RateLimited past the key's tokens a minute, Unavailable when every
-        generation slot is taken, RequestTimedOut past the deadline."""
+    async def chat(
+        self, query: ChatQuery, *, principal: Principal, response_id: str | None = None, api: str = "chat"
+    ) -> ChatResult:
+        """A complete answer from `principal`'s collection, stored as response `response_id` (a new id
+        when None) from `api`. Raises PayloadTooLarge / OverLimit for a request over a limit,
+        RateLimited past the key's tokens a minute, Unavailable when every generation slot is taken,
+        RequestTimedOut past the deadline."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
         resolved = await self._admit(query, principal)
         try:
             prepared, text, model, usage, finish = await deadline.run(self._generate(resolved, principal))
         except RequestTimedOut:
             self._timed_out(deadline)
+            self._failed(resolved)
             raise
-        result = self._result(prepared, text, model, usage, finish)
+        except Exception:
+            self._failed(resolved)
+            raise
+        result = self._result(prepared, text, model, usage, finish, response_id)
         await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
         self._log_answer(result)
+        await self._trace(result, prepared, principal, api, ttft_ms=None)
         return result
 
-    async def stream(self, query: ChatQuery, *, principal: Principal) -> AsyncGenerator[ChatEvent, None]:
-        """The answer as it is generated: `TokenEvent`s, then a `CitationsEvent`, then a `DoneEvent`.
+    async def stream(
+        self, query: ChatQuery, *, principal: Principal, response_id: str | None = None, api: str = "chat"
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """The answer as it is generated: a `StartEvent` (the response and conversation ids) once the
+        sources are found, `TokenEvent`s, then a `CitationsEvent`, then a `DoneEvent`.
 
         The deadline bounds each step, not the time the consumer takes between events; closing the
         stream early (a client gone) stops the generation and saves nothing."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
         resolved = await self._admit(query, principal)
+        response_id = response_id or new_response_id()
+        ttft_ms: float | None = None
         try:
             await deadline.run(self.limiter.acquire())
             try:
                 prepared = await deadline.run(self._prepare(resolved, principal))
+                yield StartEvent(response_id, prepared.conversation_id)
                 parts: list[str] = []
                 finish: str | None = None
                 usage = Usage(prompt_tokens=0, completion_tokens=0)
                 model = self.llm.model_name
                 started = time.perf_counter()
+                span = self._llm_span(prepared)
                 deltas = self.llm.stream(
                     prepared.messages,
                     max_tokens=prepared.query.max_tokens,
@@ -170,24 +197,72 @@ class ChatService:
                         if delta.text:
                             if not parts:
                                 self.metrics.llm_ttft.observe(time.perf_counter() - started)
+                                ttft_ms = (time.perf_counter() - prepared.started) * 1000
                             parts.append(delta.text)
                             yield TokenEvent(delta.text)
                 finally:
                     aclose = getattr(deltas, "aclose", None)
                     if aclose is not None:
                         await aclose()
+                    span.set_attributes(
+                        llm_response_attributes(model, finish, usage.prompt_tokens, usage.completion_tokens)
+                    )
+                    span.end()
                 self.metrics.llm_latency.observe(time.perf_counter() - started)
             finally:
                 self.limiter.release()
         except RequestTimedOut:
             self._timed_out(deadline)
+            self._failed(resolved)
             raise
-        result = self._result(prepared, "".join(parts), model, usage, finish)
+        except Exception:
+            self._failed(resolved)
+            raise
+        result = self._result(prepared, "".join(parts), model, usage, finish, response_id)
         await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
         self._log_answer(result)
+        await self._trace(result, prepared, principal, api, ttft_ms=ttft_ms)
         yield CitationsEvent(result.citations)
         yield DoneEvent(result)
+
+    def _llm_span(self, prepared: _Prepared) -> Any:
+        """The `chat <model>` span of the answer's LLM call (ended by the caller)."""
+        s = self.settings.llm
+        model = self.llm.model_name
+        attributes = llm_request_attributes(
+            "chat", s.provider, model, prepared.query.max_tokens, prepared.query.temperature
+        )
+        return tracer().start_span(f"chat {model}", attributes=attributes)
+
+    def _failed(self, query: ResolvedChatQuery) -> None:
+        if self.responses is not None:
+            self.responses.answer_failed(query.prompt, self.llm.model_name)
+
+    async def _trace(
+        self,
+        result: ChatResult,
+        prepared: _Prepared,
+        principal: Principal,
+        api: str,
+        *,
+        ttft_ms: float | None,
+    ) -> None:
+        """Store how the answer was made (never fails the answer)."""
+        if self.responses is None:
+            return
+        from app.services.responses import Timings
+
+        await self.responses.record(
+            result,
+            principal=principal,
+            api=api,
+            store_name=prepared.store,
+            question=prepared.query.message,
+            history=prepared.history or [],
+            params={"max_tokens": prepared.query.max_tokens, "temperature": prepared.query.temperature},
+            timings=Timings(prepared.retrieve_ms, ttft_ms, result.latency_ms),
+        )
 
     async def get_conversation(self, conversation_id: str, *, principal: Principal) -> list[Turn]:
         """`principal`'s conversation (another tenant's id names nothing: ConversationNotFound)."""
@@ -246,11 +321,23 @@ class ChatService:
         async with self.limiter.slot():
             prepared = await self._prepare(query, principal)
             started = time.perf_counter()
-            completion = await self.llm.complete(
-                prepared.messages,
-                max_tokens=prepared.query.max_tokens,
-                temperature=prepared.query.temperature,
-            )
+            span = self._llm_span(prepared)
+            try:
+                completion = await self.llm.complete(
+                    prepared.messages,
+                    max_tokens=prepared.query.max_tokens,
+                    temperature=prepared.query.temperature,
+                )
+                span.set_attributes(
+                    llm_response_attributes(
+                        completion.model,
+                        completion.finish_reason,
+                        completion.usage.prompt_tokens,
+                        completion.usage.completion_tokens,
+                    )
+                )
+            finally:
+                span.end()
             self.metrics.llm_latency.observe(time.perf_counter() - started)
         return prepared, completion.text, completion.model, completion.usage, completion.finish_reason
 
@@ -288,9 +375,11 @@ class ChatService:
         else:
             search_query = query.message
         top_k = query.top_k
+        retrieve_started = time.perf_counter()
         hits = await self.retrieval.retrieve(
             store, search_query, top_k=top_k, mode=query.mode, filters=query.filters
         )
+        retrieve_ms = (time.perf_counter() - retrieve_started) * 1000
         sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
         # History gives way first, then the lowest-ranked sources; never the system message or question.
         fitted = await self._fit(render, history, sources, query.max_tokens)
@@ -310,6 +399,9 @@ class ChatService:
                 "query": search_query,
             },
             started=started,
+            store=store,
+            history=history,
+            retrieve_ms=retrieve_ms,
         )
 
     async def _fit(
@@ -333,7 +425,20 @@ class ChatService:
         fitted = await self._fit(
             lambda h, _: prompt.render(history=h, question=question), history, [], CONDENSE_MAX_TOKENS
         )
-        completion = await self.llm.complete(fitted.messages, max_tokens=CONDENSE_MAX_TOKENS)
+        model = self.llm.model_name
+        attributes = llm_request_attributes(
+            "chat", self.settings.llm.provider, model, CONDENSE_MAX_TOKENS, 0.0
+        )
+        with tracer().start_as_current_span(f"condense {model}", attributes=attributes) as span:
+            completion = await self.llm.complete(fitted.messages, max_tokens=CONDENSE_MAX_TOKENS)
+            span.set_attributes(
+                llm_response_attributes(
+                    completion.model,
+                    completion.finish_reason,
+                    completion.usage.prompt_tokens,
+                    completion.usage.completion_tokens,
+                )
+            )
         condensed = (
             completion.text.strip().strip('"').splitlines()[0].strip() if completion.text.strip() else ""
         )
@@ -347,7 +452,13 @@ class ChatService:
         return deterministic_rewrite(question, history)
 
     def _result(
-        self, prepared: _Prepared, answer: str, model: str, usage: Usage, finish: str | None = None
+        self,
+        prepared: _Prepared,
+        answer: str,
+        model: str,
+        usage: Usage,
+        finish: str | None = None,
+        response_id: str | None = None,
     ) -> ChatResult:
         answer = trim_transcript(answer)
         citations = attribute(answer, prepared.sources)
@@ -366,7 +477,7 @@ class ChatService:
         self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
         return ChatResult(
             conversation_id=prepared.conversation_id,
-            response_id=f"resp_{uuid.uuid4().hex}",
+            response_id=response_id or new_response_id(),
             answer=answer,
             citations=citations,
             prompt=prepared.prompt_ref,

@@ -131,6 +131,14 @@ class ChatResult(BaseModel):
 
 
 @dataclass(frozen=True)
+class StartEvent:
+    """The first event of a stream, before any token: the ids a client can use at once."""
+
+    response_id: str
+    conversation_id: str
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """A piece of the answer's text, as the model produces it."""
 
@@ -151,5 +159,5 @@ class DoneEvent:
     result: ChatResult
 
 
-ChatEvent = TokenEvent | CitationsEvent | DoneEvent
+ChatEvent = StartEvent | TokenEvent | CitationsEvent | DoneEvent
 """What `ChatService.stream` yields: tokens, then one `CitationsEvent`, then one `DoneEvent`."""

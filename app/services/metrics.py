@@ -87,6 +87,44 @@ class Metrics:
         self.capped_answers = Counter(
             "ragserver_answers_capped_total", "Answers cut at max_tokens (finish_reason length)", registry=r
         )
+        self.answers = Counter(
+            "ragserver_answers_total",
+            "Answers by outcome (cited, uncited, no_answer, error)",
+            ["outcome", "prompt", "model"],
+            registry=r,
+        )
+        self.retrieval_top_score = Histogram(
+            "ragserver_retrieval_top_score",
+            "The best retrieval score shown to the model, per answer",
+            ["collection"],
+            buckets=(-5.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.feedback = Counter(
+            "ragserver_feedback_total",
+            "Feedback received, by rating (none: a score or correction only)",
+            ["rating"],
+            registry=r,
+        )
+        self.engagement = Counter(
+            "ragserver_engagement_events_total", "Engagement events on answers, by type", ["type"], registry=r
+        )
+        self.trace_failures = Counter(
+            "ragserver_response_trace_failures_total", "Answers whose trace could not be stored", registry=r
+        )
+        self.judge_scores = Histogram(
+            "ragserver_online_judge_score",
+            "Online judge scores of sampled live answers",
+            ["metric"],
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.judge_outcomes = Counter(
+            "ragserver_online_judge_total",
+            "Sampled answers by what the online judge did (scored, failed, dropped: too many pending)",
+            ["outcome"],
+            registry=r,
+        )
         self.bm25_full_rebuilds = Counter(
             "ragserver_bm25_full_rebuilds_total",
             "BM25 indexes re-derived from every chunk of the vector store (a change should never need one)",

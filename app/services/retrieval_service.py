@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,6 +12,7 @@ from app.auth.principal import Principal
 from app.retrieval.retriever import Retriever
 from app.services.metrics import Metrics
 from app.settings import Settings
+from app.telemetry import tracer
 from ingest.types import ScoredChunk
 from ingest.vector_index import CollectionNotFound, VectorIndex
 
@@ -60,10 +62,21 @@ class RetrievalService:
         mode = self.resolve_mode(mode)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(
-            self._pool,
-            lambda: self.retriever.retrieve(collection, query, top_k=top_k, mode=mode, filters=filters),
-        )
+        attributes: dict[str, str | int] = {
+            "ragserver.collection": collection,
+            "ragserver.retrieval.mode": mode,
+            "ragserver.top_k": top_k,
+        }
+        with tracer().start_as_current_span("retrieval", attributes=attributes) as span:
+            # The worker thread runs in this context, so the embedding span nests under this one.
+            context = contextvars.copy_context()
+            hits = await loop.run_in_executor(
+                self._pool,
+                lambda: context.run(
+                    self.retriever.retrieve, collection, query, top_k=top_k, mode=mode, filters=filters
+                ),
+            )
+            span.set_attribute("ragserver.hits", len(hits))
         self.metrics.retrieval_latency.labels(mode=mode).observe(time.perf_counter() - started)
         return hits
 

@@ -111,6 +111,7 @@ def test_streaming_chat_events(kb) -> None:
         "POST", "/v1/chat", json={"message": "Where is Etna?", "collection": "kb", "stream": True}
     ) as r:
         assert r.status_code == 200
+        header_id = r.headers["x-response-id"]
         events = []
         event = None
         for line in r.iter_lines():
@@ -119,9 +120,12 @@ def test_streaming_chat_events(kb) -> None:
             elif line.startswith("data:"):
                 events.append((event, json.loads(line.split(":", 1)[1])))
     kinds = [e for e, _ in events]
-    assert kinds[0] == "token" and kinds[-2:] == ["citations", "done"]
+    # The ids first, before any token; then tokens, citations, done.
+    assert kinds[0] == "start" and kinds[1] == "token" and kinds[-2:] == ["citations", "done"]
     text = "".join(d["text"] for e, d in events if e == "token")
     done = events[-1][1]
+    assert events[0][1] == {"response_id": header_id, "conversation_id": done["conversation_id"]}
+    assert done["response_id"] == header_id
     assert text.strip() == done["answer"] == "Etna is in Sicily [1]."
     assert done["citations"][0]["source"] == "etna.txt"
 

@@ -39,7 +39,9 @@ class ScriptedChat:
         self.settings = Settings(_env_file=None)  # type: ignore[call-arg]
         self.tokens = tokens
 
-    async def stream(self, query: ChatQuery, *, principal: Principal) -> AsyncIterator[ChatEvent]:
+    async def stream(
+        self, query: ChatQuery, *, principal: Principal, **_: object
+    ) -> AsyncIterator[ChatEvent]:
         if self.tokens is None:
             raise LLMError("down", provider="scripted")
         for text in self.tokens:

@@ -58,6 +58,7 @@ class World:
     b_doc: str
     a_job: str
     a_conversation: str
+    a_response: str
     log_lines: list[str]
     data_dir: Path
 
@@ -130,6 +131,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) ->
                 b_doc=docs["beta"][0],
                 a_job=docs["alpha"][1],
                 a_conversation=chat.json()["conversation_id"],
+                a_response=chat.json()["response_id"],
                 log_lines=lines,
                 data_dir=root / "data",
             )
@@ -187,6 +189,12 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
             "reader", 200, json={"model": "hr", "input": "What is the per-diem?"}
         ),
         ("GET", "/v1/models"): Call("reader", 200),
+        # B's own answers list (none of A's); A's response by its id names nothing in tenant B.
+        ("GET", "/v1/responses"): Call("reader", 200),
+        ("GET", "/v1/responses/{response_id}"): Call("reader", 404),
+        ("POST", "/v1/responses/{response_id}/feedback"): Call("reader", 404, json={"rating": "down"}),
+        ("POST", "/v1/responses/{response_id}/events"): Call("reader", 404, json={"type": "copied"}),
+        ("GET", "/v1/feedback/export"): Call("reader", 200),
         ("POST", "/v1/retrieve"): Call(
             "reader", 200, json={"query": "per-diem allowance", "collection": "hr"}
         ),
@@ -215,6 +223,7 @@ def request(w: World, method: str, path: str, call: Call, headers: dict[str, str
         "job_id": w.a_job,
         "conversation_id": w.a_conversation,
         "key_id": w.keys["alpha-reader"].id,
+        "response_id": w.a_response,
     }
     url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
     if call.upload:
@@ -228,7 +237,13 @@ def assert_no_alpha_data(w: World, response: httpx.Response, sent_before: str = 
     log records B's own attempts). Returns what this request sent."""
     body = response.text
     sent = str(response.request.url) + response.request.read().decode(errors="replace") + sent_before
-    ids = [w.a_doc, w.a_conversation, w.a_job, *(k.id for n, k in w.keys.items() if n.startswith("alpha"))]
+    ids = [
+        w.a_doc,
+        w.a_conversation,
+        w.a_job,
+        w.a_response,
+        *(k.id for n, k in w.keys.items() if n.startswith("alpha")),
+    ]
     leaked = [m for m in A_MARKERS if m in body] + [i for i in ids if i in body and i not in sent]
     assert not leaked, f"{response.request.method} {response.request.url}: {leaked} in {body[:500]}"
     return sent
@@ -293,6 +308,8 @@ def test_a_key_limited_to_other_collections_sees_hr_as_missing(world: World) -> 
         ("GET", "/v1/collections/hr/documents", None),
         ("GET", f"/v1/collections/hr/documents/{world.a_doc}", None),
         ("GET", f"/v1/jobs/{world.a_job}", None),
+        ("GET", f"/v1/responses/{world.a_response}", None),
+        ("POST", f"/v1/responses/{world.a_response}/feedback", {"rating": "up"}),
         ("POST", f"/v1/jobs/{world.a_job}/cancel", None),
         ("POST", f"/v1/jobs/{world.a_job}/retry", None),
         ("POST", "/v1/chat", {"message": "per-diem?", "collection": "hr"}),

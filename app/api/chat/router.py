@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 
 from app.api.auth import Reader
 from app.api.chat.schemas import ChatRequest, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
 from app.api.disconnect import unless_disconnected
-from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
-from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, CitationsEvent, DoneEvent, TokenEvent
+from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
+from app.services.chat_service import new_response_id
+from app.services.chat_types import (
+    ChatEvent,
+    ChatQuery,
+    ChatResult,
+    CitationsEvent,
+    DoneEvent,
+    StartEvent,
+    TokenEvent,
+)
 
 router = APIRouter(tags=["chat"])
 
@@ -30,13 +39,18 @@ def to_query(body: ChatRequest) -> ChatQuery:
 
 
 class ChatEvents(SSEEncoder):
-    """`/v1/chat` streams: `token` events, then `citations`, then `done` with the full answer."""
+    """`/v1/chat` streams: `start` (the response and conversation ids, before any token), `token`
+    events, then `citations`, then `done` with the full answer."""
 
     error_event = "error"
 
     def encode(self, event: ChatEvent) -> list[SSEMessage]:
         """One named event per chat event."""
         match event:
+            case StartEvent(response_id, conversation_id):
+                return [
+                    sse_message({"response_id": response_id, "conversation_id": conversation_id}, "start")
+                ]
             case TokenEvent(text):
                 return [sse_message({"text": text}, "token")]
             case CitationsEvent(citations):
@@ -47,14 +61,22 @@ class ChatEvents(SSEEncoder):
 
 
 @router.post("/v1/chat", response_model=ChatResult)
-async def chat(body: ChatRequest, request: Request, service: ChatServiceDep, principal: Reader):  # type: ignore[no-untyped-def]
+async def chat(  # type: ignore[no-untyped-def]
+    body: ChatRequest, request: Request, response: Response, service: ChatServiceDep, principal: Reader
+):
     """Answer a message from a collection, with citations. With `"stream": true` the answer comes as
-    Server-Sent Events: `token` events, then `citations`, then `done` carrying the full response.
-    A client that disconnects cancels the generation; nothing is saved for it."""
+    Server-Sent Events: `start` (`response_id`, `conversation_id`), `token` events, then `citations`,
+    then `done` carrying the full response. Every answer carries its id in `X-Response-ID` (feedback:
+    `POST /v1/responses/{id}/feedback`). A client that disconnects cancels the generation; nothing is
+    saved for it."""
     query = to_query(body)
+    rid = new_response_id()
     if body.stream:
-        return await sse_response(service.stream(query, principal=principal), ChatEvents(), request)
-    return await unless_disconnected(request, service.chat(query, principal=principal))
+        events = service.stream(query, principal=principal, response_id=rid, api="chat")
+        return await sse_response(events, ChatEvents(), request, response_id=rid)
+    result = await unless_disconnected(request, service.chat(query, principal=principal, response_id=rid))
+    response.headers[RESPONSE_ID_HEADER] = rid
+    return result
 
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationOut)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import Reader
@@ -23,7 +24,8 @@ from app.api.deps import ChatServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
 from app.api.openai.router import _DEFAULT_MODELS, sources_text, url_annotations
-from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
+from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
+from app.services.chat_service import new_response_id
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, DoneEvent, TokenEvent
 
 router = APIRouter(tags=["openai"])
@@ -231,8 +233,9 @@ async def create_response(  # type: ignore[no-untyped-def]
     `url_citation` annotations of the output text. Same limits as the other chat APIs."""
     query = to_query(body)
     inline = service.settings.prompts.openai_inline_citations
+    rid = new_response_id()
     shape = ResponseShape(
-        id=f"resp_{uuid.uuid4().hex}",
+        id=rid,
         message_id=f"msg_{uuid.uuid4().hex}",
         created_at=int(time.time()),
         model=query.resolve(service.settings).collection,
@@ -240,8 +243,10 @@ async def create_response(  # type: ignore[no-untyped-def]
     )
     base_url = str(request.base_url)
     if not body.stream:
-        result = await unless_disconnected(request, service.chat(query, principal=principal))
+        asked = service.chat(query, principal=principal, response_id=rid, api="responses")
+        result = await unless_disconnected(request, asked)
         text = result.answer + (sources_text(result.citations) if inline else "")
-        return completed(shape, result, text, base_url)
+        return JSONResponse(completed(shape, result, text, base_url), headers={RESPONSE_ID_HEADER: rid})
     events = ResponseEvents(shape, inline, base_url)
-    return await sse_response(service.stream(query, principal=principal), events, request)
+    stream = service.stream(query, principal=principal, response_id=rid, api="responses")
+    return await sse_response(stream, events, request, response_id=rid)

@@ -24,7 +24,8 @@ from app.api.auth import Reader
 from app.api.deps import ChatServiceDep, RetrievalServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
-from app.api.sse import SSEEncoder, SSEMessage, sse_message, sse_response
+from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
+from app.services.chat_service import new_response_id
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, Citation, DoneEvent, TokenEvent
 
 router = APIRouter(tags=["openai"])
@@ -206,8 +207,10 @@ async def chat_completions(  # type: ignore[no-untyped-def]
     the deadline, the generation slots; a client that disconnects cancels the generation."""
     inline = service.settings.prompts.openai_inline_citations
     created = int(time.time())
+    rid = new_response_id()
     if not body.stream:
-        result = await unless_disconnected(request, service.chat(_query(body), principal=principal))
+        asked = service.chat(_query(body), principal=principal, response_id=rid, api="chat.completions")
+        result = await unless_disconnected(request, asked)
         content = result.answer + (sources_text(result.citations) if inline else "")
         message = {
             "role": "assistant",
@@ -215,7 +218,7 @@ async def chat_completions(  # type: ignore[no-untyped-def]
             "annotations": url_annotations(result, content, str(request.base_url)),
         }
         answer = {
-            "id": f"chatcmpl-{result.response_id}",
+            "id": f"chatcmpl-{rid.removeprefix('resp_')}",
             "object": "chat.completion",
             "created": created,
             "model": result.collection,
@@ -223,10 +226,11 @@ async def chat_completions(  # type: ignore[no-untyped-def]
             "usage": result.usage,
             **_extras(result),
         }
-        return JSONResponse(answer, headers={CITATIONS_HEADER: citations_header(result.citations)})
+        headers = {CITATIONS_HEADER: citations_header(result.citations), RESPONSE_ID_HEADER: rid}
+        return JSONResponse(answer, headers=headers)
     query = _query(body)
     chunks = CompletionChunks(
-        id=f"chatcmpl-{int(time.time() * 1000)}",
+        id=f"chatcmpl-{rid.removeprefix('resp_')}",
         created=created,
         # Resolved here because every chunk names the collection, before the answer (which has it) is
         # done; the service gets the query as the client sent it (its limits apply to what was asked).
@@ -235,7 +239,8 @@ async def chat_completions(  # type: ignore[no-untyped-def]
         include_usage=bool((body.stream_options or {}).get("include_usage")),
         base_url=str(request.base_url),
     )
-    return await sse_response(service.stream(query, principal=principal), chunks, request)
+    events = service.stream(query, principal=principal, response_id=rid, api="chat.completions")
+    return await sse_response(events, chunks, request, response_id=rid)
 
 
 @router.get("/v1/models")
@@ -343,11 +348,13 @@ async def completions(  # type: ignore[no-untyped-def]
     )
     inline = service.settings.prompts.openai_inline_citations
     created = int(time.time())
+    rid = new_response_id()
     if not body.stream:
-        result = await unless_disconnected(request, service.chat(query, principal=principal))
+        asked = service.chat(query, principal=principal, response_id=rid, api="completions")
+        result = await unless_disconnected(request, asked)
         text = result.answer + (sources_text(result.citations) if inline else "")
-        return {
-            "id": f"cmpl-{result.response_id}",
+        answer = {
+            "id": f"cmpl-{rid.removeprefix('resp_')}",
             "object": "text_completion",
             "created": created,
             "model": result.collection,
@@ -355,11 +362,13 @@ async def completions(  # type: ignore[no-untyped-def]
             "usage": result.usage,
             **_extras(result),
         }
+        return JSONResponse(answer, headers={RESPONSE_ID_HEADER: rid})
     chunks = TextCompletionChunks(
-        id=f"cmpl-{int(time.time() * 1000)}",
+        id=f"cmpl-{rid.removeprefix('resp_')}",
         created=created,
         model=query.resolve(service.settings).collection,
         inline_citations=inline,
         include_usage=bool((body.stream_options or {}).get("include_usage")),
     )
-    return await sse_response(service.stream(query, principal=principal), chunks, request)
+    events = service.stream(query, principal=principal, response_id=rid, api="completions")
+    return await sse_response(events, chunks, request, response_id=rid)

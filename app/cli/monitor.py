@@ -1,0 +1,60 @@
+"""`ragserver monitor report`: live quality over time, from the response traces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.cli.common import fail
+from app.container import open_container_sync
+from app.settings import Settings
+
+monitor_app = typer.Typer(help="Live quality: reports over the response traces.", no_args_is_help=True)
+
+
+@monitor_app.command("report")
+def report(
+    out: Annotated[Path, typer.Option("--out", help="The folder for summary.json and report.html.")],
+    since: Annotated[str, typer.Option(help='The period: "24h", "7d", or a Unix timestamp.')] = "7d",
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Only this collection.")
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Whose collection (default: the default tenant).")
+    ] = None,
+) -> None:
+    """Volume, latency, thumbs-up rate, feedback rate, engagement, the retrieval top-score distribution
+    and its drift, no-answer rate and online judge scores over time, split by collection, prompt and
+    model: `summary.json` and a self-contained `report.html`. Works on the data dir (or database) of a
+    running server. The last line is a JSON object."""
+    from app.auth.admin import since_timestamp
+    from app.services.monitor_report import write_report
+    from ingest.vector_index import DEFAULT_TENANT, InvalidCollectionName, store_name
+
+    try:
+        since_at = since_timestamp(since)
+        stores = [store_name(tenant or DEFAULT_TENANT, collection)] if collection else None
+    except (ValueError, InvalidCollectionName) as exc:
+        fail(str(exc))
+    with open_container_sync(Settings()) as container:
+        traces = asyncio.run(
+            container.response_store.search(since=since_at, collections=stores, limit=1_000_000)
+        )
+    if tenant and not collection:
+        traces = [t for t in traces if t.tenant == tenant]
+    summary = write_report(traces, out, since=since_at)
+    overall = summary["overall"]
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "answers": overall["answers"],
+                "thumbs_up_rate": overall["thumbs_up_rate"],
+                "no_answer_rate": overall["no_answer_rate"],
+            }
+        )
+    )
