@@ -298,6 +298,8 @@ def test_tenant_b_never_reaches_tenant_a(world: World) -> None:
     a = world.keys["alpha-reader"].headers
     assert world.client.get(f"/v1/conversations/{world.a_conversation}", headers=a).status_code == 200
     assert world.client.get(f"/v1/jobs/{world.a_job}", headers=a).status_code == 200
+    trace = world.client.get(f"/v1/responses/{world.a_response}", headers=a).json()
+    assert (trace["tenant"], trace["key_id"]) == ("alpha", world.keys["alpha-reader"].id)
     keys = world.client.get("/v1/admin/keys", headers=world.keys["alpha-admin"].headers).json()["keys"]
     assert {k["id"]: k["active"] for k in keys}[world.keys["alpha-reader"].id] is True
 

@@ -33,3 +33,26 @@ def test_dockerfile_is_multi_stage_non_root_with_a_health_check() -> None:
     assert user and user[-1].split()[1] not in ("root", "0")
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert "torch==2.13.0" in text  # the CPU build, not an unpinned (CUDA) torch
+
+
+def test_grafana_dashboard_queries_only_metrics_the_server_exports() -> None:
+    import json
+    import re
+
+    from app.services.metrics import Metrics
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "ragserver-dashboard.json").read_text())
+    exported = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(family.type, [""])
+        exported |= {family.name + s for s in suffixes}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bragserver_[a-z0-9_]+", e)}
+    assert used and used <= exported, used - exported
+    for needed in (
+        "ragserver_feedback_total",
+        "ragserver_engagement_events_total",
+        "ragserver_answers_total",
+    ):
+        assert needed in used
+    assert any("ragserver_retrieval_top_score_bucket" in e and "offset" in e for e in exprs)  # drift
