@@ -111,6 +111,13 @@ class Container:
         )
 
     @cached_property
+    def document_embedder(self) -> Embedder:
+        """What embeds documents at ingestion: the embedder itself (torch), or its ONNX twin."""
+        from ingest.onnx_encoder import build_document_embedder
+
+        return build_document_embedder(self.settings.embedding, self.embedder, self.settings.models_dir)
+
+    @cached_property
     def chunker(self) -> Chunker:
         from ingest.chunking import Chunker
 
@@ -147,7 +154,7 @@ class Container:
 
         # With a feed, changes reach this process's index (and every other) through the feed.
         listener = self.bm25_feed.publisher if self.bm25_feed is not None else self.bm25
-        return IngestPipeline(self.store, self.embedder, self.chunker, listeners=[listener])
+        return IngestPipeline(self.store, self.document_embedder, self.chunker, listeners=[listener])
 
     @cached_property
     def retriever(self) -> Retriever:

@@ -40,8 +40,12 @@ class EmbeddingSettings(BaseModel):
     device: str = "cpu"
     # How the local model embeds queries: "onnx" (an ONNX Runtime export of the same model, checked at
     # load to give the same vectors, at about half the CPU time), "torch", or "auto" (onnx when the
-    # export works, else torch with a warning). Documents are always embedded in batches with torch.
+    # export works, else torch with a warning).
     query_backend: Literal["auto", "onnx", "torch"] = "auto"
+    # How documents are embedded at ingestion: "torch" (SentenceTransformer.encode) or "onnx" (the same
+    # export, length-bucketed batches, `document_threads` intra-op threads: None = every core).
+    document_backend: Literal["torch", "onnx"] = "torch"
+    document_threads: int | None = Field(None, ge=1)
     # Where ONNX exports are cached (None: <data_dir>/models).
     onnx_cache_dir: str | None = None
     # For provider=openai: any OpenAI-compatible /v1/embeddings server.

@@ -23,9 +23,19 @@ def _peak_rss_mb() -> float:
 def bench_ingest(
     corpus: Annotated[Path, typer.Option(help="A .jsonl corpus ({_id, title, text} rows).", exists=True)],
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N documents.")] = None,
+    backend: Annotated[
+        str,
+        typer.Option(help="torch | onnx: how the pipeline embeds documents (embedding.document_backend)."),
+    ] = "torch",
 ) -> None:
-    """Measure (a) raw encode throughput over the pipeline's chunk texts and (b) end-to-end ingest of the
-    same input into a fresh store. The last line is a JSON object with both and their ratio."""
+    """Measure (a) raw torch encode throughput over the pipeline's chunk texts and (b) end-to-end ingest
+    of the same input into a fresh store through `--backend`. The last line is a JSON object with both
+    and their ratio (`efficiency`); with onnx also `max_abs_diff`, the largest difference of a vector
+    element between the ONNX and torch embeddings of the same texts."""
+    from app.cli.common import fail
+
+    if backend not in ("torch", "onnx"):
+        fail(f"--backend must be torch or onnx, not {backend!r}")
     from app.container import open_container_sync
     from app.settings import Settings
     from ingest.loaders import iter_jsonl_corpus
@@ -36,11 +46,18 @@ def bench_ingest(
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-") as tmp:
         base = Settings()
         settings = base.model_copy(
-            update={"data_dir": Path(tmp), "chroma": base.chroma.model_copy(update={"url": None})}
+            update={
+                "data_dir": Path(tmp),
+                "chroma": base.chroma.model_copy(update={"url": None}),
+                "embedding": base.embedding.model_copy(
+                    update={"document_backend": backend, "onnx_cache_dir": str(base.models_dir.resolve())}
+                ),
+            }
         )
         with open_container_sync(settings) as container:
             result = _measure(container, documents)
-    typer.echo(f"raw {result.pop('raw_s'):.1f}s, ingest {result.pop('ingest_s'):.1f}s")
+    result["backend"] = backend
+    typer.echo(f"raw {result.pop('raw_s'):.1f}s, ingest {result.pop('ingest_s'):.1f}s ({backend})")
     typer.echo(json.dumps(result))
 
 
@@ -64,8 +81,13 @@ def _measure(container: Any, documents: Callable[[], Iterator[Any]]) -> dict[str
     model.encode(texts[:64])  # warm-up, same for both measurements
     typer.echo(f"raw encode of {len(texts)} chunks ...", err=True)
     started = time.perf_counter()
-    model.encode(texts)  # fp32, default settings
+    reference = model.encode(texts, normalize_embeddings=True)  # fp32, default settings
     raw_s = time.perf_counter() - started
+    extra: dict[str, Any] = {}
+    if pipeline.embedder is not embedder:  # ONNX: the same texts, compared element by element
+        import numpy as np
+
+        extra["max_abs_diff"] = float(np.abs(pipeline.embedder.embed(texts) - reference).max())
 
     pipeline.embedder.embed(texts[:64])
     typer.echo(f"ingest of {docs} documents ...", err=True)
@@ -83,6 +105,7 @@ def _measure(container: Any, documents: Callable[[], Iterator[Any]]) -> dict[str
         "ingest_chunks_per_s": round(ingest_rate, 2),
         "efficiency": round(ingest_rate / raw, 4),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        **extra,
         "raw_s": raw_s,
         "ingest_s": ingest_s,
     }

@@ -67,7 +67,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) -
 
 
 def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str], tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:  # a dev extra: `make install` has it
+        sync_api = None
+    require_service("Playwright", sync_api is not None, "pip install -e '.[dev]'")
+    assert sync_api is not None
     expect = sync_api.expect
     url, key = server
     headers = {"Authorization": f"Bearer {key}"}

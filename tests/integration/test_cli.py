@@ -123,3 +123,20 @@ def test_bench_scale_prints_each_size(run, tmp_path: Path) -> None:
     assert row["hybrid_c1"]["p99_ms"] >= row["hybrid_c1"]["p50_ms"] > 0
     assert row["hybrid_c16"]["qps"] > 0
     assert run(*args, "--sizes", "ten").exit_code == 2
+
+
+def test_bench_ingest_through_onnx_reports_the_difference(run, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"_id": str(i), "title": f"T{i}", "text": f"Cells divide {i} times a day. " * 20})
+            + "\n"
+            for i in range(6)
+        )
+    )
+    result = run("bench", "ingest", "--corpus", str(corpus), "--backend", "onnx")
+    assert result.exit_code == 0, result.output
+    figures = last_json(result.stdout)
+    assert figures["backend"] == "onnx" and figures["chunks"] >= 6
+    assert figures["max_abs_diff"] < 1e-4 and figures["efficiency"] > 0
+    assert run("bench", "ingest", "--corpus", str(corpus), "--backend", "tpu").exit_code == 2

@@ -153,3 +153,20 @@ def test_an_export_onnx_runtime_cannot_load_falls_back_to_torch(
     with pytest.raises(OnnxExportError, match="cannot load the export"):
         load_onnx_encoder(embedder, onnx_cache_dir)
     assert build_query_embedder(EmbeddingSettings(), embedder, onnx_cache_dir) is embedder
+
+
+def test_documents_through_onnx_match_torch_in_their_order(embedder, onnx_cache_dir: Path) -> None:
+    from ingest.onnx_encoder import OnnxDocumentEmbedder, build_document_embedder
+
+    assert build_document_embedder(EmbeddingSettings(), embedder, onnx_cache_dir) is embedder
+    documents = build_document_embedder(
+        EmbeddingSettings(document_backend="onnx", document_threads=2, batch_size=4), embedder, onnx_cache_dir
+    )
+    assert isinstance(documents, OnnxDocumentEmbedder) and documents.model_id == embedder.model_id
+    texts = TEXTS * 3  # 18 texts in batches of 4, sorted by length and put back in order
+    assert float(np.abs(documents.embed(texts) - embedder.embed(texts)).max()) < 1e-4
+    assert documents.embed([]).shape == (0, embedder.dim)
+    with pytest.raises(ValueError, match="local embedding provider"):
+        build_document_embedder(
+            EmbeddingSettings(provider="openai", document_backend="onnx"), embedder, onnx_cache_dir
+        )
