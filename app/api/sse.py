@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from app.api.disconnect import unless_disconnected
 from app.api.errors import error_body, public_error
-from app.services.chat_types import ChatEvent
+from app.services.chat_types import ChatEvent, StartEvent
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,15 @@ async def prime(events: AsyncGenerator[T, None], request: Request | None = None)
     """Run a stream up to its first event, so errors before any output (unknown collection, bad
     prompt, server busy, deadline passed) still become a proper JSON error response instead of a
     broken event stream. With `request`, a client that leaves meanwhile cancels it (`ClientDisconnect`)."""
+    # A chat stream's `StartEvent` (its ids) comes before any output but is not output: priming goes on
+    # to the first token, so a failure before the answer starts is still a JSON error.
+    head: list[T] = []
     try:
-        first = await (anext(events) if request is None else unless_disconnected(request, anext(events)))
+        while not head or isinstance(head[-1], StartEvent):
+            step = anext(events)
+            head.append(await (step if request is None else unless_disconnected(request, step)))
+    except StopAsyncIteration:
+        pass
     except BaseException:
         await events.aclose()
         raise
@@ -70,7 +77,8 @@ async def prime(events: AsyncGenerator[T, None], request: Request | None = None)
     async def rest() -> AsyncGenerator[T, None]:
         # Closing this closes the stream under it at once (a client gone stops the generation).
         async with aclosing(events):
-            yield first
+            for item in head:
+                yield item
             async for item in events:
                 yield item
 

@@ -222,7 +222,7 @@ def test_the_deadline_ends_a_request_with_504_before_output_and_in_band_mid_stre
         events = list(sse_events(r.iter_lines()))
     assert time.monotonic() - started < 3
     kinds = [e for e, _ in events]
-    assert kinds[0] == "token" and kinds[-1] == "error" and "done" not in kinds
+    assert kinds[:2] == ["start", "token"] and kinds[-1] == "error" and "done" not in kinds
     assert events[-1][1]["error"]["code"] == "request_timeout"
     assert metric(served.url, "ragserver_chat_aborted_total", reason="timeout") >= 3
 
@@ -252,8 +252,8 @@ def test_a_client_that_leaves_cancels_its_generation_and_nothing_is_saved(served
     served.llm.word_delay_s = 0.1
     body = {"message": "Tell me more", "conversation_id": conversation, "stream": True}
     with httpx.stream("POST", f"{served.url}/v1/chat", json=body, timeout=10) as r:
-        event = next(sse_events(r.iter_lines()))
-        assert event[0] == "token"
+        stream = sse_events(r.iter_lines())
+        assert [next(stream)[0], next(stream)[0]] == ["start", "token"]
     wait_until(lambda: metric(served.url, ACTIVE) == 0, timeout=1.5)
 
     time.sleep(2)  # past the abandoned JSON answer's upstream delay: had it gone on, it would be saved now
