@@ -136,7 +136,7 @@ def test_feedback_events_and_metrics(kb: TestClient) -> None:
     metrics = kb.get("/metrics").text
     assert 'ragserver_feedback_total{rating="down"} 2.0' in metrics
     assert 'ragserver_engagement_events_total{type="citation_opened"} 1.0' in metrics
-    assert 'ragserver_answers_total{model="scripted-model",outcome="cited",prompt="answer@v1"} 1.0' in metrics
+    assert 'ragserver_answers_total{model="scripted-model",outcome="cited",prompt="answer@v4"} 1.0' in metrics
     assert 'ragserver_retrieval_top_score_count{collection="kb"}' in metrics
     listed = kb.get("/v1/responses", params={"rating": "down"}).json()["responses"]
     assert [r["id"] for r in listed] == [rid] and listed[0]["corrections"] == ["On Sicily."]
