@@ -26,6 +26,7 @@ from app.cli.eval_retrieval import retrieval
 from app.cli.feedback import feedback_app
 from app.cli.keys import audit, keys_app
 from app.cli.monitor import monitor_app
+from app.cli.tune_retrieval import tune_retrieval
 
 app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
 docs_app = typer.Typer(help="List or delete documents.", no_args_is_help=True)
@@ -39,6 +40,9 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(keys_app, name="keys")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(monitor_app, name="monitor")
+tune_app = typer.Typer(help="Tune retrieval settings on your own data.", no_args_is_help=True)
+tune_app.command("retrieval")(tune_retrieval)
+app.add_typer(tune_app, name="tune")
 app.command("audit")(audit)
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)

@@ -140,3 +140,44 @@ def test_bench_ingest_through_onnx_reports_the_difference(run, tmp_path: Path) -
     assert figures["backend"] == "onnx" and figures["chunks"] >= 6
     assert figures["max_abs_diff"] < 1e-4 and figures["efficiency"] > 0
     assert run("bench", "ingest", "--corpus", str(corpus), "--backend", "tpu").exit_code == 2
+
+
+def test_tune_retrieval_ranks_a_space_and_prints_the_best_as_env(run, tmp_path: Path) -> None:
+    topics = [
+        "volcano lava eruption",
+        "penguin antarctic breeding",
+        "chess opening gambit",
+        "bread yeast dough",
+    ]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps(
+                {"_id": f"d{i}", "title": f"Doc {i}", "text": f"All about {topics[i % 4]} number {i}."}
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"_id": f"q{t}", "text": topics[t]}) + "\n" for t in range(4)))
+    qrels = tmp_path / "dev.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{t}\td{t}\t1\n" for t in range(4)))
+    space = tmp_path / "space.yaml"
+    space.write_text("fusion: [convex, rrf]\nbm25_k1: [1.2, 0.9]\nchunk_size: 128\n")
+    args = ["tune", "retrieval", "--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)]
+    result = run(*args, "--space", str(space))
+    assert result.exit_code == 0, result.output
+    out = last_json(result.stdout)
+    assert out["evaluated"] == 4 and out["queries"] == 4 and out["skipped"] == 0
+    scores = [r["ndcg@10"] for r in out["results"]]
+    assert scores == sorted(scores, reverse=True) and out["best"] == out["results"][0]["settings"]
+    assert {r["settings"]["fusion"] for r in out["results"]} == {"convex", "rrf"}
+    assert {r["settings"]["chunk_size"] for r in out["results"]} == {128}
+    assert f"RAGSERVER_RETRIEVAL__FUSION={out['best']['fusion']}" in result.stdout
+    again = run(*args, "--space", str(space), "--budget", "1")  # the collection is reused; budget stops early
+    assert again.exit_code == 0 and last_json(again.stdout)["evaluated"] >= 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: [red]\n")
+    refused = run(*args, "--space", str(bad))
+    assert refused.exit_code == 2 and "unknown settings colour" in refused.output
