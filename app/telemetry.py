@@ -19,6 +19,7 @@ from opentelemetry import trace
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
+    from app.llm.base import Usage
     from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,10 @@ def llm_request_attributes(
     }
 
 
-def llm_response_attributes(
-    model: str, finish_reason: str | None, input_tokens: int, output_tokens: int
-) -> dict[str, Any]:
+def llm_response_attributes(model: str, finish_reason: str | None, usage: Usage) -> dict[str, Any]:
     return {
         "gen_ai.response.model": model,
         "gen_ai.response.finish_reasons": [finish_reason or "stop"],
-        "gen_ai.usage.input_tokens": input_tokens,
-        "gen_ai.usage.output_tokens": output_tokens,
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens,
     }

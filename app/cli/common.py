@@ -21,6 +21,21 @@ TenantOpt = Annotated[
 ]
 
 
+def trace_scope(
+    since: str | None, collection: str | None, tenant: str | None
+) -> tuple[float | None, list[str] | None]:
+    """`--since` as a Unix time, and `--collection` of `--tenant` as its store names (None: all); a bad
+    value fails the command."""
+    from app.auth.admin import since_timestamp
+    from ingest.vector_index import DEFAULT_TENANT, InvalidCollectionName, store_name
+
+    try:
+        stores = [store_name(tenant or DEFAULT_TENANT, collection)] if collection else None
+        return since_timestamp(since), stores
+    except (ValueError, InvalidCollectionName) as exc:
+        fail(str(exc))
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error to stderr and exit with `code`."""
     typer.echo(f"error: {message}", err=True)

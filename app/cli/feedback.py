@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import fail
+from app.cli.common import fail, trace_scope
 from app.container import open_container_sync
 from app.settings import Settings
 
@@ -35,26 +35,21 @@ def export(
     --collection C` runs: the question (with its conversation when it was a follow-up), corrections as
     the reference answer, the documents an up-vote confirmed as gold, and the source response id. Works on
     the data dir (or database) of a running server. The last line is a JSON object."""
-    from app.auth.admin import since_timestamp
-    from app.services.feedback_export import export_rows
-    from ingest.vector_index import DEFAULT_TENANT, InvalidCollectionName, store_name
+    from app.auth.principal import Principal
+    from ingest.vector_index import DEFAULT_TENANT
 
     if rating not in (None, "up", "down"):
         fail("--rating must be up or down")
-    try:
-        since_at = since_timestamp(since)
-        stores = [store_name(tenant or DEFAULT_TENANT, collection)] if collection else None
-    except (ValueError, InvalidCollectionName) as exc:
-        fail(str(exc))
+    since_at, _ = trace_scope(since, collection, tenant)  # checked here: a bad value fails the command
+    operator = Principal.operator(tenant or DEFAULT_TENANT)
     with open_container_sync(Settings()) as container:
         rows = asyncio.run(
-            export_rows(
-                container.response_store,
-                since=since_at,
-                stores=stores,
+            container.responses.regression_rows(
+                principal=operator,
                 rating=rating,
+                collection=collection,
+                since=since_at,
                 reviewed_only=reviewed,
-                tenant=tenant or DEFAULT_TENANT,
             )
         )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import fail
+from app.cli.common import trace_scope
 from app.container import open_container_sync
 from app.settings import Settings
 
@@ -31,15 +31,9 @@ def report(
     and its drift, no-answer rate and online judge scores over time, split by collection, prompt and
     model: `summary.json` and a self-contained `report.html`. Works on the data dir (or database) of a
     running server. The last line is a JSON object."""
-    from app.auth.admin import since_timestamp
     from app.services.monitor_report import write_report
-    from ingest.vector_index import DEFAULT_TENANT, InvalidCollectionName, store_name
 
-    try:
-        since_at = since_timestamp(since)
-        stores = [store_name(tenant or DEFAULT_TENANT, collection)] if collection else None
-    except (ValueError, InvalidCollectionName) as exc:
-        fail(str(exc))
+    since_at, stores = trace_scope(since, collection, tenant)
     with open_container_sync(Settings()) as container:
         traces = asyncio.run(
             container.response_store.search(since=since_at, collections=stores, limit=1_000_000)

@@ -204,9 +204,7 @@ class ChatService:
                     aclose = getattr(deltas, "aclose", None)
                     if aclose is not None:
                         await aclose()
-                    span.set_attributes(
-                        llm_response_attributes(model, finish, usage.prompt_tokens, usage.completion_tokens)
-                    )
+                    span.set_attributes(llm_response_attributes(model, finish, usage))
                     span.end()
                 self.metrics.llm_latency.observe(time.perf_counter() - started)
             finally:
@@ -329,12 +327,7 @@ class ChatService:
                     temperature=prepared.query.temperature,
                 )
                 span.set_attributes(
-                    llm_response_attributes(
-                        completion.model,
-                        completion.finish_reason,
-                        completion.usage.prompt_tokens,
-                        completion.usage.completion_tokens,
-                    )
+                    llm_response_attributes(completion.model, completion.finish_reason, completion.usage)
                 )
             finally:
                 span.end()
@@ -432,12 +425,7 @@ class ChatService:
         with tracer().start_as_current_span(f"condense {model}", attributes=attributes) as span:
             completion = await self.llm.complete(fitted.messages, max_tokens=CONDENSE_MAX_TOKENS)
             span.set_attributes(
-                llm_response_attributes(
-                    completion.model,
-                    completion.finish_reason,
-                    completion.usage.prompt_tokens,
-                    completion.usage.completion_tokens,
-                )
+                llm_response_attributes(completion.model, completion.finish_reason, completion.usage)
             )
         condensed = (
             completion.text.strip().strip('"').splitlines()[0].strip() if completion.text.strip() else ""

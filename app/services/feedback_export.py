@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.responses.store import ResponseStore, ResponseTrace
+from app.responses.store import ResponseTrace
 from ingest.vector_index import split_store_name
 
 
@@ -42,24 +42,3 @@ def regression_row(trace: ResponseTrace) -> dict[str, Any]:
     if comments:
         row["comments"] = comments
     return row
-
-
-async def export_rows(
-    store: ResponseStore,
-    *,
-    since: float | None,
-    stores: list[str] | None,
-    rating: str | None,
-    reviewed_only: bool = False,
-    tenant: str | None = None,
-) -> list[dict[str, Any]]:
-    """Regression rows for responses with feedback, oldest first."""
-    traces = await store.search(since=since, collections=stores, rating=rating, limit=100_000)
-    rows = []
-    for trace in reversed(traces):
-        if not trace.feedback or (reviewed_only and not any(f.reviewed for f in trace.feedback)):
-            continue
-        if tenant is not None and trace.tenant != tenant:
-            continue
-        rows.append(regression_row(trace))
-    return rows

@@ -120,6 +120,15 @@ def test_feedback_events_and_metrics(kb: TestClient) -> None:
         r = kb.post(f"/v1/responses/{rid}/feedback", json=bad)
         assert (r.status_code, r.json()["error"]["code"]) == (status, code), bad
     assert kb.post("/v1/responses/resp_nope/feedback", json={"rating": "up"}).status_code == 404
+    too_long = kb.post(f"/v1/responses/{rid}/feedback", json={"rating": "down", "comment": "x" * 20_001})
+    assert (too_long.status_code, too_long.json()["error"]["code"]) == (400, "invalid_feedback")
+    too_many = kb.post(
+        f"/v1/responses/{rid}/feedback", json={"rating": "down", "tags": [str(i) for i in range(21)]}
+    )
+    assert too_many.status_code == 400
+    assert kb.get("/v1/responses", params={"since": "yesterday"}).status_code == 400
+    assert kb.get("/v1/responses", params={"limit": 0}).status_code == 422
+    assert kb.get("/v1/feedback/export", params={"rating": "meh"}).status_code == 422
 
     assert (
         kb.post(f"/v1/responses/{rid}/events", json={"type": "citation_opened", "citation": 1}).status_code
