@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from app.retrieval.bm25_index import BM25Index
     from app.retrieval.retriever import Retriever
     from app.services.chat_service import ChatService
+    from app.services.collection_versions import CollectionVersions
     from app.services.document_service import DocumentService
     from app.services.metrics import Metrics
     from app.services.online_judge import OnlineJudge
@@ -73,6 +75,10 @@ class Container:
             if given is not None:
                 self.__dict__[name] = given
         self._injected = {name for name in ("llm", "embedder", "query_embedder") if name in self.__dict__}
+        self._versions_lock = threading.Lock()
+        self._version_embedders: dict[str, Embedder] = {}
+        self._version_retrievers: dict[str, Retriever] = {}
+        self._version_pipelines: dict[tuple[str | None, int, int], IngestPipeline] = {}
         # Nothing may reach a model hub at run time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -163,6 +169,94 @@ class Container:
         if self.bm25_feed is not None:  # this process searches: follow everyone's BM25 changes
             self.bm25_feed.follow()
         return build_retriever(self.settings.retrieval, self.store, self.query_embedder, self.bm25)
+
+    # -- per collection version (blue/green: a version may use another model or chunking) --------------
+
+    def _model_key(self, model_path: str | None) -> str | None:
+        return None if not model_path or model_path == self.settings.embedding.model_path else model_path
+
+    def embedder_for(self, model_path: str | None) -> Embedder:
+        """The embedder of a collection version's model (None: the configured one), loaded once."""
+        key = self._model_key(model_path)
+        if key is None:
+            return self.embedder
+        with self._versions_lock:
+            if key not in self._version_embedders:
+                from ingest.embedder import SentenceTransformerEmbedder
+
+                e = self.settings.embedding
+                self._version_embedders[key] = SentenceTransformerEmbedder(key, e.batch_size, e.device)
+            return self._version_embedders[key]
+
+    def retriever_for(self, model_path: str | None) -> Retriever:
+        """The retriever for a collection version embedded with `model_path` (its own query encoder)."""
+        key = self._model_key(model_path)
+        if key is None:
+            return self.retriever
+        with self._versions_lock:
+            found = self._version_retrievers.get(key)
+        if found is not None:
+            return found
+        from app.retrieval.retriever import build_retriever
+        from ingest.onnx_encoder import build_query_embedder
+
+        s = self.settings
+        threads = s.retrieval.query_threads
+        query = build_query_embedder(
+            s.embedding, self.embedder_for(key), s.models_dir, threads=2 if threads is None else threads
+        )
+        built = build_retriever(s.retrieval, self.store, query, self.bm25)
+        with self._versions_lock:
+            return self._version_retrievers.setdefault(key, built)
+
+    def pipeline_for(
+        self, model_path: str | None, chunk_size: int | None = None, chunk_overlap: int | None = None
+    ) -> IngestPipeline:
+        """The pipeline writing a collection version: its model and chunking (None: the configured)."""
+        key = self._model_key(model_path)
+        c = self.settings.chunking
+        size = c.chunk_size if chunk_size is None else chunk_size
+        overlap = c.chunk_overlap if chunk_overlap is None else chunk_overlap
+        if key is None and (size, overlap) == (c.chunk_size, c.chunk_overlap):
+            return self.pipeline
+        from ingest.chunking import Chunker
+        from ingest.onnx_encoder import build_document_embedder
+        from ingest.pipeline import IngestPipeline
+
+        if overlap >= size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        with self._versions_lock:
+            cached = self._version_pipelines.get((key, size, overlap))
+        if cached is not None:
+            return cached
+        embedder = self.embedder_for(key)
+        documents = (
+            self.document_embedder
+            if key is None
+            else build_document_embedder(self.settings.embedding, embedder, self.settings.models_dir)
+        )
+        listener = self.bm25_feed.publisher if self.bm25_feed is not None else self.bm25
+        built = IngestPipeline(
+            self.store, documents, Chunker(size, overlap, embedder.count_tokens), listeners=[listener]
+        )
+        with self._versions_lock:
+            return self._version_pipelines.setdefault((key, size, overlap), built)
+
+    @cached_property
+    def versions(self) -> CollectionVersions:
+        """Blue/green collections: aliases to versions, rebuilds, rollbacks, prunes."""
+        from app.services.collection_versions import CollectionVersions, VersionRegistry
+
+        return CollectionVersions(
+            self.store,
+            VersionRegistry(self.database),
+            self.pipeline_for,
+            alias_ttl_s=self.settings.collections.alias_ttl_s,
+            on_drop=self.bm25.drop,
+            # The new version's query encoder is built before the switch, not on its first request.
+            warm=lambda version: self.retriever_for(version.embedding_model),
+            model_roots=self.settings.collections.model_roots,
+        )
 
     @cached_property
     def llm(self) -> LLM:
@@ -284,7 +378,14 @@ class Container:
     def retrieval(self) -> RetrievalService:
         from app.services.retrieval_service import RetrievalService
 
-        return RetrievalService(self.settings, self.store, self.retriever, self.metrics)
+        return RetrievalService(
+            self.settings,
+            self.store,
+            self.retriever,
+            self.metrics,
+            versions=self.versions,
+            retriever_for=self.retriever_for,
+        )
 
     @cached_property
     def documents(self) -> DocumentService:
@@ -300,6 +401,7 @@ class Container:
             document_id_key=self.keys.secret("document_id_key"),
             storage=self.storage,
             queue=self.job_queue,
+            versions=self.versions,
         )
 
     @cached_property
@@ -339,6 +441,8 @@ class Container:
         the services using them are forgotten, so opening the container again rebuilds them."""
         if self.built("retrieval"):
             self.retrieval.close()
+        self._version_retrievers.clear()
+        self._version_pipelines.clear()
         if self.built("bm25_feed") and self.bm25_feed is not None:
             self.bm25_feed.stop()
         if self.built("job_queue") and self.job_queue is not None:
@@ -366,6 +470,7 @@ class Container:
             "response_store",
             "responses",
             "online_judge",
+            "versions",
         )
         for name in forget:
             self.__dict__.pop(name, None)

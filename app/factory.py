@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
 
     from app.api.admin.router import router as admin_router
     from app.api.chat.router import router as chat_router
+    from app.api.collections.router import router as collections_router
     from app.api.documents.router import router as documents_router
     from app.api.health.router import router as health_router
     from app.api.openai.responses import router as responses_router
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     for router in (
         health_router,
         documents_router,
+        collections_router,
         chat_router,
         openai_router,
         responses_router,

@@ -149,6 +149,15 @@ class PromptSettings(BaseModel):
     openai_inline_citations: bool = True
 
 
+class CollectionSettings(BaseModel):
+    # Blue/green collections: how long a process keeps a collection's resolved version before asking
+    # the database again (a switch reaches every replica within this).
+    alias_ttl_s: float = Field(1.0, ge=0.0, le=60.0)
+    # Directories a rebuild's embedding_model must lie under (None: any directory on the host). Set it
+    # where tenants' admins are not the server's operators.
+    model_roots: list[str] | None = None
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -288,6 +297,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     history: HistorySettings = HistorySettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    collections: CollectionSettings = CollectionSettings()
     prompts: PromptSettings = PromptSettings()
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()

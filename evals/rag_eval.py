@@ -164,6 +164,7 @@ def answered_row(
         "prompt": result.prompt,
         "model": result.model,
         "collection": result.collection,
+        "collection_version": result.collection_version,
         "retrieval": result.retrieval,
         "usage": result.usage,
         "judge_model": judge_model,

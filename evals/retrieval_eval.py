@@ -115,7 +115,7 @@ def eval_collection_name(corpus: Path) -> str:
     return f"eval-{slug}"
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -140,7 +140,7 @@ def ensure_corpus_collection(
 
     pipeline = container.pipeline
     marker_path = container.settings.data_dir / "evals" / f"{collection}.json"
-    wanted = {"corpus_sha256": _file_sha256(corpus), "pipeline": pipeline.signature}
+    wanted = {"corpus_sha256": file_sha256(corpus), "pipeline": pipeline.signature}
     store = container.store
     if marker_path.exists() and store.has_collection(collection):
         marker = json.loads(marker_path.read_text())

@@ -31,6 +31,8 @@ class SourceDocument:
     title: str
     segments: list[Segment]
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A copy rebuilt from an index keeps its original's hash (so re-uploading the original is a no-op).
+    original_hash: str | None = None
 
     @property
     def text(self) -> str:
@@ -39,6 +41,8 @@ class SourceDocument:
     @property
     def content_hash(self) -> str:
         """sha256 over everything that ends up in the index: title, segments and user metadata."""
+        if self.original_hash:
+            return self.original_hash
         h = hashlib.sha256()
         h.update(self.title.encode("utf-8"))
         for seg in self.segments:

@@ -22,6 +22,9 @@ from ingest.filters import MetadataFilter
 from ingest.types import Chunk, ScoredChunk
 
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+# A collection's versions past the first are physical collections named `<store name>--v<N>` (blue/green
+# rebuilds, app/services/collection_versions.py): names ending so are reserved.
+VERSION_SUFFIX = re.compile(r"--v([0-9]{1,6})$")
 
 
 class InvalidCollectionName(ValueError):
@@ -39,7 +42,21 @@ def validate_collection_name(name: str) -> str:
             f"invalid collection name {name!r}: "
             "use 1-63 letters, digits, '-' or '_', starting with a letter or digit"
         )
+    if VERSION_SUFFIX.search(name):
+        raise InvalidCollectionName(
+            f"invalid collection name {name!r}: names ending in '--v<number>' are reserved for versions"
+        )
     return name
+
+
+def version_store_name(store: str, version: int) -> str:
+    """The physical store name of version `version` of the collection `store` (v1: `store` itself)."""
+    return store if version == 1 else f"{store}--v{version}"
+
+
+def base_store_name(name: str) -> str:
+    """The collection a physical store name belongs to (`hr--v3` -> `hr`; `hr` -> `hr`)."""
+    return VERSION_SUFFIX.sub("", name)
 
 
 # Tenants: lowercase letters, digits and '-' (no '_' or '.', so a store name splits one way only).
@@ -73,10 +90,13 @@ def store_name(tenant: str, collection: str) -> str:
 
 
 def split_store_name(name: str) -> tuple[str, str]:
-    """Inverse of `store_name`: (tenant, collection); InvalidCollectionName for a malformed name."""
-    tenant, dot, collection = name.rpartition(".")
+    """Inverse of `store_name`: (tenant, collection); InvalidCollectionName for a malformed name. A
+    version's physical name splits as its collection's."""
+    if not isinstance(name, str):
+        raise InvalidCollectionName(f"invalid collection name {name!r}")
+    tenant, dot, collection = base_store_name(name).rpartition(".")
     if not dot:
-        return DEFAULT_TENANT, validate_collection_name(name)
+        return DEFAULT_TENANT, validate_collection_name(collection)
     try:
         validate_tenant_name(tenant)
     except InvalidTenantName as exc:

@@ -24,6 +24,7 @@ from app.logging_setup import current_request_id
 from app.prompting import PromptError, UnknownPrompt
 from app.retrieval.retriever import RetrievalError
 from app.services.chat_service import ConversationNotFound
+from app.services.collection_versions import VersionConflict
 from app.services.document_service import DocumentNotFound, JobNotFound, UnsupportedUpload, UploadTooLarge
 from app.services.errors import (
     Forbidden,
@@ -67,6 +68,7 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (DocumentNotFound, 404, "document_not_found"),
     (JobNotFound, 404, "job_not_found"),
     (JobStateConflict, 409, "job_state_conflict"),
+    (VersionConflict, 409, "version_conflict"),
     (ResponseNotFound, 404, "response_not_found"),
     (ConversationNotFound, 404, "conversation_not_found"),
     (KeyNotFound, 404, "key_not_found"),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.bench_stack import REPO, running, stack_env
+from app.cli.bench_stack import REPO, ingest_subset, running, stack_env
 
 FALLBACK_QUESTIONS = [
     "What is known about the effect of vitamin D on bone density?",
@@ -123,21 +121,9 @@ def bench_serve(
     if not corpus.exists():
         raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-serve-") as tmp:
-        subset = Path(tmp) / "corpus.jsonl"
-        with corpus.open() as src, subset.open("w") as dst:
-            for i, line in enumerate(src):
-                if i >= docs:
-                    break
-                dst.write(line)
         stack = stack_env(Path(tmp), **({"RAGSERVER_RETRIEVAL_MODE": mode} if mode else {}))
         typer.echo(f"ingesting {docs} documents ...", err=True)
-        subprocess.run(
-            [sys.executable, "-m", "app.cli.main", "ingest", str(subset), "--collection", "bench"],
-            env=stack.env,
-            cwd=REPO,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        ingest_subset(stack, corpus, docs)
         with running(stack):
             warm = min(requests, max(20, concurrency))
             questions = _questions(corpus)

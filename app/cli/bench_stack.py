@@ -74,6 +74,23 @@ def stack_env(workdir: Path, **extra: str) -> Stack:
     return Stack(workdir, env, llm_port)
 
 
+def ingest_subset(stack: Stack, corpus: Path, docs: int, collection: str = "bench") -> None:
+    """Ingest the first `docs` rows of a .jsonl corpus into the stack's data dir (before `running`)."""
+    subset = stack.workdir / "corpus.jsonl"
+    with corpus.open() as src, subset.open("w") as dst:
+        for i, line in enumerate(src):
+            if i >= docs:
+                break
+            dst.write(line)
+    subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "ingest", str(subset), "--collection", collection],
+        env=stack.env,
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def _admin_key(stack: Stack) -> str:
     """An admin key of the default tenant in the stack's database (what `ragserver keys create` does)."""
     from app.auth.keys import KeyStore

@@ -109,8 +109,8 @@ def rag(
     with container_for(collection) as (container, name):
         if corpus is not None:
             _ingest_corpus(container, corpus, name)
-        elif not container.store.has_collection(name):
-            known = ", ".join(container.store.list_collections()) or "none"
+        elif not container.versions.exists(name):
+            known = ", ".join(container.versions.collections()) or "none"
             fail(
                 f"collection {name!r} not found (collections: {known}); ingest first, e.g. "
                 f"`ragserver ingest CORPUS.jsonl --collection {name}`, or pass --corpus"

@@ -13,11 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli.bench_abuse import bench_abuse
+from app.cli.bench_bluegreen import bench_bluegreen
 from app.cli.bench_ingest import bench_ingest
 from app.cli.bench_queries import bench_queries
 from app.cli.bench_scale import bench_scale
 from app.cli.bench_serve import bench_serve
-from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option
+from app.cli.collections import collections_app
+from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option, serving
 from app.cli.db import db_app
 from app.cli.dev import dev_app
 from app.cli.eval_rag import compare as eval_compare
@@ -26,6 +28,7 @@ from app.cli.eval_retrieval import retrieval
 from app.cli.feedback import feedback_app
 from app.cli.keys import audit, keys_app
 from app.cli.monitor import monitor_app
+from app.cli.tune_embedder import split_qrels, tune_embedder
 from app.cli.tune_retrieval import tune_retrieval
 
 app = typer.Typer(help="ragserver: a RAG application server.", no_args_is_help=True, add_completion=False)
@@ -40,8 +43,13 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(keys_app, name="keys")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(monitor_app, name="monitor")
-tune_app = typer.Typer(help="Tune retrieval settings on your own data.", no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
+tune_app = typer.Typer(
+    help="Tune the embedder and retrieval settings on your own data.", no_args_is_help=True
+)
 tune_app.command("retrieval")(tune_retrieval)
+tune_app.command("embedder")(tune_embedder)
+tune_app.command("split-qrels")(split_qrels)
 app.add_typer(tune_app, name="tune")
 app.command("audit")(audit)
 bench_app.command("ingest")(bench_ingest)
@@ -49,6 +57,7 @@ bench_app.command("serve")(bench_serve)
 bench_app.command("scale")(bench_scale)
 bench_app.command("queries")(bench_queries)
 bench_app.command("abuse")(bench_abuse)
+bench_app.command("bluegreen")(bench_bluegreen)
 eval_app.command("retrieval")(retrieval)
 eval_app.command("rag")(eval_rag)
 eval_app.command("compare")(eval_compare)
@@ -77,7 +86,7 @@ def ingest(
         fail(f"no such file or directory: {', '.join(missing)}")
     extra = parse_json_option(metadata, "--metadata")
     with container_for(collection, tenant=tenant) as (container, name):
-        pipeline = container.pipeline
+        physical, pipeline, _ = serving(container, name)
         from tqdm import tqdm
 
         bar = tqdm(desc="ingest", unit="doc", file=sys.stderr, disable=None)
@@ -87,10 +96,10 @@ def ingest(
             if error:
                 bar.write(f"FAILED {doc}: {error}", file=sys.stderr)
 
-        report = pipeline.ingest(iter_documents(paths, metadata=extra), name, on_document=progress)
+        report = pipeline.ingest(iter_documents(paths, metadata=extra), physical, on_document=progress)
         bar.close()
         if prune:
-            report.deleted = _prune(container, name, paths, set(report.documents))
+            report.deleted = _prune(container, physical, pipeline, paths, set(report.documents))
         audit_cli(container, "document.ingest", name, None, json.dumps(report.to_dict())[:500], report.ok)
         typer.echo(json.dumps({"collection": name, **report.to_dict()}))
         if not report.ok:
@@ -118,14 +127,14 @@ def audit_cli(container: Any, action: str, store: str, object_id: str | None, de
         typer.echo(f"warning: the audit entry could not be written: {exc}", err=True)
 
 
-def _prune(container: Any, collection: str, paths: list[Path], seen: set[str]) -> int:
+def _prune(container: Any, collection: str, pipeline: Any, paths: list[Path], seen: set[str]) -> int:
     roots = [str(p.resolve()) for p in paths if p.is_dir()]
     gone = [
         r.doc_id
         for r in container.store.iter_documents(collection)
         if r.doc_id not in seen and any(r.source.startswith(root + "/") for root in roots)
     ]
-    return container.pipeline.delete(collection, gone) if gone else 0
+    return pipeline.delete(collection, gone) if gone else 0
 
 
 @app.command()
@@ -145,9 +154,10 @@ def search(
     from ingest.filters import FilterError
 
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
+        physical, _, retriever = serving(container, name)
         try:
-            hits = container.retriever.retrieve(
-                name, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
+            hits = retriever.retrieve(
+                physical, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
             )
         except (FilterError, RetrievalError) as exc:
             fail(str(exc))
@@ -182,7 +192,8 @@ def docs_list(
 ) -> None:
     """List documents of a collection as JSON lines."""
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
-        for record in container.store.list_documents(name, limit=limit, offset=offset):
+        physical = container.versions.resolve(name).physical
+        for record in container.store.list_documents(physical, limit=limit, offset=offset):
             typer.echo(json.dumps(record.to_dict(), ensure_ascii=False))
 
 
@@ -194,7 +205,8 @@ def docs_delete(
 ) -> None:
     """Delete documents and all their chunks."""
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
-        existed = container.pipeline.delete(name, document_ids)
+        physical, pipeline, _ = serving(container, name)
+        existed = pipeline.delete(physical, document_ids)
         ok = existed == len(document_ids)
         audit_cli(container, "document.delete", name, ",".join(document_ids)[:500], f"deleted {existed}", ok)
         typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))
@@ -206,9 +218,13 @@ def docs_delete(
 def stats(collection: CollectionOpt = None, tenant: TenantOpt = None) -> None:
     """Document and chunk counts; the last line is a JSON object."""
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
-        docs, chunks = container.store.count_documents(name), container.store.count_chunks(name)
-        typer.echo(f"collection {name}: {docs} documents, {chunks} chunks")
-        typer.echo(json.dumps({"collection": name, "documents": docs, "chunks": chunks}))
+        version = container.versions.resolve(name)
+        physical = version.physical
+        docs, chunks = container.store.count_documents(physical), container.store.count_chunks(physical)
+        typer.echo(f"collection {name} ({version.label}): {docs} documents, {chunks} chunks")
+        typer.echo(
+            json.dumps({"collection": name, "version": version.label, "documents": docs, "chunks": chunks})
+        )
 
 
 @app.command()

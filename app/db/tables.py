@@ -172,3 +172,31 @@ response_events = sa.Table(
     sa.Column("at", sa.Double, nullable=False),
     sa.Index("response_events_by_response", "response_id"),
 )
+
+# Blue/green collections: a collection name (store name) is an alias to one of its versions, each a
+# physical collection of its own (version 1 is the collection as first created, under its own name).
+collection_versions = sa.Table(
+    "collection_versions",
+    metadata,
+    sa.Column("collection", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("physical", sa.Text, nullable=False),
+    sa.Column("embedding_model", sa.Text),  # None: the server's configured model
+    sa.Column("chunk_size", sa.Integer),
+    sa.Column("chunk_overlap", sa.Integer),
+    sa.Column("state", sa.Text, nullable=False),  # building | ready | failed | pruned
+    sa.Column("documents", sa.Integer),
+    sa.Column("chunks", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
+)
+
+collection_aliases = sa.Table(
+    "collection_aliases",
+    metadata,
+    sa.Column("collection", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("previous", sa.Integer),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)

@@ -90,8 +90,13 @@ class ResponseTrace:
     feedback: list[Feedback] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)  # engagement counts by type
 
+    @property
+    def collection_version(self) -> str:
+        """The collection version that answered (blue/green), as recorded with the retrieval settings."""
+        return str(self.retrieval.get("collection_version", "v1"))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "collection_version": self.collection_version}
 
 
 @runtime_checkable

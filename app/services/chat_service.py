@@ -369,9 +369,10 @@ class ChatService:
             search_query = query.message
         top_k = query.top_k
         retrieve_started = time.perf_counter()
-        hits = await self.retrieval.retrieve(
+        retrieved = await self.retrieval.retrieve(
             store, search_query, top_k=top_k, mode=query.mode, filters=query.filters
         )
+        hits = retrieved.hits
         retrieve_ms = (time.perf_counter() - retrieve_started) * 1000
         sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
         # History gives way first, then the lowest-ranked sources; never the system message or question.
@@ -390,6 +391,7 @@ class ChatService:
                 "top_k": top_k,
                 "filters": query.filters or {},
                 "query": search_query,
+                "collection_version": retrieved.version,
             },
             started=started,
             store=store,
@@ -474,6 +476,7 @@ class ChatService:
             finish_reason="length" if finish == "length" else "stop",
             grounding=checked.to_dict(),
             collection=prepared.collection,
+            collection_version=str(prepared.retrieval.get("collection_version", "v1")),
             retrieval=prepared.retrieval,
             query=prepared.search_query,
             contexts=prepared.sources,

@@ -116,6 +116,9 @@ class ChatResult(BaseModel):
         "`score` (share found; null when it states none), `facts`, `unsupported`.",
     )
     collection: str
+    collection_version: str = Field(
+        "v1", description='The version of the collection that answered ("v1", "v2", ...; blue/green).'
+    )
     retrieval: dict[str, Any] = Field(description="Retrieval settings used, and the search query.")
     history_saved: bool = Field(
         False,

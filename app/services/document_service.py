@@ -34,7 +34,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.auth.audit import AuditLog, AuditTarget
 from app.auth.principal import Principal
@@ -66,6 +66,9 @@ from ingest.vector_index import (
     split_store_name,
     validate_store_name,
 )
+
+if TYPE_CHECKING:
+    from app.services.collection_versions import CollectionVersions
 
 __all__ = [
     "DocumentNotFound",
@@ -143,8 +146,11 @@ class DocumentService:
         document_id_key: bytes = b"",
         storage: UploadStorage | None = None,
         queue: ArqJobQueue | None = None,
+        versions: CollectionVersions | None = None,
     ):
         self.settings = settings
+        # Blue/green: reads and writes go to the version serving the collection when they start.
+        self.versions = versions
         self.audit = audit
         self.document_id_key = document_id_key
         self.store = store
@@ -392,7 +398,7 @@ class DocumentService:
         if split_store_name(store)[0] != DEFAULT_TENANT:
             return ids
         legacy = {legacy_upload_document_id(store, name): name for name in filenames}
-        existing = await asyncio.to_thread(self.store.get_documents, store, list(legacy))
+        existing = await asyncio.to_thread(self.store.get_documents, self._physical(store), list(legacy))
         for old_id in existing:
             ids[legacy[old_id]] = old_id
         return ids
@@ -539,6 +545,7 @@ class DocumentService:
         each file's outcome as it finishes."""
         by_doc = {f.document_id: f for f in todo}
         by_path = {f.stored_path: f for f in todo}
+        pipeline, physical = self._writer(job.collection)
 
         def on_document(doc: str, status: str, error: str | None) -> None:
             file = by_doc.get(doc) or by_path.get(doc)
@@ -550,7 +557,7 @@ class DocumentService:
             self.metrics.documents.labels(status=status).inc()
             chunks = 0
             if final != "failed":
-                record = self.store.get_documents(job.collection, [file.document_id]).get(file.document_id)
+                record = self.store.get_documents(physical, [file.document_id]).get(file.document_id)
                 chunks = record.chunks if record is not None else 0
             # Called from an ingestion thread: hand the async update to the event loop and wait.
             asyncio.run_coroutine_threadsafe(
@@ -563,7 +570,21 @@ class DocumentService:
                     return
                 yield self._load(job, f)
 
-        self.pipeline.ingest(items(), job.collection, on_document=on_document, cancel=cancel)
+        pipeline.ingest(items(), physical, on_document=on_document, cancel=cancel)
+
+    def _physical(self, store: str) -> str:
+        """The physical collection serving `store` now."""
+        return self.versions.resolve(store).physical if self.versions is not None else store
+
+    def _writer(self, store: str) -> tuple[IngestPipeline, str]:
+        """The pipeline for the version serving `store` now (its model and chunking), and its name."""
+        if self.versions is None:
+            return self.pipeline, store
+        version = self.versions.resolve(store)
+        pipeline = self.versions.pipeline_for(
+            version.embedding_model, version.chunk_size, version.chunk_overlap
+        )
+        return pipeline, version.physical
 
     def _load(self, job: Job, f: JobFile) -> SourceDocument | LoadFailure:
         """One stored upload as a document, or its failure: nothing a file holds can raise past here."""
@@ -654,11 +675,12 @@ class DocumentService:
     # -- documents -------------------------------------------------------------------------------
 
     async def _existing(self, principal: Principal, collection: str) -> str:
-        """The store name of `principal`'s existing collection `collection`, else CollectionNotFound."""
-        store = principal.collection(collection)
-        if not await asyncio.to_thread(self.store.has_collection, store):
+        """The physical collection serving `principal`'s existing collection `collection`, else
+        CollectionNotFound."""
+        physical = await asyncio.to_thread(self._physical, principal.collection(collection))
+        if not await asyncio.to_thread(self.store.has_collection, physical):
             raise CollectionNotFound(f"collection {collection!r} not found")
-        return store
+        return physical
 
     async def list_documents(
         self, collection: str, limit: int, offset: int, *, principal: Principal
@@ -686,4 +708,5 @@ class DocumentService:
         """Delete `principal`'s document and its chunks. Audited as `document.delete`."""
         async with self._audited(principal, "document.delete", collection, document_id):
             await self.get_document(collection, document_id, principal=principal)
-            await asyncio.to_thread(self.pipeline.delete, principal.collection(collection), [document_id])
+            pipeline, physical = await asyncio.to_thread(self._writer, principal.collection(collection))
+            await asyncio.to_thread(pipeline.delete, physical, [document_id])

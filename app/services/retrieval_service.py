@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
 from app.retrieval.retriever import Retriever
@@ -16,16 +18,39 @@ from app.telemetry import tracer
 from ingest.types import ScoredChunk
 from ingest.vector_index import CollectionNotFound, VectorIndex
 
+if TYPE_CHECKING:
+    from app.services.collection_versions import CollectionVersion, CollectionVersions
+
+
+@dataclass
+class Retrieved:
+    """Hits, and the collection version (physical collection) every one of them came from."""
+
+    hits: list[ScoredChunk]
+    version: str  # "v1", "v2", ...
+    physical: str
+
 
 class RetrievalService:
     """Runs the (blocking) retriever in its own thread pool so concurrent requests overlap and
     their query embeddings can be micro-batched."""
 
-    def __init__(self, settings: Settings, store: VectorIndex, retriever: Retriever, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        store: VectorIndex,
+        retriever: Retriever,
+        metrics: Metrics,
+        *,
+        versions: CollectionVersions | None = None,
+        retriever_for: Callable[[str | None], Retriever] | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.retriever = retriever
         self.metrics = metrics
+        self.versions = versions
+        self.retriever_for = retriever_for
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="retrieve")
 
     async def resolve_collection(self, name: str | None, *, principal: Principal) -> str:
@@ -34,7 +59,8 @@ class RetrievalService:
         is asked off the event loop (a remote Chroma that answers slowly must not stall other requests)."""
         store = principal.collection(name or self.settings.server.default_collection)
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(self._pool, self.store.has_collection, store):
+        exists = self.versions.exists if self.versions is not None else self.store.has_collection
+        if not await loop.run_in_executor(self._pool, exists, store):
             raise CollectionNotFound(
                 f"collection {name or self.settings.server.default_collection!r} not found"
             )
@@ -43,7 +69,8 @@ class RetrievalService:
     async def visible_collections(self, principal: Principal) -> list[str]:
         """The collections `principal` may see, by the names it uses."""
         loop = asyncio.get_running_loop()
-        stores = await loop.run_in_executor(self._pool, self.store.list_collections)
+        listing = self.versions.collections if self.versions is not None else self.store.list_collections
+        stores = await loop.run_in_executor(self._pool, listing)
         return sorted(n for n in (principal.visible(s) for s in stores) if n is not None)
 
     def resolve_mode(self, mode: str | None) -> str:
@@ -58,7 +85,9 @@ class RetrievalService:
         top_k: int,
         mode: str | None = None,
         filters: dict[str, Any] | None = None,
-    ) -> list[ScoredChunk]:
+    ) -> Retrieved:
+        """The top_k chunks of the collection's serving version (resolved once: every hit comes from
+        the one physical collection, even while a rebuild switches the alias)."""
         mode = self.resolve_mode(mode)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -70,15 +99,27 @@ class RetrievalService:
         with tracer().start_as_current_span("retrieval", attributes=attributes) as span:
             # The worker thread runs in this context, so the embedding span nests under this one.
             context = contextvars.copy_context()
+            version = await loop.run_in_executor(self._pool, self._resolve, collection)
+            retriever = self.retriever
+            if self.retriever_for is not None and version.embedding_model:
+                retriever = await loop.run_in_executor(
+                    self._pool, self.retriever_for, version.embedding_model
+                )
             hits = await loop.run_in_executor(
                 self._pool,
                 lambda: context.run(
-                    self.retriever.retrieve, collection, query, top_k=top_k, mode=mode, filters=filters
+                    retriever.retrieve, version.physical, query, top_k=top_k, mode=mode, filters=filters
                 ),
             )
             span.set_attribute("ragserver.hits", len(hits))
+            span.set_attribute("ragserver.collection_version", version.label)
         self.metrics.retrieval_latency.labels(mode=mode).observe(time.perf_counter() - started)
-        return hits
+        return Retrieved(hits, version.label, version.physical)
+
+    def _resolve(self, collection: str) -> CollectionVersion:
+        from app.services.collection_versions import first_version
+
+        return self.versions.resolve(collection) if self.versions is not None else first_version(collection)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

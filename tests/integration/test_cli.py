@@ -181,3 +181,36 @@ def test_tune_retrieval_ranks_a_space_and_prints_the_best_as_env(run, tmp_path: 
     bad.write_text("colour: [red]\n")
     refused = run(*args, "--space", str(bad))
     assert refused.exit_code == 2 and "unknown settings colour" in refused.output
+
+
+def test_collections_rebuild_rollback_prune_on_the_data_dir(run, tmp_path: Path) -> None:
+    make_corpus_folder(tmp_path / "corpus")
+    (tmp_path / "corpus" / "long.txt").write_text(
+        " ".join(f"Sentence {i} of a long report on glaciers retreating in the Alps." for i in range(60))
+    )
+    assert run("ingest", str(tmp_path / "corpus"), "--collection", "kb").exit_code in (0, 1)
+    before = last_json(run("stats", "--collection", "kb").stdout)
+    assert before["version"] == "v1"
+
+    rebuilt = run("collections", "rebuild", "kb", "--chunk-size", "64", "--chunk-overlap", "8")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    row = last_json(rebuilt.stdout)
+    assert row["label"] == "v2" and row["state"] == "ready" and row["documents"] == before["documents"]
+    after = last_json(run("stats", "--collection", "kb").stdout)
+    assert after["version"] == "v2" and after["chunks"] > before["chunks"]  # smaller chunks
+    found = run("search", "volcano", "--collection", "kb", "--json")
+    assert found.exit_code == 0 and found.stdout.strip()
+
+    listing = run("collections", "versions", "kb")
+    assert "* v2" in listing.stdout and last_json(listing.stdout)["active"] == "v2"
+    back = run("collections", "rollback", "kb")
+    assert back.exit_code == 0 and last_json(back.stdout)["label"] == "v1"
+    assert last_json(run("stats", "--collection", "kb").stdout)["version"] == "v1"
+    pruned = run("collections", "prune", "kb")
+    assert last_json(pruned.stdout)["pruned"] == ["v2"]
+    again = run("collections", "rollback", "kb")
+    assert again.exit_code == 2 and "no earlier ready version" in again.output
+    missing = run("collections", "rebuild", "nope")
+    assert missing.exit_code == 2 and "not found" in missing.output
+    bad = run("collections", "rebuild", "kb", "--chunk-size", "32", "--chunk-overlap", "32")
+    assert bad.exit_code == 2 and "smaller" in bad.output

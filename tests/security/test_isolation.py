@@ -170,6 +170,14 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
         ("GET", "/v1/collections/{collection}/documents"): Call("reader", 200),
         ("GET", "/v1/collections/{collection}/documents/{document_id}"): Call("reader", 404),
         ("DELETE", "/v1/collections/{collection}/documents/{document_id}"): Call("writer", 404),
+        # Blue/green on B's own hr: its versions, a rebuild refused for its model path (so none runs),
+        # no earlier version to roll back to, nothing to prune.
+        ("GET", "/v1/collections/{collection}/versions"): Call("reader", 200),
+        ("POST", "/v1/collections/{collection}/rebuild"): Call(
+            "admin", 400, json={"embedding_model": "/nonexistent/model"}
+        ),
+        ("POST", "/v1/collections/{collection}/rollback"): Call("admin", 409),
+        ("POST", "/v1/collections/{collection}/prune"): Call("admin", 200),
         ("GET", "/v1/jobs/{job_id}"): Call("reader", 404),
         ("POST", "/v1/jobs/{job_id}/cancel"): Call("writer", 404),
         ("POST", "/v1/jobs/{job_id}/retry"): Call("writer", 404),

@@ -34,6 +34,7 @@ class RetrievedChunk(Citation):
 
 class RetrieveResponse(BaseModel):
     collection: str
+    collection_version: str = Field(description='The collection version that answered ("v1", "v2", ...).')
     mode: str
     results: list[RetrievedChunk]
 
@@ -49,11 +50,14 @@ async def retrieve(
     deadline = Deadline(limits.request_timeout_s)
     collection = body.collection or service.settings.server.default_collection
     store = await deadline.run(service.resolve_collection(collection, principal=principal))
-    hits = await deadline.run(
+    retrieved = await deadline.run(
         service.retrieve(store, body.query, top_k=body.top_k, mode=body.mode, filters=body.filters)
     )
     return RetrieveResponse(
         collection=collection,
+        collection_version=retrieved.version,
         mode=service.resolve_mode(body.mode),
-        results=[RetrievedChunk.from_hit(i, h, metadata=h.metadata) for i, h in enumerate(hits, start=1)],
+        results=[
+            RetrievedChunk.from_hit(i, h, metadata=h.metadata) for i, h in enumerate(retrieved.hits, start=1)
+        ],
     )
