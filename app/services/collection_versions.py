@@ -343,7 +343,19 @@ class CollectionVersions:
                     }
                 )
             ]
-        return rows
+        # Version 1 is registered without counts (its rows predate the registry): count it here.
+        return [
+            CollectionVersion(
+                **{
+                    **asdict(v),
+                    "documents": self.store.count_documents(v.physical),
+                    "chunks": self.store.count_chunks(v.physical),
+                }
+            )
+            if v.state == "ready" and v.documents is None and self.store.has_collection(v.physical)
+            else v
+            for v in rows
+        ]
 
     # -- rebuild -----------------------------------------------------------------------------------
 
