@@ -435,6 +435,11 @@ class Container:
         await asyncio.to_thread(lambda: (self.prompts, self.store, self.embedder, self.retriever))
         await asyncio.to_thread(lambda: (self.history, self.jobs, self.authenticator, self.rate_limits))
         self.chat, self.documents  # noqa: B018 - built now, not on the first request
+        # The collection registry too (its first query compiles the statements it keeps).
+        try:
+            await asyncio.to_thread(self.versions.resolve, self.settings.server.default_collection)
+        except Exception as exc:  # a database that is down now is answered per request (503)
+            log.warning("collection registry not reachable at start-up: %r", exc)
 
     async def aclose(self) -> None:
         """Close what this container built (parts handed in belong to the caller). Closed parts and
