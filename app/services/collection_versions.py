@@ -195,27 +195,20 @@ class VersionRegistry:
         error: str | None = None,
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                collection_versions.update()
-                .where(
-                    collection_versions.c.collection == collection,
-                    collection_versions.c.version == version,
-                )
-                .values(state=state, documents=documents, chunks=chunks, error=error, finished_at=time.time())
-            )
+            _set_state(conn, collection, version, state, documents=documents, chunks=chunks, error=error)
 
     def complete(self, collection: str, version: int, *, documents: int, chunks: int) -> None:
         """Mark a built version ready and point the alias at it, in one transaction."""
         with self.engine.begin() as conn:
-            conn.execute(
-                collection_versions.update()
-                .where(
-                    collection_versions.c.collection == collection,
-                    collection_versions.c.version == version,
-                )
-                .values(state="ready", documents=documents, chunks=chunks, finished_at=time.time())
-            )
+            _set_state(conn, collection, version, "ready", documents=documents, chunks=chunks)
             self._switch(conn, collection, version)
+
+    def previous(self, collection: str) -> int | None:
+        """The version the alias named before its last switch."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(collection_aliases.c.previous).where(collection_aliases.c.collection == collection)
+            ).scalar()
 
     def switch(self, collection: str, version: int) -> int:
         """Point the alias at `version` (ready); returns the version it named before."""
@@ -250,6 +243,14 @@ class VersionRegistry:
         with self.engine.begin() as conn:
             conn.execute(collection_aliases.delete().where(collection_aliases.c.collection == collection))
             conn.execute(collection_versions.delete().where(collection_versions.c.collection == collection))
+
+
+def _set_state(conn: Any, collection: str, version: int, state: str, **counts: Any) -> None:
+    conn.execute(
+        collection_versions.update()
+        .where(collection_versions.c.collection == collection, collection_versions.c.version == version)
+        .values(state=state, finished_at=time.time(), **counts)
+    )
 
 
 def base_name(store: str) -> str:
@@ -520,12 +521,7 @@ class CollectionVersions:
                 raise VersionConflict(f"v{to} of {base_name(collection)!r} is not a ready version")
             target = ready[to]
         else:
-            with self.registry.engine.connect() as conn:
-                previous = conn.execute(
-                    sa.select(collection_aliases.c.previous).where(
-                        collection_aliases.c.collection == collection
-                    )
-                ).scalar()
+            previous = self.registry.previous(collection)
             older = [v for v in sorted(ready) if v < active.version]
             pick = previous if previous in ready else (older[-1] if older else None)
             if pick is None:
