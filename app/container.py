@@ -247,6 +247,7 @@ class Container:
         """Blue/green collections: aliases to versions, rebuilds, rollbacks, prunes."""
         from app.services.collection_versions import CollectionVersions, VersionRegistry
 
+        roots = self.settings.collections.model_roots
         return CollectionVersions(
             self.store,
             VersionRegistry(self.database),
@@ -255,7 +256,8 @@ class Container:
             on_drop=self.bm25.drop,
             # The new version's query encoder is built before the switch, not on its first request.
             warm=lambda version: self.retriever_for(version.embedding_model),
-            model_roots=self.settings.collections.model_roots,
+            model_roots=[self.settings.data_dir / "models"] if roots is None else roots,
+            load_model=self.embedder_for,
         )
 
     @cached_property
@@ -358,7 +360,7 @@ class Container:
     def key_admin(self) -> KeyAdmin:
         from app.auth.admin import KeyAdmin
 
-        return KeyAdmin(self.keys, self.audit, self.authenticator)
+        return KeyAdmin(self.keys, self.audit, self.authenticator, self.settings.auth)
 
     @cached_property
     def rate_limits(self) -> RateLimits:

@@ -14,7 +14,7 @@ from starlette.types import Scope
 from app.api.auth import check_routes_guarded
 from app.api.docs import install_offline_docs
 from app.api.errors import install_error_handlers
-from app.api.middleware import BodyLimit, RequestContext, RequestMetrics, is_upload
+from app.api.middleware import BodyLimit, BodyTimeout, RequestContext, RequestMetrics, is_upload
 from app.container import Container, open_container
 from app.logging_setup import ensure_logging
 from app.settings import Settings
@@ -95,6 +95,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
 
     # add_middleware wraps what is there: the last added is outermost.
     app.add_middleware(BodyLimit, limit_bytes=json_body_limit, exempt=is_upload)
+    app.add_middleware(
+        BodyTimeout,
+        timeout_s=lambda: graph.settings.limits.body_timeout_s,
+        min_rate=lambda: graph.settings.limits.body_min_rate_bytes_s,
+    )
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext)
 

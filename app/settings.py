@@ -153,8 +153,8 @@ class CollectionSettings(BaseModel):
     # Blue/green collections: how long a process keeps a collection's resolved version before asking
     # the database again (a switch reaches every replica within this).
     alias_ttl_s: float = Field(1.0, ge=0.0, le=60.0)
-    # Directories a rebuild's embedding_model must lie under (None: any directory on the host). Set it
-    # where tenants' admins are not the server's operators.
+    # Directories a rebuild's embedding_model must lie under (None: <data_dir>/models only). Put tuned
+    # models there; any other directory is allowed only by listing it (tenants' admins name these paths).
     model_roots: list[str] | None = None
 
 
@@ -195,14 +195,35 @@ class LimitSettings(BaseModel):
     max_list_offset: int = Field(1_000_000, ge=0, description="Pagination offset cap.")
     # JSON bodies (chat, retrieve, ...).
     max_json_body_kb: int = Field(1024, ge=1)
+    # Every request body (uploads and JSON): it must arrive within body_timeout_s of the first read, plus
+    # one second per body_min_rate_bytes_s bytes received (else 408): a slow client cannot hold what its
+    # request reserved. 0 turns the rate allowance off (a fixed deadline).
+    body_timeout_s: float = Field(20.0, gt=0)
+    body_min_rate_bytes_s: int = Field(500, ge=0)
     max_question_chars: int = Field(8000, ge=1, description="One chat message / last user message.")
+    # Metadata filters (every API that takes `filters`, and the CLI): checked before any store sees one.
+    # The ceilings (le=) are what the retriever itself enforces (ingest.filters.CEILINGS).
+    max_filter_keys: int = Field(32, ge=1, le=256, description="Keys of one filter object.")
+    max_filter_values: int = Field(1000, ge=1, le=4096, description="Values of one filter, all lists.")
+    max_filter_value_chars: int = Field(1024, ge=1, le=4096, description="One key or string value.")
+    max_filter_bytes: int = Field(16384, ge=64, le=262_144, description="One filter object as JSON.")
     max_tokens: int = Field(2048, ge=1, description="Cap on a request's max_tokens (both chat APIs).")
     request_timeout_s: float = Field(120.0, gt=0, description="Total deadline of one chat request.")
     # Generations in flight at once, and how many more may wait for a slot (beyond: 503 Retry-After).
     max_concurrent_generations: int = Field(32, ge=1)
     max_waiting_generations: int = Field(128, ge=0)
-    # Ingestion jobs waiting in the in-process queue (beyond: 503 Retry-After).
+    # A tenant's share of those: while other tenants wait, one holding this many slots gets no more (alone it
+    # may use them all); and at most this many of one tenant's requests wait (beyond: 429 tenant_busy).
+    max_generations_per_tenant: int = Field(16, ge=1)
+    max_waiting_generations_per_tenant: int = Field(64, ge=0)
+    # Ingestion jobs waiting in the queue, uploads still arriving included (beyond: 503 Retry-After).
     max_queued_jobs: int = Field(100, ge=1)
+    # One tenant's (and one key's) share of that, so one tenant's flood queues or fails only its own
+    # uploads (beyond: 429 too_many_uploads, Retry-After): uploads arriving at once (per process), and
+    # jobs queued or arriving (queued jobs counted in the job store, so across replicas).
+    max_uploads_per_key: int = Field(8, ge=1)
+    max_uploads_per_tenant: int = Field(16, ge=1)
+    max_queued_jobs_per_tenant: int = Field(50, ge=1)
     # Finished jobs (and the uploads of failed/partial ones) are deleted after this many days (0: keep).
     job_retention_days: float = Field(30.0, ge=0)
 
@@ -270,7 +291,8 @@ class AuthSettings(BaseModel):
     # address unless allow_insecure is also set.
     mode: Literal["api_key", "none"] = "api_key"
     allow_insecure: bool = False
-    # A bearer token that may read /metrics only (for a Prometheus scraper); admin keys may too.
+    # The operator's bearer token for /metrics (a Prometheus scraper): it opens /metrics only, and nothing
+    # else opens /metrics with auth on (tenant admins read their own figures at /v1/admin/metrics).
     metrics_token: SecretStr | None = None
     # How long a replica trusts a key it looked up: a revoked or expired key fails within this.
     key_cache_s: float = Field(2.0, ge=0.0, le=5.0)
@@ -280,6 +302,9 @@ class AuthSettings(BaseModel):
     # Per-key limits for keys that set none (None: unlimited): requests and generated tokens a minute.
     default_rpm: int | None = Field(None, ge=1)
     default_tpm: int | None = Field(None, ge=1)
+    # Failed authentications (no key, a bad one) a client address may make a minute; past it, its requests
+    # without a valid key get 429 with Retry-After (a valid key from the same address keeps working).
+    max_failed_auth_per_minute: int = Field(30, ge=1)
 
 
 class Settings(BaseSettings):

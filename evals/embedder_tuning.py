@@ -456,7 +456,8 @@ def model_card(card: dict[str, Any]) -> str:
     lines += [
         "",
         "Serve it: `RAGSERVER_EMBEDDING_MODEL_PATH=<this directory>` (a collection embedded with another",
-        "model must be rebuilt: `ragserver collections rebuild C --embedding-model <this directory>`).",
+        "model must be rebuilt: `ragserver collections rebuild C --embedding-model <this directory>`, with",
+        "this directory under the server's `<data_dir>/models` or another of `collections.model_roots`).",
         "",
     ]
     return "\n".join(lines)

@@ -24,6 +24,9 @@ for _key in [k for k in os.environ if k.startswith("RAGSERVER_") and not k.start
 # Tests written before identity run as the one anonymous caller; tests/security/test_isolation.py and
 # the other auth tests turn api_key mode on for their own servers.
 os.environ["RAGSERVER_AUTH__MODE"] = "none"
+# Tests send bad keys from 127.0.0.1 on purpose, many, some through one shared Redis counter: failed
+# authentication is throttled only where a test asks for it (tests/security/test_tenant_shares.py).
+os.environ["RAGSERVER_AUTH__MAX_FAILED_AUTH_PER_MINUTE"] = "100000"
 # The real model of tests is the small SmolLM2 (the server's default is the slower Qwen2.5-0.5B).
 os.environ["RAGSERVER_LLM__LOCAL_MODEL"] = "smollm2"
 

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.api.deps import ContainerDep
 from app.auth.principal import Principal, Role
-from app.services.errors import Forbidden, ServiceError
+from app.services.errors import Forbidden, ServiceError, Unauthenticated
 
 # Open to anyone: liveness and readiness (load balancers), and the API's own description (its pages
 # and their assets, app/api/docs.py).
@@ -36,9 +36,12 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/docs-assets",
-        # The web UI's two static pages: they hold no data, every call they make carries the key.
+        # The web UI's two static pages and their script and stylesheet: they hold no data, every call
+        # they make carries the key.
         "/ui",
         "/ui/review",
+        "/ui/assets/ui.js",
+        "/ui/assets/ui.css",
     }
 )
 
@@ -47,6 +50,13 @@ async def authenticate(request: Request, container: ContainerDep) -> Principal:
     """The caller of this request (Principal.anonymous() with auth mode `none`)."""
     try:
         principal = await container.authenticator.authenticate(request.headers.get("authorization"))
+    except Unauthenticated:
+        _count_refusal(request, "401")
+        # Throttled per client address (429 past auth.max_failed_auth_per_minute); checked only once a
+        # key has failed, so a valid key from the same address keeps working.
+        client = request.client.host if request.client is not None else "unknown"
+        await container.rate_limits.hit_auth_failure(client)
+        raise
     except ServiceError:
         _count_refusal(request, "401")
         raise
@@ -82,13 +92,19 @@ Admin = Annotated[Principal, Depends(requires("admin"))]
 
 
 async def authorize_metrics(request: Request, container: ContainerDep) -> None:
-    """/metrics: the metrics token (auth.metrics_token), or an admin key (auth mode none: open)."""
+    """/metrics is the operator's: the metrics token (auth.metrics_token), or anyone with auth mode `none`.
+
+    Its figures are server-wide and some are labelled by collection, so no API key opens it, an admin's
+    included: a tenant's admin reads its own figures at `GET /v1/admin/metrics`."""
     if container.authenticator.is_metrics_token(request.headers.get("authorization")):
         return
-    principal = await authenticate(request, container)
-    if not principal.has_role("admin"):
+    principal = await authenticate(request, container)  # no key or a bad one: 401 as everywhere
+    if container.authenticator.enabled:
         _count_refusal(request, "403")
-        raise Forbidden("/metrics needs an admin key or the metrics token")
+        raise Forbidden(
+            f"/metrics needs the operator's metrics token (auth.metrics_token), not an API key; this key's "
+            f"{principal.role} figures for its tenant are at GET /v1/admin/metrics"
+        )
 
 
 _GUARDS: frozenset[Callable[..., Any]] = frozenset({authenticate, authorize_metrics})

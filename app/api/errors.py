@@ -126,6 +126,9 @@ def public_error(exc: BaseException) -> PublicError:
     for exc_type, status, code in _MAPPED:
         if isinstance(exc, exc_type):
             return PublicError(status, code, str(exc))
+    if isinstance(exc, StarletteHTTPException):  # a body limit or timeout raised while a service read it
+        code = getattr(exc, "code", None) or "http_error"
+        return PublicError(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
     log.error("unhandled error", exc_info=exc)
     return PublicError(500, "internal_error", "internal server error")
 

@@ -1,5 +1,6 @@
 """The server's ASGI middlewares, outermost first: `RequestContext` (request id, last-resort 500),
-`RequestMetrics` (route, status, latency) and `BodyLimit` (JSON bodies capped while they stream in).
+`RequestMetrics` (route, status, latency), `BodyTimeout` (a body must keep arriving) and `BodyLimit`
+(JSON bodies capped while they stream in).
 
 Plain ASGI classes: starlette's BaseHTTPMiddleware would pipe every streamed event through an extra
 task and memory stream.
@@ -173,6 +174,69 @@ class BodyLimit(HTTPMiddleware):
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class BodyTimedOut(HTTPException):
+    """A request body that stopped arriving, or arrives slower than the minimum rate (HTTP 408, code
+    `body_timeout`); the connection is closed."""
+
+    code = "body_timeout"
+
+    def __init__(self, detail: str):
+        super().__init__(408, detail, headers={"Connection": "close"})
+
+
+class BodyTimeout(HTTPMiddleware):
+    """A request body must arrive within `timeout_s()` seconds of the app's first read, plus one second
+    for every `min_rate()` bytes received (Apache mod_reqtimeout's `body=20,MinRate=500`).
+
+    Without it a client holding a connection open with one byte every few seconds holds what the request
+    reserved (an upload's queue place) for as long as it likes: 100 such uploads filled the ingestion
+    queue for every tenant. A read still waiting at the deadline is abandoned and the request ends with
+    408 `body_timeout`. Only the body is timed: once its last part has arrived, later reads (a streaming
+    answer watching for the client leaving) pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: Callable[[], float], min_rate: Callable[[], int]):
+        super().__init__(app)
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        received = 0
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, received, complete
+            if complete:
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.timeout_s()
+            rate = self.min_rate()
+            remaining = deadline + (received / rate if rate > 0 else 0.0) - loop.time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.0))
+            except TimeoutError:
+                log.warning(
+                    "request body too slow: %d bytes of %s %s before its deadline; closing",
+                    received,
+                    scope["method"],
+                    scope["path"],
+                )
+                raise BodyTimedOut(
+                    f"the request body did not arrive in time (limits.body_timeout_s, plus one second per "
+                    f"limits.body_min_rate_bytes_s bytes received): {received} bytes received"
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            else:  # http.disconnect: nothing more will arrive
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 # The upload route: multipart, bounded by the documents API itself (limits.max_request_mb, max_files).

@@ -4,14 +4,19 @@ what, which object, when and the outcome, in the relational system of record.
 `AuditLog.action(...)` is the one way to record: an async context manager around the write that records
 "ok", or the error's status and code when it raises (a refused write is audited too). Recording never
 fails the request: a log that cannot be written is logged and counted.
+
+An entry's `id` is random (`aud_` and 16 hex characters): the table's row number stays internal (it
+orders entries of one instant), since the gaps between one tenant's row numbers would count the other
+tenants' writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +29,11 @@ from app.db.tables import audit_log
 from app.logging_setup import current_request_id
 
 log = logging.getLogger(__name__)
+
+
+def new_audit_id() -> str:
+    """A random public id for an audit entry."""
+    return "aud_" + secrets.token_hex(8)
 
 
 @dataclass
@@ -39,7 +49,7 @@ class AuditEntry:
     detail: str | None = None
     request_id: str | None = None
     at: float = field(default_factory=time.time)
-    id: int | None = None
+    id: str = field(default_factory=new_audit_id)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +73,7 @@ class AuditLog:
 
     def write(self, entry: AuditEntry) -> None:
         row = entry.to_dict()
-        row.pop("id")
+        row["public_id"] = row.pop("id")
         with self.engine.begin() as conn:
             conn.execute(sa.insert(audit_log), row)
 
@@ -73,16 +83,26 @@ class AuditLog:
         tenant: str | None = None,
         since: float | None = None,
         action: str | None = None,
+        collections: Collection[str] | None = None,
+        actor: str | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Newest first."""
-        q = sa.select(audit_log).order_by(audit_log.c.at.desc(), audit_log.c.id.desc()).limit(limit)
+        """Newest first. With `collections`, only the entries about those collections, and those of
+        `actor` (what a collection-scoped key did itself, such as making a key)."""
+        columns = [c for c in audit_log.c if c.name not in ("id", "public_id")]
+        q = (
+            sa.select(*columns, audit_log.c.public_id.label("id"))
+            .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+            .limit(limit)
+        )
         if tenant is not None:
             q = q.where(audit_log.c.tenant == tenant)
         if since is not None:
             q = q.where(audit_log.c.at >= since)
         if action is not None:
             q = q.where(audit_log.c.action == action)
+        if collections is not None:
+            q = q.where(audit_log.c.collection.in_(sorted(collections)) | (audit_log.c.actor == actor))
         with self.engine.connect() as conn:
             return [AuditEntry(**dict(r._mapping)) for r in conn.execute(q)]
 

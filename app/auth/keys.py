@@ -65,6 +65,7 @@ class ApiKey:
             collections=frozenset(self.collections) if self.collections is not None else None,
             rpm=self.rpm,
             tpm=self.tpm,
+            expires_at=self.expires_at,
         )
 
     def to_dict(self) -> dict[str, Any]:

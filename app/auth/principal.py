@@ -44,6 +44,8 @@ class Principal:
     collections: frozenset[str] | None = None
     rpm: int | None = None
     tpm: int | None = None
+    # When this key expires (a Unix time; None: never): the keys it makes expire no later.
+    expires_at: float | None = None
     # Who did it, for the audit log when there is no key: "anonymous" (auth mode none), "cli".
     actor_name: str = "anonymous"
 

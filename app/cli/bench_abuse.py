@@ -1,10 +1,12 @@
-"""`ragserver bench abuse`: hostile uploads against a real server, with what each one cost.
+"""`ragserver bench abuse`: hostile uploads and requests against a real server, with what each one cost.
 
 Starts an instant scripted LLM and the real server (`ragserver serve`, default limits, a temporary
 data dir), each in its own process on loopback, then sends each hostile case (with a good file beside
 it where the case is about one bad file among others) and prints, per case, the HTTP statuses, the
 job's outcome (per-file statuses) and the server's RSS rise (psutil on the server's pid, the peak
-sampled every 20 ms from the request until its job ended). The last line is JSON with every case.
+sampled every 20 ms from the request until its job ended). Two cases are one tenant attacking the
+service: a filter bomb on every route that takes filters, and a flood of slow uploads while another
+tenant uploads. The last line is JSON with every case.
 
 The file builders (`write_docx_bomb`, `write_pdf_bomb`, ...) stream what they write, so building a
 1 GB bomb costs this process a few MB; the tests build smaller ones with them.
@@ -19,6 +21,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from app.cli.bench_stack import running, stack_env
+from app.cli.bench_stack import Stack, running, stack_env, stack_key
 
 MB = 1024 * 1024
 GOOD_TEXT = b"Mount Etna is an active volcano on the east coast of Sicily, Italy."
@@ -178,6 +181,8 @@ class Case:
     build: Callable[[Path], list[Upload]]
     # Requests after the uploads (e.g. /v1/retrieve on each collection): check name -> HTTP status.
     after: Callable[[str, Any], dict[str, int]] | None = None
+    # An attack that is not an upload (it makes its own requests): statuses and checks of the outcome.
+    attack: Callable[[Stack, Outcome], None] | None = None
 
 
 @dataclass
@@ -189,13 +194,18 @@ class Outcome:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, int] = field(default_factory=dict)
     rss_rise_mb: float = 0.0
+    rss_peak_mb: float = 0.0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
         row["case"] = row.pop("name")
         row.pop("description")
-        row.update(rss_rise_mb=round(self.rss_rise_mb, 1), seconds=round(self.seconds, 2))
+        row.update(
+            rss_rise_mb=round(self.rss_rise_mb, 1),
+            rss_peak_mb=round(self.rss_peak_mb),
+            seconds=round(self.seconds, 2),
+        )
         return row
 
 
@@ -291,7 +301,104 @@ def _cases(max_upload_mb: float, max_files: int, max_request_mb: float) -> list[
         Case("too_many_files", f"{max_files + 1} files (limits.max_files)", too_many),
         Case("bad_metadata", "$where, '', #document, reserved keys, 5,000 keys, nested value", bad_metadata),
         Case("colliding_names", "collections hr, hr__docs, fin__docs then fin", collisions, collision_checks),
+        Case(
+            "filter_bomb",
+            "filters of 20,000, 6,000 and 1,000 keys on every route that takes filters",
+            lambda _: [],
+            attack=filter_bomb,
+        ),
+        Case(
+            "slow_upload_flood",
+            "100 uploads of one key declaring 10 MB and sending 1 byte, while another tenant uploads",
+            lambda _: [],
+            attack=slow_upload_flood,
+        ),
     ]
+
+
+FILTER_ROUTES = ("/v1/retrieve", "/v1/chat", "/v1/chat/completions", "/v1/completions", "/v1/responses")
+
+
+def _filter_body(route: str, filters: dict[str, Any]) -> dict[str, Any]:
+    question = "Where is Etna?"
+    if route == "/v1/retrieve":
+        return {"query": question, "collection": "warmup", "filters": filters}
+    if route == "/v1/chat":
+        return {"message": question, "collection": "warmup", "filters": filters}
+    if route == "/v1/chat/completions":
+        return {"model": "warmup", "messages": [{"role": "user", "content": question}], "filters": filters}
+    if route == "/v1/completions":
+        return {"model": "warmup", "prompt": question, "filters": filters}
+    return {"model": "warmup", "input": question, "filters": filters}
+
+
+def filter_bomb(stack: Stack, outcome: Outcome) -> None:
+    """The filter bomb that took the server down (a segfault in Chroma's bindings at 20,000 keys)."""
+    import httpx
+
+    with httpx.Client(base_url=stack.url, headers=stack.headers, timeout=120) as client:
+        for keys in (20_000, 6_000, 1_000):
+            bomb = {f"k{i}": f"v{i}" for i in range(keys)}
+            for route in FILTER_ROUTES:
+                r = client.post(route, json=_filter_body(route, bomb))
+                outcome.statuses.append(r.status_code)
+                if r.status_code >= 400:
+                    outcome.errors.append(str(r.json().get("error", {}).get("message", r.text))[:120])
+        outcome.checks["healthz"] = client.get("/healthz").status_code
+        outcome.errors = sorted(set(outcome.errors))
+
+
+def _slow_upload(url: str, headers: dict[str, str]) -> Any:
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(
+        (
+            f"POST /v1/collections/flood/documents HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: {headers['Authorization']}\r\n"
+            "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 10000000\r\n\r\n-"
+        ).encode()
+    )
+    return sock
+
+
+def _status_line(sock: Any, timeout: float) -> int:
+    sock.settimeout(timeout)
+    try:
+        head = sock.recv(64)
+    except OSError:
+        return 0
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+
+
+def slow_upload_flood(stack: Stack, outcome: Outcome) -> None:
+    """100 slow uploads of one key (one byte, then nothing, like one byte every few seconds) while
+    another tenant uploads: the other tenant's upload status and time, and how the flood ended."""
+    import httpx
+
+    from app.settings import Settings
+
+    flood = stack.headers
+    other = {"Authorization": f"Bearer {stack_key(stack, tenant='other', role='writer')}"}
+    timeout_s = Settings().limits.body_timeout_s
+    sockets = [_slow_upload(stack.url, flood) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        started = time.perf_counter()
+        with httpx.Client(base_url=stack.url, headers=other, timeout=60) as client:
+            status, body = _send(client, "", Upload([_good()], collection="calm"))
+            outcome.checks["other_tenant_upload"] = status
+            outcome.checks["other_tenant_upload_ms"] = round((time.perf_counter() - started) * 1000)
+            if status == 202:
+                job = _wait_job(client, "", body["job_id"])
+                outcome.jobs.append({"status": job.get("status"), "files": []})
+        flood_started = time.perf_counter()
+        outcome.statuses = [_status_line(s, timeout_s + 30) for s in sockets]
+        outcome.checks["flood_closed_after_s"] = round(time.perf_counter() - flood_started)
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class PeakRSS:
@@ -361,8 +468,10 @@ def _wait_job(client: Any, base: str, job_id: str, timeout: float = 120) -> dict
     return job
 
 
-def run_case(case: Case, base: str, pid: int, tmp: Path, headers: dict[str, str]) -> Outcome:
+def run_case(case: Case, stack: Stack, tmp: Path) -> Outcome:
     import httpx
+
+    base, pid, headers = stack.url, stack.pid, stack.headers
 
     outcome = Outcome(case.name, case.description)
     work = tmp / case.name
@@ -370,6 +479,8 @@ def run_case(case: Case, base: str, pid: int, tmp: Path, headers: dict[str, str]
     uploads = case.build(work)
     started = time.perf_counter()
     with httpx.Client(timeout=300, headers=headers) as client, PeakRSS(pid) as rss:
+        if case.attack is not None:
+            case.attack(stack, outcome)
         for upload in uploads:
             try:
                 status, body = _send(client, base, upload)
@@ -400,7 +511,15 @@ def run_case(case: Case, base: str, pid: int, tmp: Path, headers: dict[str, str]
             outcome.checks = case.after(base, client)
     outcome.seconds = time.perf_counter() - started
     outcome.rss_rise_mb = rss.rise_mb
+    outcome.rss_peak_mb = rss.peak / MB
     return outcome
+
+
+def _counted(statuses: list[int]) -> str:
+    """Statuses as sent, or counted when many ("429x92,408x8")."""
+    if len(statuses) <= 8:
+        return ",".join(map(str, statuses))
+    return ",".join(f"{status}x{n}" for status, n in Counter(statuses).most_common())
 
 
 def _warm_up(base: str, headers: dict[str, str]) -> None:
@@ -443,19 +562,19 @@ def bench_abuse(
         tmp = Path(tmp_dir)
         typer.echo("starting the server ...", err=True)
         with running(stack_env(tmp)) as stack:
-            base, pid = stack.url, stack.pid
-            _warm_up(base, stack.headers)
+            _warm_up(stack.url, stack.headers)
             for case in chosen:
                 typer.echo(f"{case.name}: {case.description} ...", err=True)
-                outcome = run_case(case, base, pid, tmp, stack.headers)
+                outcome = run_case(case, stack, tmp)
                 results.append(outcome)
                 jobs = "; ".join(
                     f"{j['status']} [" + ", ".join(f"{f['status']}" for f in j["files"]) + "]"
                     for j in outcome.jobs
                 )
                 typer.echo(
-                    f"{case.name:<16} http {','.join(map(str, outcome.statuses)):<24} "
-                    f"jobs {jobs or '-':<40} rss +{outcome.rss_rise_mb:.0f} MB"
+                    f"{case.name:<16} http {_counted(outcome.statuses):<24} "
+                    f"jobs {jobs or '-':<40} rss +{outcome.rss_rise_mb:.0f} MB "
+                    f"(peak {outcome.rss_peak_mb:.0f} MB)"
                     + (f"  checks {outcome.checks}" if outcome.checks else "")
                 )
     typer.echo(json.dumps({"cases": [r.to_dict() for r in results]}, ensure_ascii=False))

@@ -112,13 +112,16 @@ def bench_bluegreen(
     if embedding_model is not None and not embedding_model.is_dir():
         raise typer.BadParameter(f"{embedding_model} is not a model directory")
     rebuild: dict[str, Any] = {}
+    roots: dict[str, str] = {}
     if embedding_model is not None:
         rebuild["embedding_model"] = str(embedding_model.resolve())
+        # The model stays where it is: the bench server allows that one directory as a model root.
+        roots["RAGSERVER_COLLECTIONS__MODEL_ROOTS"] = json.dumps([rebuild["embedding_model"]])
     if chunk_size is not None or not rebuild:
         rebuild["chunk_size"] = chunk_size or 128
         rebuild["chunk_overlap"] = min(16, rebuild["chunk_size"] // 4)
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-bluegreen-") as tmp:
-        stack = stack_env(Path(tmp))
+        stack = stack_env(Path(tmp), **roots)
         typer.echo(f"ingesting {docs} documents ...", err=True)
         ingest_subset(stack, corpus, docs)
         with running(stack):

@@ -91,15 +91,15 @@ def ingest_subset(stack: Stack, corpus: Path, docs: int, collection: str = "benc
     )
 
 
-def _admin_key(stack: Stack) -> str:
-    """An admin key of the default tenant in the stack's database (what `ragserver keys create` does)."""
+def stack_key(stack: Stack, tenant: str = "default", role: str = "admin") -> str:
+    """A key of `tenant` in the stack's database (what `ragserver keys create` does)."""
     from app.auth.keys import KeyStore
     from app.db import make_engine, migrate
 
     engine = make_engine(f"sqlite:///{Path(stack.env['RAGSERVER_DATA_DIR']) / 'ragserver.sqlite3'}")
     try:
         migrate(engine)
-        return KeyStore(engine).create(tenant="default", name="bench", role="admin")[1]
+        return KeyStore(engine).create(tenant=tenant, name=f"bench-{role}", role=role)[1]
     finally:
         engine.dispose()
 
@@ -124,7 +124,7 @@ def running(stack: Stack) -> Iterator[Stack]:
     try:
         llm = spawn(["dev", "scripted-llm", "--port", str(stack.llm_port), "--instant"], "llm.log")
         wait_http(f"{stack.llm_url}/v1/models", llm)
-        stack.headers = {"Authorization": f"Bearer {_admin_key(stack)}"}
+        stack.headers = {"Authorization": f"Bearer {stack_key(stack)}"}
         port = free_port()
         server = spawn(["serve", "--port", str(port)], "server.log", stack.env)
         stack.url, stack.pid = f"http://127.0.0.1:{port}", server.pid

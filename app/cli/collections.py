@@ -93,7 +93,11 @@ def versions(
 def rebuild(
     collection: Annotated[str, typer.Argument(help="Collection name.")],
     embedding_model: Annotated[
-        str | None, typer.Option(help="Model directory for the new version (default: the configured one).")
+        str | None,
+        typer.Option(
+            help="Model directory for the new version, under <data_dir>/models or another of "
+            "collections.model_roots (default: the configured model)."
+        ),
     ] = None,
     chunk_size: Annotated[
         int | None, typer.Option(min=16, help="Tokens per chunk (default: settings).")
@@ -128,12 +132,13 @@ def rebuild(
     from tqdm import tqdm
 
     from app.services.collection_versions import VersionConflict
+    from app.services.errors import InvalidInput
     from ingest.vector_index import CollectionNotFound
 
     with container_for(collection, tenant=tenant) as (container, store):
         try:
             target = container.versions.start_rebuild(store, **body)
-        except (CollectionNotFound, VersionConflict, OSError, ValueError) as exc:
+        except (CollectionNotFound, VersionConflict, InvalidInput, OSError, ValueError) as exc:
             fail(str(exc))
         bar = tqdm(desc=f"rebuild {collection} -> {target.label}", unit="doc", disable=None)
         try:

@@ -43,6 +43,8 @@ def retrieval(
 
     from app.cli.common import container_for
     from app.retrieval.retriever import FUSION_METHODS, MODES, RetrievalError
+    from app.services.limits import check_filters
+    from app.settings import Settings
     from evals.retrieval_eval import (
         ensure_corpus_collection,
         eval_collection_name,
@@ -52,7 +54,7 @@ def retrieval(
         load_qrels,
         load_queries,
     )
-    from ingest.filters import FilterError, parse_filters
+    from ingest.filters import FilterError
 
     missing = [str(p) for p in (corpus, queries, qrels) if not p.is_file()]
     if missing:
@@ -64,7 +66,7 @@ def retrieval(
     if fusion is not None and fusion not in FUSION_METHODS:
         fail(f"unknown fusion {fusion!r}; use {', '.join(FUSION_METHODS)}")
     try:
-        flt = parse_filters(parse_json_option(filters, "--filter"))
+        flt = check_filters(parse_json_option(filters, "--filter"), Settings().limits)
     except FilterError as exc:
         fail(str(exc))
     with container_for(collection or eval_collection_name(corpus)) as (container, name):

@@ -151,14 +151,14 @@ def search(
 ) -> None:
     """Search a collection and print ranked chunks with scores and sources."""
     from app.retrieval.retriever import RetrievalError
+    from app.services.limits import check_filters
     from ingest.filters import FilterError
 
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
         physical, _, retriever = serving(container, name)
         try:
-            hits = retriever.retrieve(
-                physical, query, top_k=k, mode=mode, filters=parse_json_option(filters, "--filter")
-            )
+            flt = check_filters(parse_json_option(filters, "--filter"), container.settings.limits)
+            hits = retriever.retrieve(physical, query, top_k=k, mode=mode, filters=flt)
         except (FilterError, RetrievalError) as exc:
             fail(str(exc))
         rows = [

@@ -80,11 +80,13 @@ api_keys = sa.Table(
     sa.Index("api_keys_by_tenant", "tenant", "created_at"),
 )
 
-# Every write: who (tenant, key), what (action), which object, when, and the outcome.
+# Every write: who (tenant, key), what (action), which object, when, and the outcome. `id` orders the
+# entries of one instant and never leaves the server: clients see the random `public_id` ("aud_...").
 audit_log = sa.Table(
     "audit_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("public_id", sa.Text, nullable=False),
     sa.Column("at", sa.Double, nullable=False),
     sa.Column("tenant", sa.Text, nullable=False),
     sa.Column("key_id", sa.Text),
@@ -97,6 +99,7 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("request_id", sa.Text),
     sa.Index("audit_log_by_tenant", "tenant", "at"),
+    sa.Index("audit_log_by_public_id", "public_id", unique=True),
 )
 
 # Server-side secrets shared by every replica (e.g. the key that makes document ids unguessable).

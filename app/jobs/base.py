@@ -238,6 +238,11 @@ class JobStore(Protocol):
         """Jobs whose status is queued or running, oldest first (resumed at start-up)."""
         ...
 
+    async def count_queued(self, collection_prefix: str | None) -> int:
+        """How many jobs are queued for collections whose store name starts with `collection_prefix`
+        (`"<tenant>."`); None counts the jobs of bare names (the default tenant's)."""
+        ...
+
     async def delete_finished(self, updated_before: float) -> list[str]:
         """Delete finished jobs (succeeded, failed, partial) last updated before `updated_before`
         (a Unix time) with their files; returns their ids. Unfinished jobs are never deleted."""

@@ -233,6 +233,23 @@ class SQLJobStore:
         """See `JobStore.list_unfinished`."""
         return await self._read(_JOBS_WITH_FILES.where(jobs_t.c.status.in_(sorted(UNFINISHED_JOB_STATUSES))))
 
+    async def count_queued(self, collection_prefix: str | None) -> int:
+        """See `JobStore.count_queued`."""
+        collection = jobs_t.c.collection
+        # Store names hold no LIKE wildcards but "_", which only ever stands for itself here: escaped.
+        match = (
+            ~collection.contains(".", autoescape=True)
+            if collection_prefix is None
+            else collection.startswith(collection_prefix, autoescape=True)
+        )
+        query = sa.select(sa.func.count()).select_from(jobs_t).where((jobs_t.c.status == "queued") & match)
+
+        def _count() -> int:
+            with _unavailable_on_connection_errors(), self._engine.connect() as conn:
+                return int(conn.execute(query).scalar_one())
+
+        return await asyncio.to_thread(_count)
+
     async def delete_finished(self, updated_before: float) -> list[str]:
         """See `JobStore.delete_finished`."""
         finished = sa.and_(

@@ -14,6 +14,7 @@ from app.prompting.templates import (
     fenced,
     inline,
     load_template,
+    neutral_inputs,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "fenced",
     "inline",
     "load_template",
+    "neutral_inputs",
 ]

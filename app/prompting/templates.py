@@ -135,6 +135,37 @@ def inline(value: Any, limit: int = INLINE_LIMIT) -> str:
 FILTERS = {"inline": inline, "fenced": fenced}
 
 
+def neutral_inputs(
+    *,
+    sources: Iterable[Mapping[str, Any]] | None = None,
+    history: Iterable[Mapping[str, str]] | None = None,
+    question: str | None = None,
+) -> dict[str, Any]:
+    """Prompt variables with every untrusted value neutralised before any template sees it: titles and
+    file names `inline`, source text, history turns and the question `fenced`.
+
+    This is structural, not a template's choice: every version of every prompt (answer@v1..v4 included,
+    which predate the filters and print the values as they are) gets text that cannot close a fence or
+    open a chat turn. Both filters are idempotent, so a template that applies them again (answer@v3)
+    renders the same. Only the variables given are returned."""
+    values: dict[str, Any] = {}
+    if sources is not None:
+        values["sources"] = [
+            {
+                **s,
+                "title": inline(s.get("title")),
+                "source": inline(s.get("source")),
+                "text": fenced(s.get("text")),
+            }
+            for s in sources
+        ]
+    if history is not None:
+        values["history"] = [{**m, "content": fenced(m.get("content"))} for m in history]
+    if question is not None:
+        values["question"] = fenced(question)
+    return values
+
+
 def make_environment() -> SandboxedEnvironment:
     """The Jinja environment prompts render in: sandboxed, strict about undefined names, no escaping, with
     the sanitising filters `inline` and `fenced`."""

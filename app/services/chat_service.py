@@ -34,7 +34,7 @@ from app.llm.base import (
     context_window_of,
     prompt_token_counter,
 )
-from app.prompting import PromptRegistry, inline
+from app.prompting import PromptRegistry, neutral_inputs
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
     ChatEvent,
@@ -49,7 +49,14 @@ from app.services.chat_types import (
 )
 from app.services.errors import Unavailable
 from app.services.followups import deterministic_rewrite, usable_rewrite
-from app.services.limits import Deadline, GenerationLimiter, OverLimit, RequestTimedOut, check_size
+from app.services.limits import (
+    Deadline,
+    GenerationLimiter,
+    OverLimit,
+    RequestTimedOut,
+    check_filters,
+    check_size,
+)
 from app.services.metrics import Metrics
 from app.services.prompt_budget import FittedPrompt, History, fit_prompt
 from app.services.retrieval_service import RetrievalService
@@ -73,6 +80,15 @@ HISTORY_RETRY_AFTER_S = 5
 
 def new_response_id() -> str:
     return f"resp_{uuid.uuid4().hex}"
+
+
+def within_scope(turns: list[Turn], principal: Principal) -> bool:
+    """Whether every collection `turns` were answered over is one `principal`'s key may touch: a
+    conversation carries its collections' text in its answers, so it is bound to them."""
+    if principal.collections is None:
+        return True
+    held = {t.metadata.get("collection") for t in turns if t.role == "assistant"}
+    return all(isinstance(c, str) and principal.may_use(c) for c in held)
 
 
 class ConversationNotFound(LookupError):
@@ -167,7 +183,7 @@ class ChatService:
         response_id = response_id or new_response_id()
         ttft_ms: float | None = None
         try:
-            await deadline.run(self.limiter.acquire())
+            await deadline.run(self.limiter.acquire(principal.tenant))
             try:
                 prepared = await deadline.run(self._prepare(resolved, principal))
                 yield StartEvent(response_id, prepared.conversation_id)
@@ -208,7 +224,7 @@ class ChatService:
                     span.end()
                 self.metrics.llm_latency.observe(time.perf_counter() - started)
             finally:
-                self.limiter.release()
+                self.limiter.release(principal.tenant)
         except RequestTimedOut:
             self._timed_out(deadline)
             self._failed(resolved)
@@ -263,14 +279,17 @@ class ChatService:
         )
 
     async def get_conversation(self, conversation_id: str, *, principal: Principal) -> list[Turn]:
-        """`principal`'s conversation (another tenant's id names nothing: ConversationNotFound)."""
+        """`principal`'s conversation: ConversationNotFound for another tenant's id, and for one held over
+        a collection outside the key's list (to that key it does not exist)."""
         turns = await self._read_history(principal.conversation_key(conversation_id))
-        if turns is None:
+        if turns is None or not within_scope(turns, principal):
             raise ConversationNotFound(f"conversation {conversation_id!r} not found")
         return turns
 
     async def delete_conversation(self, conversation_id: str, *, principal: Principal) -> None:
         async with self._audited(principal, "conversation.delete", conversation_id):
+            if principal.collections is not None:  # a key limited to some collections: look first
+                await self.get_conversation(conversation_id, principal=principal)
             deleted = await self._history_call(
                 "delete", self.history.delete(principal.conversation_key(conversation_id))
             )
@@ -288,6 +307,7 @@ class ChatService:
         """The query with its defaults, once it is within the limits (checked before any work)."""
         limits = self.settings.limits
         check_size(query.message, limits.max_question_chars, "question")
+        check_filters(query.filters, limits)
         if query.max_tokens is not None and query.max_tokens > limits.max_tokens:
             raise OverLimit(
                 f"max_tokens {query.max_tokens} is over this server's limit of {limits.max_tokens}"
@@ -316,7 +336,7 @@ class ChatService:
         self, query: ResolvedChatQuery, principal: Principal
     ) -> tuple[_Prepared, str, str, Usage, str | None]:
         """Prepare and generate under one generation slot."""
-        async with self.limiter.slot():
+        async with self.limiter.slot(principal.tenant):
             prepared = await self._prepare(query, principal)
             started = time.perf_counter()
             span = self._llm_span(prepared)
@@ -343,23 +363,20 @@ class ChatService:
         if query.history is not None:
             past = [Turn(role=m["role"], content=m["content"], created_at=0.0) for m in query.history]
         elif query.conversation_id:
-            stored = await self._read_history(principal.conversation_key(query.conversation_id))
-            if stored is None:
-                raise ConversationNotFound(f"conversation {query.conversation_id!r} not found")
-            past = stored
+            past = await self.get_conversation(query.conversation_id, principal=principal)
         else:
             past = []
         past = trim_to_token_budget(past, self.settings.history.token_budget, approx_tokens)
         history = [{"role": t.role, "content": t.content} for t in past]
 
         def render(history: History, sources: list[Citation]) -> Messages:
+            # Neutralised here, for every prompt version: a source or a turn cannot forge the prompt's fences.
             return answer_prompt.render(
-                sources=[
-                    {"n": s.n, "title": inline(s.title), "source": inline(s.source), "text": s.text}
-                    for s in sources
-                ],
-                history=history,
-                question=query.message,
+                **neutral_inputs(
+                    sources=[s.model_dump(include={"n", "title", "source", "text"}) for s in sources],
+                    history=history,
+                    question=query.message,
+                )
             )
 
         if history:  # a question with no room to be answered is refused before the condense call
@@ -418,7 +435,10 @@ class ChatService:
         """A standalone search query from a follow-up and the conversation so far."""
         prompt = self.prompts.get(self.settings.prompts.condense)
         fitted = await self._fit(
-            lambda h, _: prompt.render(history=h, question=question), history, [], CONDENSE_MAX_TOKENS
+            lambda h, _: prompt.render(**neutral_inputs(history=h, question=question)),
+            history,
+            [],
+            CONDENSE_MAX_TOKENS,
         )
         model = self.llm.model_name
         attributes = llm_request_attributes(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from app.db.tables import collection_aliases, collection_versions
 from app.services.errors import Unavailable
+from app.services.model_paths import check_model_dir, resolve_roots
 from ingest.types import Segment, SourceDocument, make_chunk_id
 from ingest.vector_index import (
     VERSION_SUFFIX,
@@ -274,7 +275,8 @@ class CollectionVersions:
         on_drop: Callable[[str], None] | None = None,
         warm: Callable[[CollectionVersion], object] | None = None,
         settle_s: float | None = None,
-        model_roots: list[str] | None = None,
+        model_roots: Sequence[str | Path] = (),
+        load_model: Callable[[str], object] | None = None,
     ):
         self.store = store
         self.registry = registry
@@ -282,7 +284,10 @@ class CollectionVersions:
         self.alias_ttl_s = alias_ttl_s
         self.on_drop = on_drop
         self.warm = warm
-        self.model_roots = [Path(r).resolve() for r in model_roots] if model_roots is not None else None
+        # A rebuild's embedding_model must lie under one of these (none: no other model than the
+        # configured one); `load_model` loads an allowed one, so a failed load is refused the same way.
+        self.model_roots = resolve_roots(model_roots)
+        self.load_model = load_model
         # After a switch, writes that resolved the old version a moment before may still land there:
         # one more catch-up pass runs this long after the switch.
         self.settle_s = alias_ttl_s + 1.0 if settle_s is None else settle_s
@@ -368,15 +373,13 @@ class CollectionVersions:
         chunk_size: int | None = None,
         chunk_overlap: int | None = None,
     ) -> CollectionVersion:
-        """Register a new `building` version (CollectionNotFound, VersionConflict); `run_rebuild`
-        fills it."""
+        """Register a new `building` version (CollectionNotFound, VersionConflict, ModelNotAllowed for
+        an `embedding_model` that is not a model under the model roots); `run_rebuild` fills it."""
         if not self.exists(collection):
             raise CollectionNotFound(f"collection {base_name(collection)!r} not found")
-        if embedding_model and self.model_roots is not None:
-            path = Path(embedding_model).resolve()
-            if not any(path.is_relative_to(root) for root in self.model_roots):
-                raise ValueError(f"{embedding_model} is not under collections.model_roots")
-        # Fails early (bad path, bad chunking) rather than after registering a version.
+        if embedding_model:
+            check_model_dir(embedding_model, self.model_roots, self.load_model)
+        # Fails early (bad chunking) rather than after registering a version.
         self.pipeline_for(embedding_model, chunk_size, chunk_overlap)
         return self.registry.create_once(
             collection, embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap

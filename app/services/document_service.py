@@ -40,7 +40,7 @@ from app.auth.audit import AuditLog, AuditTarget
 from app.auth.principal import Principal
 from app.jobs.base import Job, JobFile, JobStore, JobStoreUnavailable, final_status
 from app.jobs.queue import ArqJobQueue
-from app.services.errors import InvalidInput, Unavailable
+from app.services.errors import InvalidInput, RateLimited, Unavailable
 from app.services.metrics import Metrics
 from app.services.uploads import (
     PartData,
@@ -165,8 +165,9 @@ class DocumentService:
         self.upload_limits = UploadLimits.from_settings(settings)
         self.load_limits = LoadLimits.from_settings(settings.limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        # Uploads being received: they hold a queue slot, and their folders are not orphans.
-        self._receiving: set[str] = set()
+        # Uploads being received, by job id, with who sends them: they hold a queue slot (counted against
+        # their tenant's and key's caps too), and their folders are not orphans.
+        self._receiving: dict[str, Principal] = {}
         self._worker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Set by stop(): no new job starts. Each running job has its own event (stop, cancel, or another
@@ -306,17 +307,51 @@ class DocumentService:
 
     # -- uploads -----------------------------------------------------------------------------------
 
-    async def _reserve_slot(self) -> None:
-        """Refuse (503) when the queue holds limits.max_queued_jobs jobs (counting uploads underway)."""
-        queued = self._queue.qsize() if self.queue is None else await self.queue.depth()
-        waiting = queued + len(self._receiving)
-        if waiting >= self.settings.limits.max_queued_jobs:
-            raise Unavailable(
-                f"the ingestion queue is full ({waiting} jobs waiting, limits.max_queued_jobs); "
-                "try again later",
-                retry_after_s=RETRY_AFTER_S,
-                code="queue_full",
+    async def _reserve_slot(self, job_id: str, principal: Principal) -> None:
+        """Count upload `job_id` as arriving, or refuse it before its body is read: 429 when its key or
+        tenant holds its share (`limits.max_uploads_per_key`, `max_uploads_per_tenant` arriving at once,
+        `max_queued_jobs_per_tenant` queued or arriving), 503 when the whole queue is full
+        (`limits.max_queued_jobs`). A tenant's own caps are below the server's, so one tenant's flood
+        (slow bodies, or many jobs) queues or fails only its own uploads."""
+        limits = self.settings.limits
+        mine = [p for p in self._receiving.values() if p.tenant == principal.tenant]
+        if principal.key_id is not None:
+            by_key = sum(1 for p in mine if p.key_id == principal.key_id)
+            if by_key >= limits.max_uploads_per_key:
+                raise self._over_share(f"this key has {by_key} uploads arriving (limits.max_uploads_per_key)")
+        if len(mine) >= limits.max_uploads_per_tenant:
+            raise self._over_share(
+                f"this tenant has {len(mine)} uploads arriving (limits.max_uploads_per_tenant)"
             )
+        # Counted before the awaits below, so concurrent uploads cannot all pass the same check.
+        self._receiving[job_id] = principal
+        try:
+            prefix = None if principal.tenant == DEFAULT_TENANT else f"{principal.tenant}."
+            async with _store_errors_as_unavailable():
+                tenant_queued = await self.jobs.count_queued(prefix)
+            if tenant_queued + len(mine) >= limits.max_queued_jobs_per_tenant:
+                raise self._over_share(
+                    f"this tenant has {tenant_queued + len(mine)} jobs queued or arriving "
+                    "(limits.max_queued_jobs_per_tenant)"
+                )
+            queued = self._queue.qsize() if self.queue is None else await self.queue.depth()
+            waiting = queued + len(self._receiving) - 1
+            if waiting >= limits.max_queued_jobs:
+                raise Unavailable(
+                    f"the ingestion queue is full ({waiting} jobs waiting, limits.max_queued_jobs); "
+                    "try again later",
+                    retry_after_s=RETRY_AFTER_S,
+                    code="queue_full",
+                )
+        except BaseException:
+            self._receiving.pop(job_id, None)
+            raise
+
+    @staticmethod
+    def _over_share(why: str) -> RateLimited:
+        return RateLimited(
+            f"{why}; try again once they are ingested", retry_after_s=RETRY_AFTER_S, code="too_many_uploads"
+        )
 
     async def upload(
         self,
@@ -334,19 +369,20 @@ class DocumentService:
         what was written. Audited as `document.upload`.
         """
         async with self._audited(principal, "document.upload", collection) as target:
-            job = await self._upload(principal.collection(collection), parts, declared_bytes)
+            job = await self._upload(principal.collection(collection), parts, declared_bytes, principal)
             target.object_id = job.job_id
             target.detail = ",".join(f.document_id for f in job.files)[:500]
             return job
 
-    async def _upload(self, store: str, parts: AsyncIterable[PartEvent], declared_bytes: int | None) -> Job:
+    async def _upload(
+        self, store: str, parts: AsyncIterable[PartEvent], declared_bytes: int | None, principal: Principal
+    ) -> Job:
         validate_store_name(store)
         if declared_bytes is not None and declared_bytes > self.upload_limits.max_request_bytes:
             raise self.upload_limits.request_too_large()
-        await self._reserve_slot()
         job_id = uuid.uuid4().hex
         job_dir = self.storage.staging_root / job_id
-        self._receiving.add(job_id)
+        await self._reserve_slot(job_id, principal)
         try:
             received = await receive_upload(parts, job_dir, self.upload_limits)
             ids = await self._document_ids(store, [s.original_filename for s in received.files])
@@ -387,7 +423,7 @@ class DocumentService:
                 await asyncio.shield(self.storage.delete_job(job_id))
             raise
         finally:
-            self._receiving.discard(job_id)
+            self._receiving.pop(job_id, None)
         await self._dispatch(job)
         return job
 

@@ -7,13 +7,15 @@ No FastAPI here: `ChatService` enforces them for every door (both chat APIs, the
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.services.errors import PayloadTooLarge, ServiceError, Unavailable
+from app.services.errors import PayloadTooLarge, RateLimited, ServiceError, Unavailable
 from app.timeouts import run_until
+from ingest.filters import FilterLimits, MetadataFilter, parse_filters
+from ingest.vector_index import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from app.services.metrics import Metrics
@@ -43,6 +45,19 @@ def check_size(text: str, limit: int, what: str) -> None:
         raise PayloadTooLarge(f"the {what} is {len(text)} characters, over the limit of {limit} characters")
 
 
+def check_filters(filters: Any, limits: LimitSettings) -> MetadataFilter | None:
+    """`filters` parsed under the configured limits (`limits.max_filter_*`): FilterError (400) naming
+    the limit it is over. Every door that takes a filter calls this before any other work."""
+    bounds = FilterLimits(
+        max_keys=limits.max_filter_keys,
+        max_values=limits.max_filter_values,
+        max_value_chars=limits.max_filter_value_chars,
+        max_bytes=limits.max_filter_bytes,
+        prefix="limits",
+    )
+    return parse_filters(filters, bounds)
+
+
 class Deadline:
     """A point in (event-loop) time a request must finish by. `run` bounds one await by it, so a
     generator can bound each step without a timeout spanning its yields."""
@@ -63,67 +78,103 @@ class Deadline:
 
 
 class GenerationLimiter:
-    """At most `max_concurrent_generations` holders at once and `max_waiting_generations` waiting, first
-    come first served; beyond that `Unavailable` (503 + Retry-After) at once, instead of unbounded
-    latency. The limits are read from the settings on each call, so they can be changed live."""
+    """At most `max_concurrent_generations` holders at once and `max_waiting_generations` waiting; beyond
+    that `Unavailable` (503 + Retry-After) at once, instead of unbounded latency.
+
+    Shared by every tenant, so each tenant has a share: while other tenants are waiting, a tenant holding
+    `max_generations_per_tenant` slots gets no more (a freed slot goes to the first waiter of a tenant
+    under its share), and one tenant may hold at most `max_waiting_generations_per_tenant` waiting places
+    (429 beyond). Alone, a tenant may use every slot: the share costs nothing until someone else needs
+    one. The limits are read from the settings on each call, so they can be changed live."""
 
     def __init__(self, limits: LimitSettings, metrics: Metrics | None = None):
         self.limits = limits
         self.metrics = metrics
         self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._active_by: Counter[str] = Counter()
+        self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one generation slot for the block (waiting for one if allowed)."""
-        await self.acquire()
+    async def slot(self, tenant: str = DEFAULT_TENANT) -> AsyncIterator[None]:
+        """Hold one of `tenant`'s generation slots for the block (waiting for one if allowed)."""
+        await self.acquire(tenant)
         try:
             yield
         finally:
-            self.release()
+            self.release(tenant)
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting for one if a waiting place is free; else `Unavailable`."""
+    def _within_share(self, tenant: str) -> bool:
+        return self._active_by[tenant] < self.limits.max_generations_per_tenant
+
+    async def acquire(self, tenant: str = DEFAULT_TENANT) -> None:
+        """Take a slot for `tenant`, waiting for one if a waiting place is free; else `Unavailable`
+        (every place taken) or `RateLimited` (the tenant holds its share of the waiting places)."""
+        self._hand_over()  # slots a raised limit freed go to those already waiting first
         if self.active < self.limits.max_concurrent_generations and not self._waiters:
-            self.active += 1
-            self._report()
+            self._take(tenant)  # alone or not, a free slot nobody waits for is taken
             return
-        if len(self._waiters) >= self.limits.max_waiting_generations:
-            if self.metrics is not None:
-                self.metrics.generations_rejected.inc()
-            raise Unavailable(
+        mine = sum(1 for t, _ in self._waiters if t == tenant)
+        refusal: ServiceError | None = None
+        if mine >= self.limits.max_waiting_generations_per_tenant:
+            refusal = RateLimited(
+                f"this tenant has {mine} answers waiting for a generation slot "
+                "(limits.max_waiting_generations_per_tenant); retry later",
+                code="tenant_busy",
+                retry_after_s=BUSY_RETRY_AFTER_S,
+            )
+        elif len(self._waiters) >= self.limits.max_waiting_generations:
+            refusal = Unavailable(
                 f"the server is busy: {self.active} answers are being generated and {len(self._waiters)} "
                 "are waiting; retry later",
                 code="server_busy",
                 retry_after_s=BUSY_RETRY_AFTER_S,
             )
+        if refusal is not None:
+            if self.metrics is not None:
+                self.metrics.generations_rejected.inc()
+            raise refusal
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (tenant, waiter)
+        self._waiters.append(entry)
         self._report()
         try:
-            await waiter  # resolved by release(), which hands its slot over (active stays the same)
+            await waiter  # resolved by _hand_over(), which counts the slot as this tenant's
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot arrived as the waiter was cancelled: pass it on
-            else:
-                self._waiters.remove(waiter)
+                self.release(tenant)  # the slot arrived as the waiter was cancelled: pass it on
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
                 self._report()
             raise
 
-    def release(self) -> None:
-        """Give a slot back: to the first waiter, if any."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                self._report()
-                return
+    def release(self, tenant: str = DEFAULT_TENANT) -> None:
+        """Give `tenant`'s slot back: to the first waiter of a tenant within its share, else the first."""
         self.active -= 1
+        self._active_by[tenant] -= 1
+        if self._active_by[tenant] <= 0:
+            del self._active_by[tenant]
+        self._hand_over()
         self._report()
+
+    def _take(self, tenant: str) -> None:
+        self.active += 1
+        self._active_by[tenant] += 1
+        self._report()
+
+    def _hand_over(self) -> None:
+        """Give free slots to waiters: the first of a tenant within its share, else the first."""
+        while self.active < self.limits.max_concurrent_generations and self._waiters:
+            entry = next((e for e in self._waiters if self._within_share(e[0])), self._waiters[0])
+            self._waiters.remove(entry)
+            tenant, waiter = entry
+            if waiter.done():  # cancelled while the slot was on its way: the acquire cleans up
+                continue
+            self._take(tenant)
+            waiter.set_result(None)
 
     def _report(self) -> None:
         if self.metrics is not None:

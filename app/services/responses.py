@@ -169,6 +169,17 @@ class ResponseService:
         )
         return [t for t in found if principal.visible(t.collection) is not None][:limit]
 
+    async def figures(
+        self, *, principal: Principal, stores: list[str], since: float | None = None
+    ) -> dict[str, Any]:
+        """The monitor report's figures (volume, latency, ratings, no-answer rate, top scores, judge) over
+        the caller's traces in `stores` (store names; those it may not see are left out)."""
+        from app.services.monitor_report import build_summary
+
+        visible = [s for s in stores if principal.visible(s) is not None]
+        traces = await self.store.search(since=since, collections=visible, limit=1_000_000) if visible else []
+        return build_summary(traces, since=since)
+
     async def regression_rows(
         self,
         *,

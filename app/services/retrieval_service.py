@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
 from app.retrieval.retriever import Retriever
+from app.services.limits import check_filters
 from app.services.metrics import Metrics
 from app.settings import Settings
 from app.telemetry import tracer
@@ -88,6 +89,7 @@ class RetrievalService:
     ) -> Retrieved:
         """The top_k chunks of the collection's serving version (resolved once: every hit comes from
         the one physical collection, even while a rebuild switches the alias)."""
+        check_filters(filters, self.settings.limits)  # before the store sees it (400 past a limit)
         mode = self.resolve_mode(mode)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()

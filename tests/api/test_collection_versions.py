@@ -45,14 +45,15 @@ def model_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def bg(make_container, llm_server):
-    """(client, container) of an app whose collection `kb` holds five documents (version 1)."""
+def bg(make_container, llm_server, model_copy):
+    """(client, container) of an app whose collection `kb` holds five documents (version 1); rebuilds
+    may use `model_copy` (its directory is a model root)."""
     from app.factory import create_app
 
     container = make_container(
         llm=scripted_llm(llm_server),
         embedding={"query_backend": "torch"},
-        collections={"alias_ttl_s": 0.2},
+        collections={"alias_ttl_s": 0.2, "model_roots": [str(model_copy.parent)]},
     )
     with TestClient(create_app(container=container), raise_server_exceptions=False) as client:
         job = upload(client, "kb", {f"{t}.txt": _document(t, lead) for t, lead in TOPICS}).json()
@@ -162,20 +163,20 @@ def test_rebuild_with_another_model_switches_rolls_back_and_prunes(bg, model_cop
 
 
 def test_rebuild_refusals(bg, tmp_path):
-    client, container = bg
+    client, _ = bg
     assert client.post("/v1/collections/nope/rebuild").status_code == 404
     assert client.get("/v1/collections/nope/versions").status_code == 404
     bad = client.post("/v1/collections/kb/rebuild", json={"embedding_model": str(tmp_path / "missing")})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_rebuild"
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_embedding_model"
+    assert "missing" not in bad.text
+    # A directory outside collections.model_roots: the same answer (tests/security/test_model_paths.py).
+    outside = client.post("/v1/collections/kb/rebuild", json={"embedding_model": str(tmp_path)})
+    assert (outside.status_code, outside.json()["error"]["message"]) == (400, bad.json()["error"]["message"])
     assert (
         client.post("/v1/collections/kb/rebuild", json={"chunk_size": 64, "chunk_overlap": 64}).status_code
         == 422
     )
     assert client.post("/v1/collections/kb/rebuild", json={"surprise": 1}).status_code == 422
-    container.versions.model_roots = [tmp_path / "allowed"]
-    outside = client.post("/v1/collections/kb/rebuild", json={"embedding_model": str(tmp_path)})
-    assert outside.status_code == 400 and "model_roots" in outside.json()["error"]["message"]
-    container.versions.model_roots = None
     only = client.post("/v1/collections/kb/rollback")
     assert only.status_code == 409 and only.json()["error"]["code"] == "version_conflict"
     assert client.post("/v1/collections/kb/rollback", json={"version": 9}).status_code == 409
@@ -199,7 +200,7 @@ def test_chat_under_load_during_rebuild_never_fails_or_mixes_versions(make_conta
     container = make_container(
         llm=scripted_llm(llm_server),
         embedding={"query_backend": "torch"},
-        collections={"alias_ttl_s": 0.2},
+        collections={"alias_ttl_s": 0.2, "model_roots": [str(model_copy.parent)]},
     )
     app = create_app(container=container)
     with live_server(app, free_port()) as url, httpx.Client(base_url=url, timeout=60) as http:

@@ -52,6 +52,21 @@ class JobStoreContract:
         assert stored.owner == "replica-a:/srv/ragserver/data"
         assert stored.progress == {"done": 0, "total": 3}
 
+    async def test_count_queued_by_tenant(self, store: JobStore) -> None:
+        def job(collection: str, status: str = "queued") -> Job:
+            made = make_job(1, status=status)
+            made.collection = collection
+            return made
+
+        for collection in ("acme.hr", "acme.hr--v2", "acme.legal", "acme_x.hr", "beta.hr", "hr", "legal"):
+            await store.create(job(collection))
+        await store.create(job("acme.hr", status="running"))
+        assert await store.count_queued("acme.") == 3
+        assert await store.count_queued("beta.") == 1
+        assert await store.count_queued("acme_x.") == 1
+        assert await store.count_queued("nobody.") == 0
+        assert await store.count_queued(None) == 2  # the default tenant's bare names
+
     async def test_unknown_job_is_none(self, store: JobStore) -> None:
         assert await store.get("never-seen") is None
 

@@ -2,7 +2,7 @@
 `executable_path`), with auth on: the key is asked for once; ask with streaming, see the answer and its
 citations (opening one records a `citation_opened` event), thumbs down with a correction, find it on the
 review page, edit the correction and mark it for the regression set, download the set, and the file
-holds it."""
+holds it. All of it under the UI's strict CSP: any violation the browser reports fails the test."""
 
 from __future__ import annotations
 
@@ -89,6 +89,15 @@ def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str], tmp_pa
                 dialog.accept(key)
 
             page.on("dialog", give_key)
+            # Chromium reports what the CSP refused (an inline script, style or handler) on the console.
+            refused: list[str] = []
+
+            def csp_violation(message) -> None:  # type: ignore[no-untyped-def]
+                if "Content Security Policy" in message.text:
+                    refused.append(message.text)
+
+            page.on("console", csp_violation)
+            page.on("pageerror", lambda error: refused.append(f"uncaught: {error}"))
             page.goto(f"{url}/ui")
             # The first API call is refused (401): the page asks for the key once, then lists collections.
             expect(page.locator("#collection")).to_have_value("volcanoes", timeout=20000)
@@ -129,6 +138,7 @@ def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str], tmp_pa
             saved = tmp_path / "regression.jsonl"
             download.value.save_as(saved)
             page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            assert refused == []
         finally:
             browser.close()
     rows = [json.loads(line) for line in saved.read_text().splitlines()]

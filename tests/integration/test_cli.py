@@ -214,3 +214,6 @@ def test_collections_rebuild_rollback_prune_on_the_data_dir(run, tmp_path: Path)
     assert missing.exit_code == 2 and "not found" in missing.output
     bad = run("collections", "rebuild", "kb", "--chunk-size", "32", "--chunk-overlap", "32")
     assert bad.exit_code == 2 and "smaller" in bad.output
+    # A model outside <data_dir>/models (the default collections.model_roots) is refused here too.
+    outside = run("collections", "rebuild", "kb", "--embedding-model", str(tmp_path / "corpus"))
+    assert outside.exit_code == 2 and "collections.model_roots" in outside.output

@@ -506,6 +506,7 @@ def test_bench_abuse_runs_the_small_cases(tmp_path: Path) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("RAGSERVER_") or k.endswith("ONNX_CACHE_DIR")
     }
+    env["RAGSERVER_LIMITS__BODY_TIMEOUT_S"] = "2"  # the slow flood ends sooner
     result = subprocess.run(
         [
             sys.executable,
@@ -514,7 +515,8 @@ def test_bench_abuse_runs_the_small_cases(tmp_path: Path) -> None:
             "bench",
             "abuse",
             "--cases",
-            "malformed_docx,long_rtl_name,too_many_files,bad_metadata,colliding_names",
+            "malformed_docx,long_rtl_name,too_many_files,bad_metadata,colliding_names,filter_bomb,"
+            "slow_upload_flood",
         ],
         cwd=repo,
         env=env,
@@ -531,4 +533,9 @@ def test_bench_abuse_runs_the_small_cases(tmp_path: Path) -> None:
     assert cases["too_many_files"]["statuses"] == [413]
     assert set(cases["bad_metadata"]["statuses"]) == {400}
     assert cases["colliding_names"]["statuses"] == [202] * 4
+    assert set(cases["filter_bomb"]["statuses"]) == {400} and len(cases["filter_bomb"]["statuses"]) == 15
+    assert cases["filter_bomb"]["checks"] == {"healthz": 200}
+    flood = cases["slow_upload_flood"]
+    assert flood["checks"]["other_tenant_upload"] == 202 and flood["jobs"][0]["status"] == "succeeded"
+    assert sorted(set(flood["statuses"])) == [408, 429] and flood["statuses"].count(408) == 8
     assert set(cases["colliding_names"]["checks"].values()) == {200}

@@ -210,7 +210,9 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
         ("POST", "/v1/admin/keys"): Call("admin", 201, json={"name": "made by B", "role": "reader"}),
         ("DELETE", "/v1/admin/keys/{key_id}"): Call("admin", 404),
         ("GET", "/v1/admin/audit"): Call("admin", 200),
-        ("GET", "/metrics"): Call("admin", 200),
+        # B's own figures; server-wide /metrics is the operator's (metrics token), no key opens it.
+        ("GET", "/v1/admin/metrics"): Call("admin", 200),
+        ("GET", "/metrics"): Call("admin", 403),
     }
 
 

@@ -1,4 +1,5 @@
 """Snapshots of every shipped prompt rendered with fixed inputs, so a wording change shows up in review.
+Rendered as ChatService renders them: the inputs through `neutral_inputs` first, for every version.
 
 Update after an intended change with: pytest tests/unit/test_prompt_snapshots.py --snapshot-update
 """
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from syrupy.assertion import SnapshotAssertion
 
-from app.prompting import PromptRegistry
+from app.prompting import PromptRegistry, neutral_inputs
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +33,8 @@ SOURCES = [
     },
 ]
 # A hostile document: an instruction in its title (with a newline and a right-to-left override) and a
-# text that tries to close its fence and open a system turn. answer@v3 must keep it all inside the fence.
+# text that tries to close its fence and open a system turn. Every version must keep it all inside its
+# fence (or, for the unfenced v1/v2/v4, show the markers neutralised).
 HOSTILE_SOURCES = [
     {
         "n": 1,
@@ -76,4 +78,4 @@ def test_every_shipped_prompt_has_sample_inputs() -> None:
 @pytest.mark.parametrize(("ref", "case"), CASES)
 def test_rendered_prompt_snapshot(ref: str, case: str, snapshot: SnapshotAssertion) -> None:
     template = REGISTRY.get(ref)
-    assert template.render(**INPUTS[template.name][case]) == snapshot
+    assert template.render(**neutral_inputs(**INPUTS[template.name][case])) == snapshot

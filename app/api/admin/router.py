@@ -1,4 +1,4 @@
-"""Admin endpoints: the caller's tenant's API keys and audit log (admin role)."""
+"""Admin endpoints: the caller's tenant's API keys, audit log and figures (admin role)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,24 @@ async def audit(
         raise InvalidInput(str(exc), code="invalid_since") from exc
     entries = await container.key_admin.entries(principal, since=since_at, action=action, limit=limit)
     return {"entries": [e.to_dict() for e in entries]}
+
+
+@router.get("/metrics")
+async def tenant_metrics(
+    container: ContainerDep,
+    principal: Admin,
+    since: Annotated[str, Query(description='"24h", "7d", or a Unix timestamp.')] = "24h",
+    collection: Annotated[str | None, Query(description="Only this collection.")] = None,
+) -> dict[str, Any]:
+    """The tenant's own figures from its answers' traces, over the collections this key may see: volume,
+    latency, thumbs-up and feedback rates, no-answer rate, retrieval top scores and their drift, online
+    judge scores, overall, over time and by collection, prompt and model (what `ragserver monitor report`
+    writes). `/metrics` is the operator's (server-wide, metrics token only)."""
+    try:
+        since_at = since_timestamp(since)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="invalid_since") from exc
+    names = [collection] if collection else await container.retrieval.visible_collections(principal)
+    stores = [principal.collection(name) for name in names]
+    figures = await container.responses.figures(principal=principal, stores=stores, since=since_at)
+    return {"tenant": principal.tenant, "collections": sorted(names), **figures}

@@ -28,7 +28,8 @@ class RebuildRequest(BaseModel):
         None,
         min_length=1,
         max_length=1000,
-        description="A sentence-transformers model directory on the server (default: the configured model).",
+        description="A sentence-transformers model directory on the server, under collections.model_roots "
+        "(default roots: the data dir's `models` folder); default: the configured model.",
     )
     chunk_size: int | None = Field(None, ge=16, le=8192, description="Tokens per chunk (default: settings).")
     chunk_overlap: int | None = Field(None, ge=0, le=4096)
@@ -79,7 +80,8 @@ async def rebuild(
 ) -> dict[str, Any]:
     """Start filling a new version from the serving one (202): the old version answers until the new
     one is complete, then the alias switches. Follow it with GET .../versions. 409 while another
-    rebuild of the collection runs; 400 for a model path that is not a model directory."""
+    rebuild of the collection runs; 400 `invalid_embedding_model`, the same for every path, unless
+    `embedding_model` is a model directory under collections.model_roots."""
     body = body or RebuildRequest()
     store = principal.collection(collection)
     async with container.audit.action(principal, "collection.rebuild", collection=store) as audited:
