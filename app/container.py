@@ -92,9 +92,16 @@ class Container:
 
     @cached_property
     def store(self) -> VectorIndex:
-        from ingest.chroma_index import ChromaIndex
+        """Chroma: embedded under the data dir, or the server at `chroma.url`. With `chroma.url =
+        memory://`, an in-memory index instead (`ingest.memory_index`): it holds nothing across restarts
+        and is private to this process (a worker elsewhere sees none of it), so it is for tests and demos."""
+        from ingest.memory_index import MEMORY_URL, MemoryIndex
 
         s = self.settings
+        if s.chroma.url == MEMORY_URL:
+            return MemoryIndex()
+        from ingest.chroma_index import ChromaIndex
+
         if not s.chroma.url:
             s.chroma_path.mkdir(parents=True, exist_ok=True)
         return ChromaIndex.open(url=s.chroma.url, path=str(s.chroma_path))

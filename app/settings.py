@@ -56,11 +56,14 @@ class EmbeddingSettings(BaseModel):
 
 class ChromaSettings(BaseModel):
     # Empty: embedded PersistentClient under <data_dir>/chroma. Set: a Chroma server (http://host:port).
+    # memory://: an in-memory index that holds nothing across restarts (tests and demos only).
     url: str | None = None
 
 
 class LLMSettings(BaseModel):
-    provider: Literal["local", "openai"] = "local"
+    # local: a GGUF model in process; openai: any OpenAI-compatible server (base_url); scripted: canned
+    # answers in process, no model and no network (app/llm/scripted_provider.py), for tests and demos only.
+    provider: Literal["local", "openai", "scripted"] = "local"
     base_url: str | None = None
     api_key: str = "not-needed"
     model: str = "SmolLM2-135M-Instruct"

@@ -14,6 +14,7 @@ runs the job, and returns, for each file, the key that process reads it back wit
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from app.settings import Settings
+
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(OSError):
@@ -114,7 +118,10 @@ class S3Storage:
         try:
             keys = await asyncio.to_thread(_upload)
         except Exception as exc:
-            await self.delete_job(job_id)
+            try:  # what did arrive goes; a store that fails the upload may well fail this too
+                await self.delete_job(job_id)
+            except Exception:
+                log.warning("could not remove the partial upload %s from s3://%s", job_id, self.bucket)
             raise StorageError(f"the upload could not be stored in s3://{self.bucket}: {exc}") from exc
         await asyncio.to_thread(shutil.rmtree, job_dir, True)
         return keys

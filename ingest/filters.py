@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ingest.errors import DomainError
+
 Scalar = str | int | float | bool
 
 _ALIASES = {"document_id": "doc_id"}
@@ -36,8 +38,10 @@ _RANGE_OPS = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
 _NOT_FILTERABLE = frozenset({"content_hash", "version"})
 
 
-class FilterError(ValueError):
+class FilterError(DomainError, ValueError):
     """A filter object that is not valid; the message says which key and why (the API answers 400)."""
+
+    kind, code = "invalid", "invalid_filter"
 
 
 @dataclass(frozen=True)

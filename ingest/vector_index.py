@@ -4,8 +4,9 @@ A collection holds chunks (vector, text, metadata) and one record per document (
 count; written after the chunks, so it doubles as the commit marker that makes ingestion crash-safe).
 The index is the one source of truth for chunks: the BM25 index is derived from it, and metadata
 filters are evaluated only here (`nearest` for the dense stage, `matching_ids` for BM25's mask).
-Implementations: `ingest.chroma_index.ChromaIndex` (embedded or a Chroma server); both pass the
-contract suite in tests/contract/vector_index_contract.py.
+Implementations: `ingest.chroma_index.ChromaIndex` (embedded or a Chroma server) and
+`ingest.memory_index.MemoryIndex` (in process, nothing kept: tests and demos, `chroma.url=memory://`); all
+three pass the contract suite in tests/contract/vector_index_contract.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ingest.errors import DomainError
 from ingest.filters import MetadataFilter
 from ingest.types import Chunk, ScoredChunk
 
@@ -27,12 +29,16 @@ COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 VERSION_SUFFIX = re.compile(r"--v([0-9]{1,6})$")
 
 
-class InvalidCollectionName(ValueError):
+class InvalidCollectionName(DomainError, ValueError):
     """A collection name that is not 1-63 letters, digits, '-' or '_' (starting alphanumeric)."""
 
+    kind, code = "invalid", "invalid_collection_name"
 
-class CollectionNotFound(LookupError):
+
+class CollectionNotFound(DomainError, LookupError):
     """No such collection."""
+
+    kind, code = "not_found", "collection_not_found"
 
 
 def validate_collection_name(name: str) -> str:
@@ -64,8 +70,10 @@ DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
-class InvalidTenantName(ValueError):
+class InvalidTenantName(DomainError, ValueError):
     """A tenant name that is not 1-32 lowercase letters, digits or '-' (starting with a letter or digit)."""
+
+    kind, code = "invalid", "invalid_tenant_name"
 
 
 def validate_tenant_name(name: str) -> str:

@@ -108,3 +108,34 @@ def postgres_url() -> Iterator[str]:
     require_service("PostgreSQL", reachable, detail)
     with temporary_postgres_database(TEST_POSTGRES_URL) as url:
         yield url
+
+
+def emptied_tables(url: str, *tables: sa.Table) -> str:
+    """`url`'s database migrated, with `tables` emptied (children first): a test's clean start on the
+    session's one PostgreSQL database."""
+    from app.db import migrate
+
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for table in tables:
+                conn.execute(sa.delete(table))
+    finally:
+        engine.dispose()
+    return url
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """An S3 endpoint on loopback (moto's ThreadedMotoServer); yields its URL. Credentials are the
+    caller's to set (AWS_ACCESS_KEY_ID=test, ...)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_body
 from app.logging_setup import request_id_var
+from ingest.errors import DomainError
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,15 @@ class RequestMetrics(HTTPMiddleware):
                 state.metrics.request_latency.labels(path).observe(time.perf_counter() - started)
 
 
-class BodyTooLarge(HTTPException):
-    """A request body over the JSON body limit (HTTP 413, code `payload_too_large`)."""
+class BodyTooLarge(DomainError, HTTPException):
+    """A request body over the JSON body limit (HTTP 413, code `payload_too_large`). An HTTPException
+    too, so FastAPI's body parsing passes it through unchanged."""
 
-    code = "payload_too_large"
+    kind, code = "too_large", "payload_too_large"
+
+    @property
+    def public_message(self) -> str:
+        return str(self.detail)
 
     def __init__(self, limit_bytes: int):
         super().__init__(413, f"request body over the {limit_bytes // 1024} KB limit")
@@ -176,11 +182,15 @@ class BodyLimit(HTTPMiddleware):
         await self.app(scope, limited_receive, send)
 
 
-class BodyTimedOut(HTTPException):
+class BodyTimedOut(DomainError, HTTPException):
     """A request body that stopped arriving, or arrives slower than the minimum rate (HTTP 408, code
     `body_timeout`); the connection is closed."""
 
-    code = "body_timeout"
+    kind, code = "body_timeout", "body_timeout"
+
+    @property
+    def public_message(self) -> str:
+        return str(self.detail)
 
     def __init__(self, detail: str):
         super().__init__(408, detail, headers={"Connection": "close"})

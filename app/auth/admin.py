@@ -21,6 +21,7 @@ from app.auth.keys import ApiKey, KeyStore
 from app.auth.principal import ROLES, Principal
 from app.services.errors import Forbidden, InvalidInput
 from app.settings import AuthSettings
+from ingest.errors import DomainError
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -37,8 +38,10 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-class KeyNotFound(LookupError):
+class KeyNotFound(DomainError, LookupError):
     """No such key in the caller's tenant."""
+
+    kind, code = "not_found", "key_not_found"
 
 
 def within_scope(principal: Principal, key: ApiKey) -> bool:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from app.auth.principal import Principal
 from app.db.tables import audit_log
 from app.logging_setup import current_request_id
+from ingest.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,11 @@ class AuditLog:
         try:
             yield target
         except BaseException as exc:
-            from app.api.errors import public_error  # the one mapping from errors to statuses
-
             outcome = "error"
             if isinstance(exc, asyncio.CancelledError):
                 status, detail = 499, "cancelled"
             else:
-                error = public_error(exc) if isinstance(exc, Exception) else None
+                error = describe(exc)  # what the client was told (ingest.errors)
                 status = error.status if error else 500
                 detail = f"{error.code}: {error.message}"[:500] if error else type(exc).__name__
             raise

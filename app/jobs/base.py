@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ingest.errors import DomainError
+
 FILE_STATUSES = ("queued", "running", "succeeded", "skipped", "failed", "cancelled")
 FINAL_FILE_STATUSES = frozenset({"succeeded", "skipped", "failed", "cancelled"})
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "partial", "cancelled")
@@ -31,8 +33,10 @@ def check_job_status(status: str) -> str:
     return status
 
 
-class JobStateConflict(Exception):
+class JobStateConflict(DomainError):
     """The job is not in a state that allows the change (cancel a finished job, retry a running one)."""
+
+    kind, code = "conflict", "job_state_conflict"
 
 
 class JobStoreUnavailable(Exception):

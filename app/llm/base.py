@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ingest.errors import DomainError
+
 Messages = list[dict[str, str]]
 
 
@@ -47,13 +49,27 @@ class LLMDelta:
     finish_reason: str | None = None
 
 
-class LLMError(Exception):
+class LLMError(DomainError):
     """A provider failed for good: retries exhausted, unreachable, timed out, or refused the request.
 
     The message names the provider (and its base URL) so the server log says which backend broke; it is
-    for the log only: clients get a generic error (`app/api/errors.py`). `timed_out` when it failed by
-    running out of time.
+    for the log only: clients get a generic error (`public_message`). `timed_out` when it failed by
+    running out of time (504 `llm_timeout`, else 502 `llm_unavailable`).
     """
+
+    @property  # type: ignore[misc]
+    def kind(self) -> str:  # type: ignore[override]
+        return "timeout" if self.timed_out else "upstream_failed"
+
+    @property
+    def code(self) -> str:  # type: ignore[override]
+        return "llm_timeout" if self.timed_out else "llm_unavailable"
+
+    @property
+    def public_message(self) -> str:
+        if self.timed_out:
+            return "the language model did not answer in time"
+        return "the language model is unavailable"
 
     def __init__(
         self, message: str, *, provider: str, status_code: int | None = None, timed_out: bool = False
@@ -66,7 +82,8 @@ class LLMError(Exception):
 
 @runtime_checkable
 class LLM(Protocol):
-    """A chat model. Implementations: OpenAICompatibleLLM, LocalLLM, FallbackLLM.
+    """A chat model. Implementations: OpenAICompatibleLLM, LocalLLM, FallbackLLM, and ScriptedLLM (in
+    process, for tests and demos).
 
     Optional, read with `context_window_of` / `prompt_token_counter`: `context_window` (tokens, prompt
     plus answer) and `count_prompt_tokens(messages)` (exact, with the model's tokenizer and chat

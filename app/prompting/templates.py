@@ -29,18 +29,24 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedErro
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingest.errors import DomainError
+
 Role = Literal["system", "user", "assistant"]
 
 # Names and versions become refs ("answer@v2") and folder/file names, so keep them plain.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class PromptError(Exception):
+class PromptError(DomainError):
     """Base class for every prompt loading or rendering error."""
+
+    kind, code = "invalid", "prompt_error"
 
 
 class UnknownPrompt(PromptError):
     """A ref that is malformed or names no loaded template."""
+
+    code = "unknown_prompt"
 
 
 class MissingVariables(PromptError):

@@ -23,6 +23,7 @@ import numpy as np
 
 from app.retrieval.fusion import best_chunk_per_document, fuse_hits
 from ingest.embedder import Embedder, MicroBatchingEmbedder
+from ingest.errors import DomainError
 from ingest.filters import MetadataFilter, parse_filters
 from ingest.types import Chunk, ScoredChunk
 from ingest.vector_index import VectorIndex
@@ -38,8 +39,10 @@ FUSION_METHODS = ("rrf", "convex")
 _CHUNKS_PER_DOCUMENT = 3
 
 
-class RetrievalError(ValueError):
+class RetrievalError(DomainError, ValueError):
     """A retrieval request that cannot be served as asked (unknown mode, no reranker configured)."""
+
+    kind, code = "invalid", "invalid_retrieval"
 
 
 @dataclass

@@ -62,6 +62,7 @@ from app.services.prompt_budget import FittedPrompt, History, fit_prompt
 from app.services.retrieval_service import RetrievalService
 from app.settings import Settings
 from app.telemetry import llm_request_attributes, llm_response_attributes, tracer
+from ingest.errors import DomainError
 
 if TYPE_CHECKING:
     from app.auth.audit import AuditLog
@@ -91,8 +92,10 @@ def within_scope(turns: list[Turn], principal: Principal) -> bool:
     return all(isinstance(c, str) and principal.may_use(c) for c in held)
 
 
-class ConversationNotFound(LookupError):
+class ConversationNotFound(DomainError, LookupError):
     """A conversation id that does not exist (or expired)."""
+
+    kind, code = "not_found", "conversation_not_found"
 
 
 @dataclass

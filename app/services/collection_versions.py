@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from app.db.tables import collection_aliases, collection_versions
 from app.services.errors import Unavailable
 from app.services.model_paths import check_model_dir, resolve_roots
+from ingest.errors import DomainError
 from ingest.types import Segment, SourceDocument, make_chunk_id
 from ingest.vector_index import (
     VERSION_SUFFIX,
@@ -49,9 +50,11 @@ log = logging.getLogger(__name__)
 STATES = ("building", "ready", "failed", "pruned")
 
 
-class VersionConflict(RuntimeError):
+class VersionConflict(DomainError, RuntimeError):
     """The operation cannot run in the collection's present state (a rebuild already running, no
     earlier version to roll back to, ...): a 409."""
+
+    kind, code = "conflict", "version_conflict"
 
 
 @dataclass(frozen=True)
@@ -477,9 +480,8 @@ class CollectionVersions:
         """A document as its chunks hold it: consecutive chunks of one page/section merged at their
         overlap. None when its chunks are gone (deleted meanwhile)."""
         ids = [make_chunk_id(record.doc_id, record.version, i) for i in range(record.chunks)]
-        chunks = sorted(
-            self.store.get_chunks(collection, ids), key=lambda c: int(c.metadata.get("chunk_index", 0))
-        )
+        found = self.store.get_chunks(collection, ids) if ids else []  # a store refuses an empty id list
+        chunks = sorted(found, key=lambda c: int(c.metadata.get("chunk_index", 0)))
         if len(chunks) != len(ids):
             return None
         segments: list[Segment] = []

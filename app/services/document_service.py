@@ -54,6 +54,7 @@ from app.services.uploads import (
 )
 from app.settings import Settings
 from app.storage import LocalStorage, StorageError, UploadStorage
+from ingest.errors import DomainError
 from ingest.loaders import LoadError, load_bytes
 from ingest.pipeline import IngestCancelled, IngestPipeline
 from ingest.safety import LoadLimits, display_filename
@@ -92,12 +93,16 @@ STOP_GRACE_S = 1.5
 ORPHAN_UPLOAD_AGE_S = 3600.0
 
 
-class DocumentNotFound(LookupError):
+class DocumentNotFound(DomainError, LookupError):
     """No such document in the collection."""
 
+    kind, code = "not_found", "document_not_found"
 
-class JobNotFound(LookupError):
+
+class JobNotFound(DomainError, LookupError):
     """No such job."""
+
+    kind, code = "not_found", "job_not_found"
 
 
 @dataclass

@@ -1,11 +1,14 @@
-"""Errors the services raise for requests that cannot be served as asked. No FastAPI here:
-`app/api/errors.py` maps each to its status code, stable `code` and headers."""
+"""Errors the services raise for requests that cannot be served as asked. No FastAPI here: each declares
+its kind (`ingest.errors.STATUS` maps kinds to HTTP statuses) and a stable `code`."""
 
 from __future__ import annotations
 
+from ingest.errors import DomainError
 
-class ServiceError(Exception):
-    """Base: `code` is the stable machine-readable error code clients see."""
+
+class ServiceError(DomainError):
+    """Base: `code` is the stable machine-readable error code clients see; a subclass without a kind is
+    a 500."""
 
     code = "error"
 
@@ -19,18 +22,21 @@ class ServiceError(Exception):
 class InvalidInput(ServiceError):
     """A request value that is not acceptable (HTTP 400)."""
 
+    kind = "invalid"
     code = "invalid_request"
 
 
 class PayloadTooLarge(ServiceError):
     """A body, file, question or upload over its limit; the message names the limit (HTTP 413)."""
 
+    kind = "too_large"
     code = "payload_too_large"
 
 
 class Unavailable(ServiceError):
     """A dependency is down or the server is at capacity: try again later (HTTP 503, Retry-After)."""
 
+    kind = "unavailable"
     code = "unavailable"
 
     def __init__(self, message: str, *, retry_after_s: int = 5, code: str | None = None):
@@ -41,18 +47,21 @@ class Unavailable(ServiceError):
 class Unauthenticated(ServiceError):
     """No credentials, or credentials that are unknown, revoked or expired (HTTP 401)."""
 
+    kind = "unauthenticated"
     code = "unauthenticated"
 
 
 class Forbidden(ServiceError):
     """Known credentials whose role does not allow the request (HTTP 403)."""
 
+    kind = "forbidden"
     code = "forbidden"
 
 
 class RateLimited(ServiceError):
     """A key over its requests or tokens per minute (HTTP 429, Retry-After in seconds)."""
 
+    kind = "rate_limited"
     code = "rate_limited"
 
     def __init__(self, message: str, *, retry_after_s: int, code: str | None = None):

@@ -30,12 +30,14 @@ BUSY_RETRY_AFTER_S = 5
 class OverLimit(ServiceError):
     """A request value over one of the server's limits (HTTP 422); the message names the limit."""
 
+    kind = "over_limit"
     code = "invalid_request"
 
 
 class RequestTimedOut(ServiceError):
     """The request did not finish within its deadline (HTTP 504, or an in-band error mid-stream)."""
 
+    kind = "timeout"
     code = "request_timeout"
 
 

@@ -20,6 +20,7 @@ from app.services.chat_types import ChatResult, Citation
 from app.services.errors import InvalidInput
 from app.services.metrics import Metrics
 from app.settings import Settings
+from ingest.errors import DomainError
 
 if TYPE_CHECKING:
     from app.services.online_judge import OnlineJudge
@@ -36,8 +37,10 @@ MAX_TEXT = 20_000
 MAX_TAGS = 20
 
 
-class ResponseNotFound(LookupError):
+class ResponseNotFound(DomainError, LookupError):
     """No such response (or one in a collection the caller may not see)."""
+
+    kind, code = "not_found", "response_not_found"
 
 
 def caller_of(principal: Principal) -> str:

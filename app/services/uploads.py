@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from app.services.errors import InvalidInput, PayloadTooLarge
 from ingest.chunking import USER_RESERVED_KEYS
+from ingest.errors import DomainError
 from ingest.loaders import LoadError, sniff_kind
 from ingest.safety import InvalidMetadata, check_metadata, display_filename
 
@@ -64,8 +65,10 @@ class PartEnd:
 PartEvent = PartStart | PartData | PartEnd
 
 
-class UnsupportedUpload(ValueError):
+class UnsupportedUpload(DomainError, ValueError):
     """An upload whose type is unsupported or does not match its content (HTTP 415)."""
+
+    kind, code = "unsupported", "unsupported_media_type"
 
 
 class UploadTooLarge(PayloadTooLarge):

@@ -22,7 +22,7 @@ from app.jobs.base import Job, JobFile, JobStore
 from app.jobs.factory import build_job_store
 from app.jobs.sql_jobs import SQLJobStore
 from app.settings import Settings
-from tests.conftest_services import temporary_postgres_database
+from tests.conftest_services import emptied_tables, temporary_postgres_database
 from tests.contract.jobs_contract import JobStoreContract, StoreFactory, make_job
 
 pytestmark = pytest.mark.integration
@@ -219,15 +219,7 @@ class TestPostgresJobs(SQLStoreTests):
     @pytest.fixture
     def database_url(self, postgres_url: str) -> str:
         # One database for the session; each test starts without jobs.
-        migrate(postgres_url)
-        engine = make_engine(postgres_url)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.delete(ingest_job_files))
-                conn.execute(sa.delete(ingest_jobs))
-        finally:
-            engine.dispose()
-        return postgres_url
+        return emptied_tables(postgres_url, ingest_job_files, ingest_jobs)
 
     @pytest.fixture
     def fresh_url(self, postgres_url: str) -> Iterator[str]:

@@ -52,7 +52,9 @@ _UPLOAD_BODY: dict[str, Any] = {
         403: {"description": "The key's role cannot upload (writer or admin needed)"},
         404: {"description": "A collection the key may not touch"},
         413: {"description": "A file, the request or the number of files over its limit"},
+        408: {"description": "The body stopped arriving (limits.body_timeout_s, body_min_rate_bytes_s)"},
         415: {"description": "Unsupported or mislabelled type"},
+        429: {"description": "The key's or tenant's share of uploads and queued jobs is taken (Retry-After)"},
         503: {"description": "Ingestion queue full or job store unavailable (Retry-After)"},
     },
 )
