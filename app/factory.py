@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from app.api.auth import check_routes_guarded
 from app.api.docs import install_offline_docs
 from app.api.errors import install_error_handlers
+from app.api.guards import check_routes_guarded
 from app.api.middleware import BodyLimit, BodyTimeout, RequestContext, RequestMetrics, is_upload
 from app.container import Container, open_container
 from app.logging_setup import ensure_logging

@@ -97,8 +97,17 @@ class LLMSettings(BaseModel):
     fallback_model: str | None = None
 
 
+class RedisSettings(BaseModel):
+    """The one Redis that conversation history, the job queue, rate-limit counters and the BM25 change
+    feed share (`RAGSERVER_REDIS_URL`, or `RAGSERVER_REDIS__URL`). A part may have a Redis of its own:
+    `history.redis_url`, `jobs.redis_url`, `auth.rate_limit_url` (the older settings, still read: before
+    this section, `history.redis_url` fed the others too, and still does when this is unset)."""
+
+    url: str | None = None
+
+
 class HistorySettings(BaseModel):
-    # Empty: SQLite under the data dir. Set: Redis.
+    # Empty (and no `redis.url`): SQLite under the data dir. Set: Redis.
     redis_url: str | None = None
     ttl_s: int = Field(7 * 24 * 3600, ge=1)
     max_turns: int = Field(50, ge=1)
@@ -243,7 +252,7 @@ class JobsSettings(BaseModel):
     # inprocess: each server runs the jobs it accepted (the embedded default, nothing else to run).
     # queue: jobs go on an arq queue in Redis and `ragserver worker` processes run them.
     runner: Literal["inprocess", "queue"] = "inprocess"
-    # The queue's Redis; None: the history Redis (RAGSERVER_REDIS_URL).
+    # The queue's Redis; None: `redis.url` (RAGSERVER_REDIS_URL), else the history Redis.
     redis_url: str | None = None
     queue_name: str = Field("ragserver:ingest", min_length=1)
     # A running job whose worker has not said it is alive for this long is queued again (reaper).
@@ -319,6 +328,7 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("./data")
+    redis: RedisSettings = RedisSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     chroma: ChromaSettings = ChromaSettings()
@@ -345,7 +355,7 @@ class Settings(BaseSettings):
             return data
         aliases = {
             "RAGSERVER_CHROMA_URL": ("chroma", "url"),
-            "RAGSERVER_REDIS_URL": ("history", "redis_url"),
+            "RAGSERVER_REDIS_URL": ("redis", "url"),
             "RAGSERVER_LLM_PROVIDER": ("llm", "provider"),
             "RAGSERVER_LLM_BASE_URL": ("llm", "base_url"),
             "RAGSERVER_LLM_API_KEY": ("llm", "api_key"),
@@ -387,9 +397,21 @@ class Settings(BaseSettings):
         return self.database.url or f"sqlite:///{self.sqlite_path}"
 
     @property
+    def history_redis_url(self) -> str | None:
+        """The Redis of conversation history: `history.redis_url`, else `redis.url` (None: SQLite)."""
+        return self.history.redis_url or self.redis.url
+
+    @property
     def shared_redis_url(self) -> str | None:
-        """The Redis of the job queue and the BM25 feed: `jobs.redis_url`, else the history Redis."""
-        return self.jobs.redis_url or self.history.redis_url
+        """The Redis of the job queue and the BM25 feed: `jobs.redis_url`, else `redis.url`, else the
+        history Redis."""
+        return self.jobs.redis_url or self.redis.url or self.history.redis_url
+
+    @property
+    def rate_limit_redis_url(self) -> str | None:
+        """Where rate-limit counters live: `auth.rate_limit_url`, else `redis.url`, else the history
+        Redis (None: this process's memory)."""
+        return self.auth.rate_limit_url or self.redis.url or self.history.redis_url
 
     @property
     def bm25_dir(self) -> Path:

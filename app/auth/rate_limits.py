@@ -1,7 +1,7 @@
 """Per-key rate limits with the `limits` library: requests a minute (every authenticated request counts)
 and generated tokens a minute (checked before a generation, spent after it).
 
-Counters live in Redis when one is configured (`auth.rate_limit_url`, else the history Redis), so every
+Counters live in Redis when one is configured (`auth.rate_limit_url`, else `redis.url`), so every
 replica counts against the same limit; otherwise in this process's memory. Fixed one-minute windows; an
 over-limit request gets 429 with Retry-After = seconds until its window resets. While the shared counter
 store fails, each process counts in its own memory instead (logged and counted): the limits stay on, each
@@ -33,7 +33,7 @@ SHARED_STORE_RETRY_S = 5.0
 
 def storage_url(settings: Settings) -> str:
     """The `limits` storage URL for `settings` (async flavour)."""
-    url = settings.auth.rate_limit_url or settings.history.redis_url or "memory://"
+    url = settings.rate_limit_redis_url or "memory://"
     return url if url.startswith("async+") else f"async+{url}"
 
 

@@ -12,12 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli.bench_abuse import bench_abuse
-from app.cli.bench_bluegreen import bench_bluegreen
-from app.cli.bench_ingest import bench_ingest
-from app.cli.bench_queries import bench_queries
-from app.cli.bench_scale import bench_scale
-from app.cli.bench_serve import bench_serve
+from app.bench.abuse import bench_abuse
+from app.bench.bluegreen import bench_bluegreen
+from app.bench.ingest import bench_ingest
+from app.bench.queries import bench_queries
+from app.bench.scale import bench_scale
+from app.bench.serve import bench_serve
 from app.cli.collections import collections_app
 from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option, serving
 from app.cli.db import db_app

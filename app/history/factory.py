@@ -1,4 +1,5 @@
-"""Pick the history backend from settings: Redis when `history.redis_url` is set, else SQLite."""
+"""Pick the history backend from settings: Redis when `history.redis_url` or `redis.url` is set, else
+SQLite."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from app.settings import Settings
 def build_history_store(settings: Settings) -> HistoryStore:
     """Build the configured `HistoryStore` (SQLite at `settings.sqlite_path` unless Redis is configured)."""
     cfg = settings.history
-    if cfg.redis_url:
+    url = settings.history_redis_url
+    if url:
         from app.history.redis_history import RedisHistoryStore
 
         return RedisHistoryStore(
-            cfg.redis_url,
+            url,
             ttl_s=cfg.ttl_s,
             max_turns=cfg.max_turns,
             key_prefix=cfg.key_prefix,

@@ -10,10 +10,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.auth import authenticate
 from app.api.chat.router import router as chat_router
 from app.api.deps import get_chat
 from app.api.errors import install_error_handlers
+from app.api.guards import authenticate
 from app.api.openai.router import router as openai_router
 from app.auth.principal import Principal
 from app.llm.base import LLMError

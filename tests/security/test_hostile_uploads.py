@@ -15,14 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.cli.bench_abuse import (
-    RLO,
-    PeakRSS,
-    malformed_docx,
-    spoofing_filename,
-    write_docx_bomb,
-    write_pdf_bomb,
-)
+from app.bench.abuse import PeakRSS
+from app.bench.hostile_files import RLO, malformed_docx, spoofing_filename, write_docx_bomb, write_pdf_bomb
 from app.devtools.scripted_llm import ScriptedOpenAIServer
 from tests.api.conftest import scripted_llm, upload, wait_for_job
 

@@ -2,7 +2,7 @@
 revoked key, a reader key on write routes, and tenant B's keys against tenant A's objects (collection,
 document, job, conversation, key). A route this table does not know fails the suite, so a new route
 cannot ship without deciding who may call it; a route without the auth dependency fails here and
-stops the app from starting (`app.api.auth.check_routes_guarded`).
+stops the app from starting (`app.api.guards.check_routes_guarded`).
 
 One app for the module (real embedder, real Chroma, SQLite, a scripted LLM); tenants A and B each
 upload their own `policy.txt` into a collection named `hr`.
@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.auth import PUBLIC_PATHS, iter_routes, unguarded_routes
+from app.api.guards import PUBLIC_PATHS, iter_routes, unguarded_routes
 from app.container import Container
 from app.devtools.scripted_llm import ScriptedOpenAIServer
 from app.settings import Settings
@@ -443,7 +443,9 @@ def test_admin_cannot_grant_beyond_its_own_collections(world: World) -> None:
 def test_metrics_take_the_metrics_token(tmp_path: Path, make_container) -> None:  # type: ignore[no-untyped-def]
     from app.factory import create_app
 
-    container = make_container(auth={"mode": "api_key", "metrics_token": "scrape-me"})
+    container = make_container(
+        auth={"mode": "api_key", "metrics_token": "scrape-me"}, llm={"provider": "scripted"}
+    )
     with TestClient(create_app(container=container)) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401

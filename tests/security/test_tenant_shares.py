@@ -89,7 +89,9 @@ async def test_rate_limits_count_in_process_memory_while_redis_is_down() -> None
 def test_failed_authentication_is_throttled_per_address_while_a_valid_key_works(make_container) -> None:  # type: ignore[no-untyped-def]
     from app.factory import create_app
 
-    container = make_container(auth={"mode": "api_key", "max_failed_auth_per_minute": 5})
+    container = make_container(
+        auth={"mode": "api_key", "max_failed_auth_per_minute": 5}, llm={"provider": "scripted"}
+    )
     _, key = container.keys.create(tenant="acme", name="ok", role="reader")
     with TestClient(create_app(container=container)) as client:
         statuses = [

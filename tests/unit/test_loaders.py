@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli.bench_abuse import malformed_docx, write_docx_bomb, write_docx_flood, write_pdf_bomb
+from app.bench.hostile_files import malformed_docx, write_docx_bomb, write_docx_flood, write_pdf_bomb
 from ingest.loaders import LoadError, iter_documents, load_bytes, load_file, sniff_kind
 from ingest.safety import LoadLimits
 from ingest.types import LoadFailure, Segment, SourceDocument

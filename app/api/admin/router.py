@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
-from app.api.auth import Admin
 from app.api.deps import ContainerDep
+from app.api.guards import Admin
 from app.auth.admin import since_timestamp
 from app.auth.principal import Role
 from app.services.errors import InvalidInput

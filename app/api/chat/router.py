@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from app.api.auth import Reader
 from app.api.chat.schemas import ChatRequest, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
 from app.api.disconnect import unless_disconnected
+from app.api.guards import Reader
 from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
 from app.services.chat_service import new_response_id
 from app.services.chat_types import (

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.api.auth import Admin, Reader
 from app.api.deps import ContainerDep
+from app.api.guards import Admin, Reader
 from app.container import Container
 from app.services.collection_versions import CollectionVersion
 from app.services.errors import InvalidInput

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
-from app.api.auth import Reader, Writer
 from app.api.deps import DocumentServiceDep
 from app.api.documents.multipart import iter_parts
 from app.api.documents.schemas import DocumentList, DocumentOut, JobAccepted, JobOut
+from app.api.guards import Reader, Writer
 
 router = APIRouter(tags=["documents"])
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.auth import authorize_metrics
 from app.api.deps import ContainerDep
 from app.api.errors import error_body
+from app.api.guards import authorize_metrics
 
 router = APIRouter(tags=["health"])
 

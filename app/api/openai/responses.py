@@ -19,10 +19,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import Reader
 from app.api.deps import ChatServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
+from app.api.guards import Reader
 from app.api.openai.router import _DEFAULT_MODELS, sources_text, url_annotations
 from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
 from app.services.chat_service import new_response_id

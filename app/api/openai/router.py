@@ -20,10 +20,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import Reader
 from app.api.deps import ChatServiceDep, RetrievalServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
+from app.api.guards import Reader
 from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
 from app.services.chat_service import new_response_id
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, Citation, DoneEvent, TokenEvent

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import Reader
 from app.api.deps import get_container
+from app.api.guards import Reader
 from app.container import Container
 from app.responses.store import ResponseTrace
 from app.services.errors import InvalidInput

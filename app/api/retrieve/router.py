@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import Reader
 from app.api.deps import RetrievalServiceDep
+from app.api.guards import Reader
 from app.services.chat_types import Citation
 from app.services.limits import Deadline, check_size
 

@@ -25,7 +25,7 @@ router = APIRouter(tags=["ui"], include_in_schema=False)
 
 _HERE = Path(__file__).parent
 ASSETS_PATH = "/ui/assets"
-# Two fixed routes rather than one `{name}` route: app.api.auth.PUBLIC_PATHS lists each path it serves.
+# Two fixed routes rather than one `{name}` route: app.api.guards.PUBLIC_PATHS lists each path it serves.
 SCRIPT_PATH = f"{ASSETS_PATH}/ui.js"
 STYLE_PATH = f"{ASSETS_PATH}/ui.css"
 

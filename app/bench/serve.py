@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.bench_stack import REPO, ingest_subset, running, stack_env
+from app.bench.stack import REPO, ingest_subset, running, stack_env
 
 FALLBACK_QUESTIONS = [
     "What is known about the effect of vitamin D on bone density?",

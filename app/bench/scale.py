@@ -158,7 +158,7 @@ def _child(args: list[str]) -> None:
 
 def _run_child(*args: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli.bench_scale", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "app.bench.scale", *args], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         fail(f"bench scale child {args[:2]} failed:\n{proc.stderr[-3000:]}")

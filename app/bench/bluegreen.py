@@ -19,8 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.bench_serve import _questions
-from app.cli.bench_stack import REPO, ingest_subset, running, stack_env
+from app.bench.serve import _questions
+from app.bench.stack import REPO, ingest_subset, running, stack_env
 
 
 async def _load(

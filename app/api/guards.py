@@ -160,6 +160,6 @@ def check_routes_guarded(app: FastAPI) -> None:
     missing = unguarded_routes(app)
     if missing:
         raise RuntimeError(
-            "routes without an auth dependency (add Reader/Writer/Admin from app.api.auth, or list the "
+            "routes without an auth dependency (add Reader/Writer/Admin from app.api.guards, or list the "
             f"path in PUBLIC_PATHS): {'; '.join(missing)}"
         )
