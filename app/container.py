@@ -55,6 +55,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Parts that outlive a close: costly to build and holding nothing of one opening (the vector store's
+# client, the models, the pipeline and retriever over them, BM25, prompts, metrics, upload storage and the
+# rate-limit counters). Every other part is forgotten at close, so opening the container again rebuilds it.
+KEPT_ACROSS_OPENINGS = frozenset(
+    {
+        "store",
+        "embedder",
+        "query_embedder",
+        "document_embedder",
+        "chunker",
+        "pipeline",
+        "retriever",
+        "bm25",
+        "prompts",
+        "metrics",
+        "storage",
+        "rate_limits",
+    }
+)
+
+
 class Container:
     """Lazily built backends and services for one Settings.
 
@@ -467,27 +488,16 @@ class Container:
                     await getattr(self, name).aclose()
                 except Exception:  # one failing close must not keep the others open
                     log.exception("closing %s failed", name)
-                del self.__dict__[name]
         if self.built("database"):
             self.database.dispose()
-        forget = (
-            "retrieval",
-            "documents",
-            "chat",
-            "database",
-            "keys",
-            "audit",
-            "authenticator",
-            "key_admin",
-            "bm25_feed",
-            "job_queue",
-            "response_store",
-            "responses",
-            "online_judge",
-            "versions",
-        )
-        for name in forget:
-            self.__dict__.pop(name, None)
+        for name in self._parts():
+            if name not in KEPT_ACROSS_OPENINGS and name not in self._injected:
+                self.__dict__.pop(name, None)
+
+    @classmethod
+    def _parts(cls) -> list[str]:
+        """The names of every part this container can build (its cached properties)."""
+        return [name for name, value in vars(cls).items() if isinstance(value, cached_property)]
 
 
 @asynccontextmanager
