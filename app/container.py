@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from app.history.base import HistoryStore
     from app.jobs.base import JobStore
     from app.jobs.queue import ArqJobQueue
+    from app.jobs.runner import JobRunner
     from app.llm.base import LLM
     from app.prompting import PromptRegistry
-    from app.responses.store import ResponseStore
     from app.retrieval.bm25_feed import BM25Feed
     from app.retrieval.bm25_index import BM25Index
     from app.retrieval.retriever import Retriever
@@ -44,9 +44,10 @@ if TYPE_CHECKING:
     from app.services.document_service import DocumentService
     from app.services.metrics import Metrics
     from app.services.online_judge import OnlineJudge
-    from app.services.responses import ResponseService
     from app.services.retrieval_service import RetrievalService
+    from app.services.traces import TraceService
     from app.storage import UploadStorage
+    from app.traces.store import TraceStore
     from ingest.chunking import Chunker
     from ingest.embedder import Embedder
     from ingest.pipeline import IngestPipeline
@@ -280,10 +281,9 @@ class Container:
             self.store,
             VersionRegistry(self.database),
             self.pipeline_for,
+            self.retriever_for,
             alias_ttl_s=self.settings.collections.alias_ttl_s,
             on_drop=self.bm25.drop,
-            # The new version's query encoder is built before the switch, not on its first request.
-            warm=lambda version: self.retriever_for(version.embedding_model),
             model_roots=[self.settings.data_dir / "models"] if roots is None else roots,
             load_model=self.embedder_for,
         )
@@ -337,16 +337,16 @@ class Container:
         return ArqJobQueue(url, self.settings.jobs.queue_name)
 
     @cached_property
-    def response_store(self) -> ResponseStore:
-        from app.responses.store import SQLResponseStore
+    def trace_store(self) -> TraceStore:
+        from app.traces.store import SQLTraceStore
 
-        return SQLResponseStore(self.database)
+        return SQLTraceStore(self.database)
 
     @cached_property
-    def responses(self) -> ResponseService:
-        from app.services.responses import ResponseService
+    def traces(self) -> TraceService:
+        from app.services.traces import TraceService
 
-        return ResponseService(self.settings, self.response_store, self.metrics, judge=self.online_judge)
+        return TraceService(self.settings, self.trace_store, self.metrics, judge=self.online_judge)
 
     @cached_property
     def online_judge(self) -> OnlineJudge | None:
@@ -355,7 +355,7 @@ class Container:
             return None
         from app.services.online_judge import OnlineJudge
 
-        return OnlineJudge(self.settings.judge, lambda: self.embedder, self.response_store, self.metrics)
+        return OnlineJudge(self.settings.judge, lambda: self.embedder, self.trace_store, self.metrics)
 
     @cached_property
     def database(self) -> Engine:
@@ -408,14 +408,7 @@ class Container:
     def retrieval(self) -> RetrievalService:
         from app.services.retrieval_service import RetrievalService
 
-        return RetrievalService(
-            self.settings,
-            self.store,
-            self.retriever,
-            self.metrics,
-            versions=self.versions,
-            retriever_for=self.retriever_for,
-        )
+        return RetrievalService(self.settings, self.versions, self.metrics)
 
     @cached_property
     def documents(self) -> DocumentService:
@@ -424,14 +417,29 @@ class Container:
         return DocumentService(
             self.settings,
             self.store,
-            self.pipeline,
+            self.versions,
             self.jobs,
-            self.metrics,
+            self.runner,
             audit=self.audit,
             document_id_key=self.keys.secret("document_id_key"),
             storage=self.storage,
+        )
+
+    @cached_property
+    def runner(self) -> JobRunner:
+        """Claims and runs ingestion jobs (in the server with the in-process runner; in `ragserver
+        worker` processes with the queue)."""
+        from app.jobs.runner import JobRunner
+
+        return JobRunner(
+            self.settings,
+            self.jobs,
+            self.storage,
+            self.versions,
+            self.store,
+            self.metrics,
             queue=self.job_queue,
-            versions=self.versions,
+            arriving=lambda: self.documents.arriving(),
         )
 
     @cached_property
@@ -447,7 +455,7 @@ class Container:
             self.metrics,
             rate_limits=self.rate_limits,
             audit=self.audit,
-            responses=self.responses,
+            traces=self.traces,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

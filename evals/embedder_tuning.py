@@ -201,7 +201,7 @@ class BM25Miner:
     def __init__(self, corpus: dict[str, str]):
         import bm25s
 
-        from app.retrieval.bm25_text import Analyzer
+        from ingest.bm25_text import Analyzer
 
         self.analyzer = Analyzer()
         self.ids = list(corpus)

@@ -1,57 +1,33 @@
-"""Gold-article hit rate of follow-up questions by search query, retrieval only (no model needed):
+"""Gold-article hits of follow-up questions: did a search query find the article the follow-up asks about?
 
-- `raw`: the follow-up as asked ("When did he begin his political career?"),
-- `deterministic`: the fallback rewrite the chat service uses when the model's rewrite is unusable
-  (previous question + names of the previous answer + the follow-up),
-- `original`: the question before the subject was replaced by a pronoun (an upper bound).
-
-    RAGSERVER_DATA_DIR=/tmp/evaldata python -m evals.followup_retrieval --collection eval-articles
-
-A hit: the gold article, or a copy with its title, among the top-k chunks' documents. The model's own
-rewrite is measured end to end by `ragserver eval rag --questions evals/data/followups/cmu-qa-dev.jsonl`.
+A hit: the gold article (`article_id`), or a copy with its title (`article_title`), among the documents of
+the top-k chunks. The queries compared and the retriever they run on are the server's
+(`python -m app.evaluation.followup_retrieval`); this module only scores what they found.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from app.container import open_container_sync
-from app.services.followups import deterministic_rewrite
-from app.settings import Settings
-
-QUERIES = {
-    "raw": lambda r: r["question"],
-    "deterministic": lambda r: deterministic_rewrite(r["question"], r["history"]),
-    "original": lambda r: r["original_question"],
-}
+Found = Sequence[tuple[str, str]]
+"""(document id, title) of each chunk a search returned."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--questions", type=Path, default=Path("evals/data/followups/cmu-qa-dev.jsonl"))
-    parser.add_argument("--collection", default="eval-articles")
-    parser.add_argument("--top-k", type=int, default=5)
-    args = parser.parse_args(argv)
-    rows: list[dict[str, Any]] = [json.loads(line) for line in args.questions.open() if line.strip()]
-    hits: dict[str, list[bool]] = {name: [] for name in QUERIES}
-    with open_container_sync(Settings()) as container:
-        for row in rows:
-            title = row["article_title"].replace("_", " ").casefold()
-            for name, query in QUERIES.items():
-                found = container.retriever.retrieve(args.collection, query(row), top_k=args.top_k)
-                hits[name].append(
-                    any(
-                        h.doc_id == row["article_id"] or str(h.metadata.get("title", "")).casefold() == title
-                        for h in found
-                    )
-                )
-    result = {name: round(sum(v) / len(v), 4) for name, v in hits.items()}
-    print(json.dumps({"pairs": len(rows), "top_k": args.top_k, "hit_rate": result}))
-    return 0
+def gold_found(row: dict[str, Any], found: Found) -> bool:
+    """Whether `found` holds the row's gold article, by id or by title."""
+    title = row["article_title"].replace("_", " ").casefold()
+    return any(doc_id == row["article_id"] or doc_title.casefold() == title for doc_id, doc_title in found)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def hit_rates(
+    rows: Sequence[dict[str, Any]],
+    queries: Mapping[str, Callable[[dict[str, Any]], str]],
+    search: Callable[[str], Found],
+) -> dict[str, float]:
+    """Per named query (row -> search text), the share of rows whose search found the gold article."""
+    hits: dict[str, list[bool]] = {name: [] for name in queries}
+    for row in rows:
+        for name, query in queries.items():
+            hits[name].append(gold_found(row, search(query(row))))
+    return {name: round(sum(v) / len(v), 4) for name, v in hits.items()}

@@ -1,5 +1,6 @@
-"""The RAG eval runner: every question through the real chat pipeline (`ChatService.chat`, remember=False),
-then retrieval, answer and (with a judge) ragas judge metrics, one JSON line per question.
+"""The RAG eval runner: every question through an answering callable, then retrieval, answer and (with a
+judge) ragas judge metrics, one JSON line per question. The server's chat pipeline is one such callable
+(`app/evaluation/rag_run.py`: `ChatService.chat`, remember=False); this module knows only `RagAnswer`.
 
 A run directory holds:
 
@@ -19,9 +20,9 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evals.datasets import EvalQuestion
 from evals.judge import JudgeSample, error_text
@@ -40,7 +41,6 @@ from evals.rag_metrics import (
 from evals.stats import bootstrap_mean, percentile
 
 if TYPE_CHECKING:
-    from app.services.chat_service import ChatResult, ChatService
     from evals.answer_metrics import AnswerScorer
     from evals.judge import RagasJudge
 
@@ -59,6 +59,57 @@ IDENTITY_KEYS = (
     "temperature",
     "judge",
 )
+
+
+class SourceChunk(Protocol):
+    """A chunk given to the model, as the runner reads it (the chat service's `Citation` is one)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def document_id(self) -> str: ...
+    @property
+    def chunk_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class RagAnswer(Protocol):
+    """One answer and what produced it, as the runner records it (the chat service's `ChatResult` is one)."""
+
+    @property
+    def answer(self) -> str: ...
+    @property
+    def contexts(self) -> Sequence[SourceChunk]: ...  # every chunk the model was given
+    @property
+    def citations(self) -> Sequence[SourceChunk]: ...  # those the answer used
+    @property
+    def grounding(self) -> dict[str, Any] | None: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def query(self) -> str: ...  # the search query
+    @property
+    def latency_ms(self) -> float: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def collection(self) -> str: ...
+    @property
+    def collection_version(self) -> str: ...
+    @property
+    def retrieval(self) -> dict[str, Any]: ...
+    @property
+    def usage(self) -> dict[str, int]: ...
+
+
+Answerer = Callable[[EvalQuestion], Awaitable[RagAnswer]]
+"""Answers one question; an exception is recorded as the question's pipeline error."""
 
 
 class RunMismatch(RuntimeError):
@@ -142,7 +193,7 @@ def _base_row(q: EvalQuestion) -> dict[str, Any]:
 
 
 def answered_row(
-    q: EvalQuestion, result: ChatResult, scores: MetricScores, judge_model: str | None
+    q: EvalQuestion, result: RagAnswer, scores: MetricScores, judge_model: str | None
 ) -> dict[str, Any]:
     """A question's row: what was asked, answered and retrieved, what produced it, and every score."""
     return {
@@ -173,7 +224,7 @@ def answered_row(
 
 
 async def run_rag_eval(
-    chat: ChatService,
+    answer: Answerer,
     questions: Sequence[EvalQuestion],
     out_dir: Path,
     run_info: dict[str, Any],
@@ -186,11 +237,9 @@ async def run_rag_eval(
 
     Answers are generated one at a time (the local model runs one generation at a time anyway); a
     question's judge calls run in the background while the next question is answered, bounded by the
-    judge's semaphore, with at most a few questions waiting on the judge at once.
+    judge's semaphore, with at most a few questions waiting on the judge at once. `answer` must answer
+    the way `run_info` says (collection, prompt, retrieval, ...): resuming checks run_info, not answers.
     """
-    from app.auth.principal import Principal
-    from app.services.chat_service import ChatQuery
-
     out_dir = Path(out_dir)
     run_info = prepare_run_dir(out_dir, run_info)
     log = ResultLog(out_dir / RESULTS_FILE)
@@ -205,7 +254,7 @@ async def run_rag_eval(
         if on_row is not None:
             on_row(row)
 
-    async def judged(q: EvalQuestion, result: ChatResult, scores: MetricScores) -> None:
+    async def judged(q: EvalQuestion, result: RagAnswer, scores: MetricScores) -> None:
         try:
             sample = JudgeSample(
                 question=q.question,
@@ -224,19 +273,8 @@ async def run_rag_eval(
             waiting.release()
 
     for q in todo:
-        query = ChatQuery(
-            message=q.question,
-            collection=run_info["collection"],
-            prompt=run_info["prompt"],
-            top_k=run_info["retrieval"].get("top_k"),
-            mode=run_info["retrieval"].get("mode"),
-            remember=False,
-            history=q.history or None,
-            max_tokens=run_info.get("max_tokens"),
-            temperature=run_info.get("temperature"),
-        )
         try:
-            result = await chat.chat(query, principal=Principal.operator())
+            result = await answer(q)
         except Exception as exc:  # recorded, retried on resume; the run goes on
             finish({**_base_row(q), "pipeline_error": error_text(exc), "finished_at": time.time()})
             continue

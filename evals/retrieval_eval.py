@@ -1,27 +1,23 @@
-"""Retrieval evaluation on a BEIR-style dataset: loaders, the corpus collection, a timed runner, and
+"""Retrieval evaluation on a BEIR-style dataset: loaders, a timed runner over any search callable, and
 metrics computed by ranx (nDCG@10, recall@100, MRR@10) with latency percentiles.
 
-`ragserver eval retrieval` is a thin wrapper over `ensure_corpus_collection` + `evaluate_modes`.
+`ragserver eval retrieval` fills the corpus collection (`app/evaluation/corpus.py:
+ensure_corpus_collection`) and runs the server's retriever through `evaluate_search` per mode
+(`app/evaluation/retrieval_run.py: evaluate_mode`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from app.container import Container
-    from app.retrieval.retriever import Retriever, ScoredDocument
-    from ingest.filters import MetadataFilter
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DEFAULT_MODES = ("dense", "bm25", "hybrid")
@@ -104,66 +100,13 @@ def percentile_ms(latencies_s: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(latencies_s) * 1000.0, q)) if latencies_s else 0.0
 
 
-# -- the corpus collection -----------------------------------------------------------------------
-
-
-def eval_collection_name(corpus: Path) -> str:
-    """`eval-<dataset>`: the corpus file's stem, or its folder's name for BEIR's generic `corpus.jsonl`."""
-    corpus = Path(corpus).resolve()
-    stem = corpus.parent.name if corpus.stem == "corpus" else corpus.stem
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:50] or "corpus"
-    return f"eval-{slug}"
-
-
 def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex): what identifies a corpus or data file in markers and model cards."""
     h = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def ensure_corpus_collection(
-    container: Container,
-    corpus: Path,
-    collection: str,
-    *,
-    on_document: Callable[[str, str, str | None], None] | None = None,
-) -> dict[str, Any]:
-    """Ingest `corpus` into `collection` through the server's pipeline, unless it is already there.
-
-    A marker (corpus sha256, pipeline signature, document count) under the data dir lets an unchanged
-    corpus skip even the per-document version check; otherwise the pipeline ingests (skipping unchanged
-    documents, replacing changed ones) and documents no longer in the corpus are deleted.
-    """
-    from ingest.loaders import iter_documents
-
-    pipeline = container.pipeline
-    marker_path = container.settings.data_dir / "evals" / f"{collection}.json"
-    wanted = {"corpus_sha256": file_sha256(corpus), "pipeline": pipeline.signature}
-    store = container.store
-    if marker_path.exists() and store.has_collection(collection):
-        marker = json.loads(marker_path.read_text())
-        if {k: marker.get(k) for k in wanted} == wanted and marker.get("documents") == store.count_documents(
-            collection
-        ):
-            return {"collection": collection, "reused": True, "documents": marker["documents"]}
-    report = pipeline.ingest(iter_documents([Path(corpus)]), collection, on_document=on_document)
-    if report.failed:
-        raise RuntimeError(f"corpus failed to load: {report.failed[0].source}: {report.failed[0].error}")
-    present = set(report.documents)
-    gone = [r.doc_id for r in store.iter_documents(collection) if r.doc_id not in present]
-    deleted = pipeline.delete(collection, gone) if gone else 0
-    documents = store.count_documents(collection)
-    marker_path.parent.mkdir(parents=True, exist_ok=True)
-    marker_path.write_text(json.dumps({**wanted, "documents": documents}))
-    return {
-        "collection": collection,
-        "reused": False,
-        **report.to_dict(),
-        "deleted": deleted,
-        "documents": documents,
-    }
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -194,34 +137,25 @@ class ModeResult:
         }
 
 
-def evaluate_mode(
-    retriever: Retriever,
-    collection: str,
+def evaluate_search(
     mode: str,
+    search: Callable[[str], Sequence[str]],
     queries: Sequence[tuple[str, str]],
     qrels: dict[str, dict[str, int]],
     *,
-    top_k: int = 100,
-    rerank: bool | None = False,
-    filters: MetadataFilter | None = None,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> ModeResult:
-    """Run every query through `retriever.retrieve_documents` (timed, one at a time) and score the run."""
-
-    def search(text: str) -> list[ScoredDocument]:
-        return retriever.retrieve_documents(
-            collection, text, top_k=top_k, mode=mode, filters=filters, rerank=rerank
-        )
-
+    """Run every query through `search` (query text -> document ids, best first), timed one at a time,
+    and score the run as `mode`."""
     for _, text in queries[:_WARMUP_QUERIES]:  # first calls load indexes and warm caches: not timed
         search(text)
     run: dict[str, list[str]] = {}
     latencies: list[float] = []
     for qid, text in progress(queries) if progress else queries:
         started = time.perf_counter()
-        docs = search(text)
+        doc_ids = search(text)
         latencies.append(time.perf_counter() - started)
-        run[qid] = [d.doc_id for d in docs]
+        run[qid] = list(doc_ids)
     return ModeResult(mode, ranking_metrics(qrels, run), latencies, run)
 
 

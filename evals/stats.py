@@ -127,5 +127,9 @@ def paired_delta(
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+def percentile(values: Sequence[float], q: float, digits: int | None = None) -> float | None:
+    """The q-th percentile (0-100) of `values`, rounded to `digits` when given; None for no values."""
+    if not len(values):
+        return None
+    value = float(np.percentile(np.asarray(values, dtype=np.float64), q))
+    return value if digits is None else round(value, digits)

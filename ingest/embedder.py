@@ -3,8 +3,10 @@ OpenAI-compatible /v1/embeddings server. Vectors are L2-normalised float32 in bo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -112,8 +114,41 @@ class OpenAIEmbedder:
         return max(1, len(text) // 4)
 
 
+def hashed_embedding(text: str, dim: int) -> list[float]:
+    """Deterministic, L2-normalised bag-of-words vector: texts sharing words point the same way."""
+    vector = np.zeros(dim, dtype=np.float64)
+    for word in re.findall(r"\w+", text.lower()) or [""]:
+        digest = hashlib.sha256(word.encode()).digest()
+        index = int.from_bytes(digest[:8], "little") % dim
+        vector[index] += 1.0 if digest[8] & 1 else -1.0
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        vector[0], norm = 1.0, 1.0
+    return (vector / norm).tolist()
+
+
+class HashingEmbedder:
+    """Bag-of-words feature hashing: no model, no torch, microseconds a text. Texts sharing words point
+    the same way, so retrieval over it is lexical but real. For tests and demos only
+    (`embedding.provider = hashing`); tokens are words."""
+
+    def __init__(self, dim: int = 256):
+        self.dim = dim
+        self.model_id = f"hashing-{dim}"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray([hashed_embedding(t, self.dim) for t in texts], dtype=np.float32).reshape(
+            len(texts), self.dim
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(re.findall(r"\w+|[^\w\s]", text))
+
+
 def build_embedder(settings: EmbeddingSettings) -> Embedder:
     """The embedder the settings ask for."""
+    if settings.provider == "hashing":
+        return HashingEmbedder()
     if settings.provider == "openai":
         return OpenAIEmbedder(
             settings.base_url, settings.api_key, settings.model, batch_size=settings.batch_size

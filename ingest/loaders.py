@@ -166,7 +166,9 @@ def _check_extracted(chars: int, limits: LoadLimits) -> None:
         )
 
 
-def load_file(path: Path, *, metadata: dict[str, Any] | None = None) -> Iterator[SourceDocument]:
+def load_file(
+    path: Path, *, metadata: dict[str, Any] | None = None, limits: LoadLimits | None = None
+) -> Iterator[SourceDocument]:
     """Documents in one file: one for most formats, one per row for a .jsonl corpus."""
     if path.suffix.lower() == ".jsonl":
         yield from iter_jsonl_corpus(path, metadata=metadata)
@@ -175,16 +177,23 @@ def load_file(path: Path, *, metadata: dict[str, Any] | None = None) -> Iterator
         data = path.read_bytes()
     except OSError as exc:
         raise LoadError(f"cannot read file: {exc.strerror or exc}") from exc
-    yield load_bytes(data, path.name, doc_id=file_doc_id(path), source=str(path.resolve()), metadata=metadata)
+    yield load_bytes(
+        data,
+        path.name,
+        doc_id=file_doc_id(path),
+        source=str(path.resolve()),
+        metadata=metadata,
+        limits=limits,
+    )
 
 
 def iter_documents(
-    paths: Iterable[Path], *, metadata: dict[str, Any] | None = None
+    paths: Iterable[Path], *, metadata: dict[str, Any] | None = None, limits: LoadLimits | None = None
 ) -> Iterator[SourceDocument | LoadFailure]:
     """Every document under `paths`, streaming; a bad file yields a LoadFailure and the rest go on."""
     for path in discover(paths):
         try:
-            yield from load_file(path, metadata=metadata)
+            yield from load_file(path, metadata=metadata, limits=limits)
         except LoadError as exc:
             yield LoadFailure(source=str(path), error=str(exc))
 

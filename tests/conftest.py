@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.devtools.net import free_port
 from tests.conftest_services import *  # noqa: F403  (redis_url, redis_key_prefix, require_service)
 from tests.conftest_services import require_service
 
@@ -29,12 +29,6 @@ os.environ["RAGSERVER_AUTH__MODE"] = "none"
 os.environ["RAGSERVER_AUTH__MAX_FAILED_AUTH_PER_MINUTE"] = "100000"
 # The real model of tests is the small SmolLM2 (the server's default is the slower Qwen2.5-0.5B).
 os.environ["RAGSERVER_LLM__LOCAL_MODEL"] = "smollm2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -32,6 +32,7 @@ import numpy as np
 import typer
 
 from app.cli.common import fail
+from evals.stats import percentile
 
 COLLECTION = "scale"
 BATCH = 5000
@@ -52,11 +53,7 @@ def _queries(path: Path, limit: int) -> list[str]:
         return [json.loads(line)["text"] for line in islice(fh, limit)]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 1)
-
-
-def _latency(retrieve: Any, queries: list[str], concurrency: int) -> dict[str, float]:
+def _latency(retrieve: Any, queries: list[str], concurrency: int) -> dict[str, float | None]:
     def one(query: str) -> float:
         started = time.perf_counter()
         retrieve(query)
@@ -69,8 +66,8 @@ def _latency(retrieve: Any, queries: list[str], concurrency: int) -> dict[str, f
         times = list(pool.map(one, queries))
         wall = time.perf_counter() - started
     return {
-        "p50_ms": _percentile(times, 50),
-        "p99_ms": _percentile(times, 99),
+        "p50_ms": percentile(times, 50, digits=1),
+        "p99_ms": percentile(times, 99, digits=1),
         "qps": round(len(queries) / wall, 1),
     }
 

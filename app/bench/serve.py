@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from app.bench.stack import REPO, ingest_subset, running, stack_env
+from evals.stats import percentile
 
 FALLBACK_QUESTIONS = [
     "What is known about the effect of vitamin D on bone density?",
@@ -27,12 +28,6 @@ FALLBACK_QUESTIONS = [
     "How do vaccines produce immunity?",
     "What are the side effects of statins?",
 ]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def _is_token(line: str, chat: bool) -> bool:
@@ -146,8 +141,8 @@ def bench_serve(
         "concurrency": concurrency,
         "errors": errors,
         "rps": round(requests / elapsed, 2),
-        "ttft_p50_ms": round(_percentile(ttfts, 50), 2),
-        "ttft_p99_ms": round(_percentile(ttfts, 99), 2),
-        "llm_ttft_p50_ms": round(_percentile(llm_ttfts, 50), 2),
+        "ttft_p50_ms": percentile(ttfts, 50, digits=2),
+        "ttft_p99_ms": percentile(ttfts, 99, digits=2),
+        "llm_ttft_p50_ms": percentile(llm_ttfts, 50, digits=2),
     }
     typer.echo(json.dumps(result))

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from app.container import Container, open_container_sync
 from app.settings import Settings
-
-if TYPE_CHECKING:
-    from app.retrieval.retriever import Retriever
-    from ingest.pipeline import IngestPipeline
 
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection name (default from settings).")
@@ -88,11 +84,3 @@ def container_for(
             ]
             fail(f"collection {name!r} not found (collections: {', '.join(mine) or 'none'})")
         yield container, store
-
-
-def serving(container: Container, store: str) -> tuple[str, IngestPipeline, Retriever]:
-    """The physical collection serving `store` now (blue/green), and the pipeline and retriever of its
-    version's model and chunking."""
-    version = container.versions.resolve(store)
-    pipeline = container.pipeline_for(version.embedding_model, version.chunk_size, version.chunk_overlap)
-    return version.physical, pipeline, container.retriever_for(version.embedding_model)

@@ -103,7 +103,7 @@ def rag(
                 f"using the dataset's corpus {corpus} (pass --collection to use an existing one)", err=True
             )
     if corpus is not None:
-        from evals.retrieval_eval import eval_collection_name
+        from app.evaluation.corpus import eval_collection_name
 
         collection = collection or eval_collection_name(corpus)
     with container_for(collection) as (container, name):
@@ -159,7 +159,7 @@ def rag(
 def _ingest_corpus(container: Any, corpus: Path, name: str) -> None:
     from tqdm import tqdm
 
-    from evals.retrieval_eval import ensure_corpus_collection
+    from app.evaluation.corpus import ensure_corpus_collection
 
     bar = tqdm(desc=f"ingest {name}", unit="doc", file=sys.stderr, disable=None)
     try:
@@ -176,6 +176,7 @@ async def _run(
 ) -> Any:
     from tqdm import tqdm
 
+    from app.evaluation.rag_run import run_chat_eval
     from evals.answer_metrics import AnswerScorer, local_ragas_embeddings
     from evals.judge import RagasJudge
     from evals.rag_eval import (
@@ -184,7 +185,6 @@ async def _run(
         RunMismatch,
         prepare_run_dir,
         read_rows,
-        run_rag_eval,
         write_outputs,
     )
 
@@ -207,7 +207,7 @@ async def _run(
             bar.set_postfix(failed=failures)
 
     try:
-        summary = await run_rag_eval(container.chat, questions, out, run_info, scorer, judge, on_row=on_row)
+        summary = await run_chat_eval(container.chat, questions, out, run_info, scorer, judge, on_row=on_row)
     finally:
         bar.close()
         if judge is not None:

@@ -42,18 +42,12 @@ def retrieval(
     from tqdm import tqdm
 
     from app.cli.common import container_for
+    from app.evaluation.corpus import ensure_corpus_collection, eval_collection_name
+    from app.evaluation.retrieval_run import evaluate_mode
     from app.retrieval.retriever import FUSION_METHODS, MODES, RetrievalError
     from app.services.limits import check_filters
     from app.settings import Settings
-    from evals.retrieval_eval import (
-        ensure_corpus_collection,
-        eval_collection_name,
-        evaluate_mode,
-        format_result,
-        judged_queries,
-        load_qrels,
-        load_queries,
-    )
+    from evals.retrieval_eval import format_result, judged_queries, load_qrels, load_queries
     from ingest.filters import FilterError
 
     missing = [str(p) for p in (corpus, queries, qrels) if not p.is_file()]
@@ -79,7 +73,8 @@ def retrieval(
         picked = judged_queries(load_queries(queries), judged, limit_queries)
         if not picked:
             fail("no query in the queries file has a judgement in the qrels file")
-        retriever = container.retriever
+        serving = container.versions.serving(name)
+        retriever = serving.retriever
         if fusion:
             retriever = retriever.with_fusion(method=fusion)
         summary: dict[str, dict[str, float]] = {}
@@ -93,7 +88,7 @@ def retrieval(
             try:
                 result = evaluate_mode(
                     retriever,
-                    name,
+                    serving.physical,
                     m,
                     picked,
                     judged,

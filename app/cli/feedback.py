@@ -44,7 +44,7 @@ def export(
     operator = Principal.operator(tenant or DEFAULT_TENANT)
     with open_container_sync(Settings()) as container:
         rows = asyncio.run(
-            container.responses.regression_rows(
+            container.traces.regression_rows(
                 principal=operator,
                 rating=rating,
                 collection=collection,

@@ -19,7 +19,7 @@ from app.bench.queries import bench_queries
 from app.bench.scale import bench_scale
 from app.bench.serve import bench_serve
 from app.cli.collections import collections_app
-from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option, serving
+from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option
 from app.cli.db import db_app
 from app.cli.dev import dev_app
 from app.cli.eval_rag import compare as eval_compare
@@ -79,14 +79,14 @@ def ingest(
     ] = False,
 ) -> None:
     """Ingest documents; unchanged ones are skipped, changed ones replaced. Exit code 1 if any file failed."""
-    from ingest.loaders import iter_documents
+    from app.auth.principal import Principal
+    from ingest.vector_index import split_store_name
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         fail(f"no such file or directory: {', '.join(missing)}")
     extra = parse_json_option(metadata, "--metadata")
     with container_for(collection, tenant=tenant) as (container, name):
-        physical, pipeline, _ = serving(container, name)
         from tqdm import tqdm
 
         bar = tqdm(desc="ingest", unit="doc", file=sys.stderr, disable=None)
@@ -96,11 +96,18 @@ def ingest(
             if error:
                 bar.write(f"FAILED {doc}: {error}", file=sys.stderr)
 
-        report = pipeline.ingest(iter_documents(paths, metadata=extra), physical, on_document=progress)
+        owner, bare = split_store_name(name)
+        documents = container.documents
+        roots = [str(p.resolve()) for p in paths if p.is_dir()]
+        report = documents.ingest_local(
+            bare,
+            documents.load_local(paths, metadata=extra),
+            principal=Principal.operator(owner),
+            on_document=progress,
+            # Documents once ingested from these folders whose files are gone.
+            prune=(lambda r: any(r.source.startswith(root + "/") for root in roots)) if prune else None,
+        )
         bar.close()
-        if prune:
-            report.deleted = _prune(container, physical, pipeline, paths, set(report.documents))
-        audit_cli(container, "document.ingest", name, None, json.dumps(report.to_dict())[:500], report.ok)
         typer.echo(json.dumps({"collection": name, **report.to_dict()}))
         if not report.ok:
             raise typer.Exit(code=1)
@@ -127,16 +134,6 @@ def audit_cli(container: Any, action: str, store: str, object_id: str | None, de
         typer.echo(f"warning: the audit entry could not be written: {exc}", err=True)
 
 
-def _prune(container: Any, collection: str, pipeline: Any, paths: list[Path], seen: set[str]) -> int:
-    roots = [str(p.resolve()) for p in paths if p.is_dir()]
-    gone = [
-        r.doc_id
-        for r in container.store.iter_documents(collection)
-        if r.doc_id not in seen and any(r.source.startswith(root + "/") for root in roots)
-    ]
-    return pipeline.delete(collection, gone) if gone else 0
-
-
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -155,10 +152,10 @@ def search(
     from ingest.filters import FilterError
 
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
-        physical, _, retriever = serving(container, name)
+        serving = container.versions.serving(name)
         try:
             flt = check_filters(parse_json_option(filters, "--filter"), container.settings.limits)
-            hits = retriever.retrieve(physical, query, top_k=k, mode=mode, filters=flt)
+            hits = serving.retriever.retrieve(serving.physical, query, top_k=k, mode=mode, filters=flt)
         except (FilterError, RetrievalError) as exc:
             fail(str(exc))
         rows = [
@@ -205,8 +202,8 @@ def docs_delete(
 ) -> None:
     """Delete documents and all their chunks."""
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
-        physical, pipeline, _ = serving(container, name)
-        existed = pipeline.delete(physical, document_ids)
+        serving = container.versions.serving(name)
+        existed = serving.pipeline.delete(serving.physical, document_ids)
         ok = existed == len(document_ids)
         audit_cli(container, "document.delete", name, ",".join(document_ids)[:500], f"deleted {existed}", ok)
         typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))

@@ -36,7 +36,7 @@ def report(
     since_at, stores = trace_scope(since, collection, tenant)
     with open_container_sync(Settings()) as container:
         traces = asyncio.run(
-            container.response_store.search(since=since_at, collections=stores, limit=1_000_000)
+            container.trace_store.search(since=since_at, collections=stores, limit=1_000_000)
         )
     if tenant and not collection:
         traces = [t for t in traces if t.tenant == tenant]

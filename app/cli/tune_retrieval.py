@@ -122,15 +122,11 @@ def tune_retrieval(
     collections where chunking and embedder are unchanged; print a ranked table and the best settings as
     an `.env` snippet. The last line is a JSON object."""
     from app.container import Container
+    from app.evaluation.corpus import ensure_corpus_collection
+    from app.evaluation.retrieval_run import evaluate_mode
     from app.retrieval.retriever import FUSION_METHODS, RetrievalError
     from app.settings import Settings
-    from evals.retrieval_eval import (
-        ensure_corpus_collection,
-        evaluate_mode,
-        judged_queries,
-        load_qrels,
-        load_queries,
-    )
+    from evals.retrieval_eval import judged_queries, load_qrels, load_queries
 
     missing = [str(p) for p in (space, corpus, queries, qrels) if not p.is_file()]
     if missing:
@@ -179,7 +175,8 @@ def tune_retrieval(
                         container.__dict__["query_embedder"] = same.query_embedder
                 name = _collection(corpus, combo, settings)
                 ensure_corpus_collection(container, corpus, name)
-                retriever = container.retriever.with_fusion(
+                serving = container.versions.serving(name)
+                retriever = serving.retriever.with_fusion(
                     **{
                         field: (combo[key] if field != "method" else combo["fusion"])
                         for field, key in (
@@ -193,7 +190,9 @@ def tune_retrieval(
                     }
                 )
                 try:
-                    result = evaluate_mode(retriever, name, "hybrid", picked, judged, top_k=100, rerank=False)
+                    result = evaluate_mode(
+                        retriever, serving.physical, "hybrid", picked, judged, top_k=100, rerank=False
+                    )
                 except RetrievalError as exc:
                     fail(str(exc))
                 f = retriever.fusion

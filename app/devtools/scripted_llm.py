@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import re
 import socket
@@ -34,6 +33,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ingest.embedder import hashed_embedding
+
 Reply = str | Callable[[list[dict[str, Any]]], str]
 
 
@@ -46,19 +47,6 @@ class Step:
     delay_s: float = 0.0
     # Streaming only: drop the connection after this many text chunks.
     drop_after: int | None = None
-
-
-def hashed_embedding(text: str, dim: int) -> list[float]:
-    """Deterministic, L2-normalised bag-of-words vector: texts sharing words point the same way."""
-    vector = np.zeros(dim, dtype=np.float64)
-    for word in re.findall(r"\w+", text.lower()) or [""]:
-        digest = hashlib.sha256(word.encode()).digest()
-        index = int.from_bytes(digest[:8], "little") % dim
-        vector[index] += 1.0 if digest[8] & 1 else -1.0
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0:
-        vector[0], norm = 1.0, 1.0
-    return (vector / norm).tolist()
 
 
 class ScriptedOpenAIServer:

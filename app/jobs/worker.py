@@ -1,10 +1,11 @@
 """`ragserver worker`: a process that runs ingestion jobs from the arq queue (`jobs.runner = queue`).
 
 It builds the same object graph as the server (`open_container`), so a job runs through the same
-`DocumentService` and ingest pipeline; one job at a time (ingestion is CPU-bound: add workers to go
-faster). Its reaper re-queues jobs whose worker stopped heartbeating. SIGTERM/SIGINT: arq stops taking
-messages, the running job stops at its next boundary and stays unfinished, and the reaper of any live
-worker queues it again once its heartbeat is stale (ingestion is idempotent: nothing is duplicated).
+job runner (`app/jobs/runner.py`) and ingest pipeline; one job at a time (ingestion is CPU-bound: add
+workers to go faster). Its reaper re-queues jobs whose worker stopped heartbeating. SIGTERM/SIGINT: arq
+stops taking messages, the running job stops at its next boundary and stays unfinished, and the reaper
+of any live worker queues it again once its heartbeat is stale (ingestion is idempotent: nothing is
+duplicated).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ MESSAGE_TIMEOUT_S = 24 * 3600
 
 
 async def _ingest_job(ctx: dict[str, Any], job_id: str) -> None:
-    await ctx["container"].documents.run_queued(job_id)
+    await ctx["container"].runner.run_queued(job_id)
 
 
 async def run_worker(settings: Settings | None = None, *, burst: bool = False) -> None:
@@ -40,8 +41,8 @@ async def run_worker(settings: Settings | None = None, *, burst: bool = False) -
         queue = container.job_queue
         assert queue is not None
         await asyncio.to_thread(lambda: (container.embedder, container.pipeline))
-        documents = container.documents
-        await documents.start_worker()
+        runner = container.runner
+        await runner.start_worker()
         worker = Worker(
             functions=[func(_ingest_job, name=TASK, max_tries=1000)],
             queue_name=queue.queue_name,
@@ -55,9 +56,9 @@ async def run_worker(settings: Settings | None = None, *, burst: bool = False) -
             handle_signals=False,
             log_results=False,
         )
-        log.info("worker %s consuming %s", documents.worker_id, queue.queue_name)
+        log.info("worker %s consuming %s", runner.worker_id, queue.queue_name)
         try:
             await worker.async_run()
         finally:
-            await documents.stop()
+            await runner.stop()
             await worker.close()

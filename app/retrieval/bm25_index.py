@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.retrieval.bm25_table import Row, TermTable
-from app.retrieval.bm25_text import Analyzer
+from ingest.bm25_text import Analyzer
 from ingest.types import Chunk, ScoredChunk, doc_id_of
 from ingest.vector_index import CollectionNotFound, VectorIndex, validate_store_name
 

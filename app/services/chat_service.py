@@ -67,7 +67,7 @@ from ingest.errors import DomainError
 if TYPE_CHECKING:
     from app.auth.audit import AuditLog
     from app.auth.rate_limits import RateLimits
-    from app.services.responses import ResponseService
+    from app.services.traces import TraceService
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,10 @@ class ChatService:
         *,
         rate_limits: RateLimits | None = None,
         audit: AuditLog | None = None,
-        responses: ResponseService | None = None,
+        traces: TraceService | None = None,
     ):
         self.settings = settings
-        self.responses = responses
+        self.traces = traces
         self.rate_limits = rate_limits
         self.audit = audit
         self.llm = llm
@@ -253,8 +253,8 @@ class ChatService:
         return tracer().start_span(f"chat {model}", attributes=attributes)
 
     def _failed(self, query: ResolvedChatQuery) -> None:
-        if self.responses is not None:
-            self.responses.answer_failed(query.prompt, self.llm.model_name)
+        if self.traces is not None:
+            self.traces.answer_failed(query.prompt, self.llm.model_name)
 
     async def _trace(
         self,
@@ -266,11 +266,11 @@ class ChatService:
         ttft_ms: float | None,
     ) -> None:
         """Store how the answer was made (never fails the answer)."""
-        if self.responses is None:
+        if self.traces is None:
             return
-        from app.services.responses import Timings
+        from app.services.traces import Timings
 
-        await self.responses.record(
+        await self.traces.record(
             result,
             principal=principal,
             api=api,

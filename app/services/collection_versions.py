@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from ingest.vector_index import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from app.retrieval.retriever import Retriever
     from ingest.pipeline import IngestPipeline
 
 log = logging.getLogger(__name__)
@@ -263,6 +265,35 @@ def base_name(store: str) -> str:
 
 
 PipelineFactory = Callable[[str | None, int | None, int | None], "IngestPipeline"]
+RetrieverFactory = Callable[[str | None], "Retriever"]
+
+
+class Serving:
+    """What a request runs on: the version serving a collection when the request started (its
+    physical collection), and the pipeline (writes) and retriever (reads) of that version's model and
+    chunking, each built on first use (a worker never builds a retriever, a search never a pipeline)."""
+
+    def __init__(self, version: CollectionVersion, pipelines: PipelineFactory, retrievers: RetrieverFactory):
+        self.version = version
+        self._pipelines = pipelines
+        self._retrievers = retrievers
+
+    @property
+    def physical(self) -> str:
+        return self.version.physical
+
+    @property
+    def label(self) -> str:
+        return self.version.label
+
+    @cached_property
+    def pipeline(self) -> IngestPipeline:
+        v = self.version
+        return self._pipelines(v.embedding_model, v.chunk_size, v.chunk_overlap)
+
+    @cached_property
+    def retriever(self) -> Retriever:
+        return self._retrievers(self.version.embedding_model)
 
 
 class CollectionVersions:
@@ -273,10 +304,10 @@ class CollectionVersions:
         store: VectorIndex,
         registry: VersionRegistry,
         pipeline_for: PipelineFactory,
+        retriever_for: RetrieverFactory,
         *,
         alias_ttl_s: float = 1.0,
         on_drop: Callable[[str], None] | None = None,
-        warm: Callable[[CollectionVersion], object] | None = None,
         settle_s: float | None = None,
         model_roots: Sequence[str | Path] = (),
         load_model: Callable[[str], object] | None = None,
@@ -284,9 +315,9 @@ class CollectionVersions:
         self.store = store
         self.registry = registry
         self.pipeline_for = pipeline_for
+        self.retriever_for = retriever_for
         self.alias_ttl_s = alias_ttl_s
         self.on_drop = on_drop
-        self.warm = warm
         # A rebuild's embedding_model must lie under one of these (none: no other model than the
         # configured one); `load_model` loads an allowed one, so a failed load is refused the same way.
         self.model_roots = resolve_roots(model_roots)
@@ -322,6 +353,13 @@ class CollectionVersions:
         with self._lock:
             self._cache[collection] = (now, version)
         return version
+
+    def serving(self, collection: str) -> Serving:
+        """The one place a request resolves its collection: the version serving `collection` now, with
+        the pipeline (writes) and retriever (reads) of its model and chunking. Resolved once per
+        request, so everything the request does lands on one physical collection even while a rebuild
+        switches the alias."""
+        return Serving(self.resolve(collection), self.pipeline_for, self.retriever_for)
 
     def forget_cached(self, collection: str) -> None:
         with self._lock:
@@ -405,8 +443,8 @@ class CollectionVersions:
             for _ in range(5):  # writes made while copying: until a pass finds none (bounded)
                 if not self._copy_changes(source.physical, target.physical, pipeline, copied, on_progress):
                     break
-            if self.warm is not None:
-                self.warm(target)
+            # The new version's query encoder is built before the switch, not on its first request.
+            self.retriever_for(target.embedding_model)
             self.registry.complete(
                 collection,
                 target.version,

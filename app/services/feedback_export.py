@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.responses.store import ResponseTrace
+from app.traces.store import Trace
 from ingest.vector_index import split_store_name
 
 
-def regression_row(trace: ResponseTrace) -> dict[str, Any]:
+def regression_row(trace: Trace) -> dict[str, Any]:
     corrections = list(
         dict.fromkeys(f.correction.strip() for f in trace.feedback if f.correction and f.correction.strip())
     )

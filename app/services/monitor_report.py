@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment
 
-from app.responses.store import ResponseTrace
+from app.traces.store import Trace
 from ingest.vector_index import split_store_name
 
 
@@ -35,7 +35,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return round(float(np.mean(vals)), 4) if vals else None
 
 
-def figures(traces: Sequence[ResponseTrace]) -> dict[str, Any]:
+def figures(traces: Sequence[Trace]) -> dict[str, Any]:
     """The figures of a group of traces."""
     total = [t.latency_ms.get("total") for t in traces if t.latency_ms.get("total") is not None]
     ttft = [t.latency_ms.get("ttft") for t in traces if t.latency_ms.get("ttft") is not None]
@@ -85,16 +85,16 @@ def _ks(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def build_summary(
-    traces: Sequence[ResponseTrace], *, since: float | None, now: float | None = None
+    traces: Sequence[Trace], *, since: float | None, now: float | None = None
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     traces = sorted(traces, key=lambda t: t.created_at)
     start = since if since is not None else (traces[0].created_at if traces else now)
     bucket_s = 3600 if now - start < 2 * 86400 else 86400
-    buckets: dict[int, list[ResponseTrace]] = defaultdict(list)
+    buckets: dict[int, list[Trace]] = defaultdict(list)
     for t in traces:
         buckets[int(t.created_at // bucket_s * bucket_s)].append(t)
-    splits: dict[str, dict[str, list[ResponseTrace]]] = {
+    splits: dict[str, dict[str, list[Trace]]] = {
         "collection": defaultdict(list),
         "prompt": defaultdict(list),
         "model": defaultdict(list),
@@ -127,7 +127,7 @@ def build_summary(
     }
 
 
-def _plots(summary: dict[str, Any], traces: Sequence[ResponseTrace]) -> dict[str, str]:
+def _plots(summary: dict[str, Any], traces: Sequence[Trace]) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +200,7 @@ _TEMPLATE = Path(__file__).with_name("templates") / "monitor_report.html.j2"
 
 
 def write_report(
-    traces: Sequence[ResponseTrace], out: Path, *, since: float | None, now: float | None = None
+    traces: Sequence[Trace], out: Path, *, since: float | None, now: float | None = None
 ) -> dict[str, Any]:
     """Write `summary.json` and `report.html` under `out`; the summary."""
     summary = build_summary(traces, since=since, now=now)

@@ -14,9 +14,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from app.responses.store import ResponseStore, ResponseTrace
 from app.services.metrics import Metrics
 from app.settings import JudgeSettings
+from app.traces.store import Trace, TraceStore
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class OnlineJudge:
         self,
         settings: JudgeSettings,
         embedder: Callable[[], Any],
-        store: ResponseStore,
+        store: TraceStore,
         metrics: Metrics,
         *,
         llm: Any = None,
@@ -43,7 +43,7 @@ class OnlineJudge:
         self._judge: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def maybe_score(self, trace: ResponseTrace) -> bool:
+    def maybe_score(self, trace: Trace) -> bool:
         """Sample `trace` and, when picked, score it in the background; True when it was queued."""
         if self._rng.random() >= self.settings.sample_rate:
             return False
@@ -76,7 +76,7 @@ class OnlineJudge:
             self._judge = RagasJudge(config, local_ragas_embeddings(self._embedder()), llm=self._llm)
         return self._judge
 
-    async def _score(self, trace: ResponseTrace) -> None:
+    async def _score(self, trace: Trace) -> None:
         try:
             from evals.judge import JudgeSample
 

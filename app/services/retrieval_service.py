@@ -5,22 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
-from app.retrieval.retriever import Retriever
 from app.services.limits import check_filters
 from app.services.metrics import Metrics
 from app.settings import Settings
 from app.telemetry import tracer
 from ingest.types import ScoredChunk
-from ingest.vector_index import CollectionNotFound, VectorIndex
+from ingest.vector_index import CollectionNotFound
 
 if TYPE_CHECKING:
-    from app.services.collection_versions import CollectionVersion, CollectionVersions
+    from app.services.collection_versions import CollectionVersions, Serving
 
 
 @dataclass
@@ -36,22 +34,10 @@ class RetrievalService:
     """Runs the (blocking) retriever in its own thread pool so concurrent requests overlap and
     their query embeddings can be micro-batched."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: VectorIndex,
-        retriever: Retriever,
-        metrics: Metrics,
-        *,
-        versions: CollectionVersions | None = None,
-        retriever_for: Callable[[str | None], Retriever] | None = None,
-    ):
+    def __init__(self, settings: Settings, versions: CollectionVersions, metrics: Metrics):
         self.settings = settings
-        self.store = store
-        self.retriever = retriever
-        self.metrics = metrics
         self.versions = versions
-        self.retriever_for = retriever_for
+        self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="retrieve")
 
     async def resolve_collection(self, name: str | None, *, principal: Principal) -> str:
@@ -60,8 +46,7 @@ class RetrievalService:
         is asked off the event loop (a remote Chroma that answers slowly must not stall other requests)."""
         store = principal.collection(name or self.settings.server.default_collection)
         loop = asyncio.get_running_loop()
-        exists = self.versions.exists if self.versions is not None else self.store.has_collection
-        if not await loop.run_in_executor(self._pool, exists, store):
+        if not await loop.run_in_executor(self._pool, self.versions.exists, store):
             raise CollectionNotFound(
                 f"collection {name or self.settings.server.default_collection!r} not found"
             )
@@ -70,8 +55,7 @@ class RetrievalService:
     async def visible_collections(self, principal: Principal) -> list[str]:
         """The collections `principal` may see, by the names it uses."""
         loop = asyncio.get_running_loop()
-        listing = self.versions.collections if self.versions is not None else self.store.list_collections
-        stores = await loop.run_in_executor(self._pool, listing)
+        stores = await loop.run_in_executor(self._pool, self.versions.collections)
         return sorted(n for n in (principal.visible(s) for s in stores) if n is not None)
 
     def resolve_mode(self, mode: str | None) -> str:
@@ -101,27 +85,20 @@ class RetrievalService:
         with tracer().start_as_current_span("retrieval", attributes=attributes) as span:
             # The worker thread runs in this context, so the embedding span nests under this one.
             context = contextvars.copy_context()
-            version = await loop.run_in_executor(self._pool, self._resolve, collection)
-            retriever = self.retriever
-            if self.retriever_for is not None and version.embedding_model:
-                retriever = await loop.run_in_executor(
-                    self._pool, self.retriever_for, version.embedding_model
-                )
-            hits = await loop.run_in_executor(
-                self._pool,
-                lambda: context.run(
-                    retriever.retrieve, version.physical, query, top_k=top_k, mode=mode, filters=filters
-                ),
+            hits, serving = await loop.run_in_executor(
+                self._pool, lambda: context.run(self._retrieve, collection, query, top_k, mode, filters)
             )
             span.set_attribute("ragserver.hits", len(hits))
-            span.set_attribute("ragserver.collection_version", version.label)
+            span.set_attribute("ragserver.collection_version", serving.label)
         self.metrics.retrieval_latency.labels(mode=mode).observe(time.perf_counter() - started)
-        return Retrieved(hits, version.label, version.physical)
+        return Retrieved(hits, serving.label, serving.physical)
 
-    def _resolve(self, collection: str) -> CollectionVersion:
-        from app.services.collection_versions import first_version
-
-        return self.versions.resolve(collection) if self.versions is not None else first_version(collection)
+    def _retrieve(
+        self, collection: str, query: str, top_k: int, mode: str, filters: dict[str, Any] | None
+    ) -> tuple[list[ScoredChunk], Serving]:
+        serving = self.versions.serving(collection)
+        hits = serving.retriever.retrieve(serving.physical, query, top_k=top_k, mode=mode, filters=filters)
+        return hits, serving
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -285,7 +285,9 @@ def test_registry_down_keeps_the_last_seen_version_and_refuses_the_unknown(make_
             return super().active(collection)
 
     registry = Down(container.database)
-    versions = CollectionVersions(container.store, registry, container.pipeline_for, alias_ttl_s=0.0)
+    versions = CollectionVersions(
+        container.store, registry, container.pipeline_for, container.retriever_for, alias_ttl_s=0.0
+    )
     assert versions.resolve("kb").label == "v1"
     registry.down = True
     assert versions.resolve("kb").physical == "kb"  # last seen

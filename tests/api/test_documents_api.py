@@ -119,7 +119,7 @@ def test_unfinished_jobs_resume_at_startup(make_container, llm_server) -> None:
         assert client.get("/v1/collections/kb/documents/etna-doc").status_code == 200
         # The other replica's job is left for it to resume, not failed for want of its files.
         state = client.app.state.container
-        client.portal.call(state.documents.wait_idle)
+        client.portal.call(state.runner.wait_idle)
         other = client.get("/v1/jobs/job2").json()
         assert other["status"] == "queued" and other["files"][0]["status"] == "queued"
         assert "owner" not in other

@@ -72,7 +72,7 @@ def test_cancel_a_queued_job(client) -> None:
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["files"][0]["status"] == "cancelled"
     # Its message reaching a worker now does nothing: the claim refuses a cancelled job.
-    client.portal.call(container.documents.run_queued, "waiting")
+    client.portal.call(container.runner.run_queued, "waiting")
     assert client.get("/v1/collections/kb/documents/etna-doc").status_code == 404
 
 
@@ -122,7 +122,7 @@ def test_uploads_in_s3(make_container, llm_server, s3_endpoint: str) -> None:
 
         # The retention sweep deletes a stored upload no job owns, once it is over an hour old.
         s3.put_object(Bucket="uploads", Key="ragserver/orphan/0000_x.txt", Body=b"x")
-        swept = client.portal.call(container.documents.sweep, time.time() + 7200)
+        swept = client.portal.call(container.runner.sweep, time.time() + 7200)
         assert swept["orphan_uploads"] == 1
         assert all(not k.startswith("ragserver/orphan/") for k in stored_keys())
         assert len(stored_keys()) == 2  # the partial job's files are its own

@@ -128,6 +128,6 @@ def test_retention_sweep_deletes_old_traces(make_container, llm_server) -> None:
         rid = client.post("/v1/chat", json={"message": "Where is Etna?", "collection": "kb"}).json()[
             "response_id"
         ]
-        assert client.portal.call(container.responses.sweep) == 0  # a fresh trace stays
-        assert client.portal.call(container.responses.sweep, time.time() + 2 * 86400) == 1
+        assert client.portal.call(container.traces.sweep) == 0  # a fresh trace stays
+        assert client.portal.call(container.traces.sweep, time.time() + 2 * 86400) == 1
         assert client.get(f"/v1/responses/{rid}").status_code == 404

@@ -229,7 +229,7 @@ def test_stop_returns_quickly_and_the_next_start_finishes_the_job(
             time.sleep(0.05)
         assert slow.calls >= 2
         started = time.monotonic()
-    stopped_in = time.monotonic() - started  # the lifespan's shutdown: DocumentService.stop() and closing
+    stopped_in = time.monotonic() - started  # the lifespan's shutdown: JobRunner.stop() and closing
     calls = slow.calls
     time.sleep(1.0)
     assert stopped_in < 2.0, f"stop took {stopped_in:.2f}s"
@@ -336,7 +336,7 @@ def test_retention_deletes_old_finished_jobs_and_their_uploads_at_start(
         assert client.get("/v1/jobs/recent-failed").json()["status"] == "failed"
         assert client.get("/v1/jobs/old-unfinished").json()["status"] == "queued"
         # The periodic sweep does the same later on.
-        swept = client.portal.call(container.documents.sweep, now + 2 * day)  # type: ignore[union-attr]
+        swept = client.portal.call(container.runner.sweep, now + 2 * day)  # type: ignore[union-attr]
         assert swept == {"jobs": 1, "orphan_uploads": 1}
         assert job_dirs(container) == ["old-unfinished"]
 

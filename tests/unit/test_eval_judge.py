@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.devtools.scripted_llm import ScriptedOpenAIServer, hashed_embedding
+from app.devtools.scripted_llm import ScriptedOpenAIServer
+from app.evaluation.rag_run import run_chat_eval
 from app.services.chat_service import ChatQuery, ChatResult, Citation
 from evals.answer_metrics import AnswerScorer, local_ragas_embeddings
 from evals.datasets import EvalQuestion, load_questions
 from evals.judge import JudgeConfig, RagasJudge, bounded_llm
-from evals.rag_eval import RESULTS_FILE, RunMismatch, read_rows, run_rag_eval, summarize
+from evals.rag_eval import RESULTS_FILE, RunMismatch, read_rows, summarize
 from evals.rag_metrics import JUDGE_METRICS, NO_JUDGE
+from ingest.embedder import hashed_embedding
 
 pytestmark = pytest.mark.unit
 
@@ -173,7 +175,7 @@ async def test_judge_metrics_aggregate_to_known_numbers(
     chat = FakeChat()
     info = {**RUN_INFO, "judge": config.describe()}
     try:
-        summary = await run_rag_eval(chat, questions(), tmp_path, info, AnswerScorer(embeddings), judge)  # type: ignore[arg-type]
+        summary = await run_chat_eval(chat, questions(), tmp_path, info, AnswerScorer(embeddings), judge)  # type: ignore[arg-type]
     finally:
         await judge.aclose()
 
@@ -231,7 +233,7 @@ async def test_judge_metrics_aggregate_to_known_numbers(
 
 
 async def test_without_a_judge_the_judge_metrics_are_not_computed(embeddings: Any, tmp_path: Path) -> None:
-    summary = await run_rag_eval(FakeChat(), questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
+    summary = await run_chat_eval(FakeChat(), questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
     for name in JUDGE_METRICS:
         assert summary["metrics"][name]["mean"] is None
         assert summary["metrics"][name]["note"] == NO_JUDGE
@@ -243,19 +245,19 @@ async def test_without_a_judge_the_judge_metrics_are_not_computed(embeddings: An
 async def test_a_killed_run_resumes_where_it_stopped(embeddings: Any, tmp_path: Path) -> None:
     scorer = AnswerScorer(embeddings)
     first = FakeChat()
-    await run_rag_eval(first, questions()[:2], tmp_path, RUN_INFO, scorer)  # type: ignore[arg-type]
+    await run_chat_eval(first, questions()[:2], tmp_path, RUN_INFO, scorer)  # type: ignore[arg-type]
     # A kill mid-write leaves half a line: it is dropped and that question runs again.
     with (tmp_path / RESULTS_FILE).open("a") as fh:
         fh.write('{"id": "q3", "question": "Why')
     second = FakeChat()
-    summary = await run_rag_eval(second, questions(), tmp_path, RUN_INFO, scorer)  # type: ignore[arg-type]
+    summary = await run_chat_eval(second, questions(), tmp_path, RUN_INFO, scorer)  # type: ignore[arg-type]
     assert [q.message for q in second.queries] == [CASES["q3"][0], CASES["q4"][0]]
     assert summary["answered"] == 4
     assert sorted(r["id"] for r in read_rows(tmp_path)) == ["q1", "q2", "q3", "q4"]
     assert summarize(read_rows(tmp_path), RUN_INFO)["metrics"] == summary["metrics"]
 
     with pytest.raises(RunMismatch, match="prompt"):
-        await run_rag_eval(FakeChat(), questions(), tmp_path, {**RUN_INFO, "prompt": "answer@v2"}, scorer)  # type: ignore[arg-type]
+        await run_chat_eval(FakeChat(), questions(), tmp_path, {**RUN_INFO, "prompt": "answer@v2"}, scorer)  # type: ignore[arg-type]
 
 
 async def test_pipeline_failures_are_recorded_and_retried(embeddings: Any, tmp_path: Path) -> None:
@@ -265,11 +267,11 @@ async def test_pipeline_failures_are_recorded_and_retried(embeddings: Any, tmp_p
                 raise RuntimeError("llm down")
             return await super().chat(query, **_)
 
-    summary = await run_rag_eval(Broken(), questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
+    summary = await run_chat_eval(Broken(), questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
     assert (summary["answered"], summary["pipeline_errors"]) == (3, 1)
     assert {r["id"]: r.get("pipeline_error") for r in read_rows(tmp_path)}["q2"] == "RuntimeError: llm down"
     retry = FakeChat()
-    summary = await run_rag_eval(retry, questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
+    summary = await run_chat_eval(retry, questions(), tmp_path, RUN_INFO, AnswerScorer(embeddings))  # type: ignore[arg-type]
     assert [q.message for q in retry.queries] == ["Who wrote Hamlet?"]
     assert (summary["answered"], summary["pipeline_errors"]) == (4, 0)
 
@@ -353,8 +355,8 @@ async def test_compare_reports_paired_deltas_and_writes_html(embeddings: Any, tm
             return result
 
     scorer = AnswerScorer(embeddings)
-    await run_rag_eval(FakeChat(), questions(), tmp_path / "a", RUN_INFO, scorer)  # type: ignore[arg-type]
-    await run_rag_eval(Worse(), questions(), tmp_path / "b", {**RUN_INFO, "prompt": "answer@v2"}, scorer)  # type: ignore[arg-type]
+    await run_chat_eval(FakeChat(), questions(), tmp_path / "a", RUN_INFO, scorer)  # type: ignore[arg-type]
+    await run_chat_eval(Worse(), questions(), tmp_path / "b", {**RUN_INFO, "prompt": "answer@v2"}, scorer)  # type: ignore[arg-type]
 
     result = CliRunner().invoke(app, ["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""evals.stats: bootstrap means and paired deltas; evals.rag_metrics: hit rate and MRR."""
+"""evals.stats: bootstrap means and paired deltas; evals.rag_metrics: hit rate and MRR;
+evals.followup_retrieval: gold-article hits by id or title."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import pytest
 
+from evals.followup_retrieval import hit_rates
 from evals.rag_metrics import retrieval_scores
 from evals.stats import bootstrap_mean, clean, paired_delta
 
@@ -63,3 +65,25 @@ def test_retrieval_scores_rank_documents_not_chunks() -> None:
     assert none.values == {"hit_rate": None, "mrr": None}
     assert "no gold document" in none.not_computed["mrr"]
     assert not math.isnan(s.values["mrr"])
+
+
+def test_followup_hits_count_the_gold_article_by_id_or_by_title() -> None:
+    rows = [
+        {"question": "Was he born there?", "article_id": "a1", "article_title": "Abraham_Lincoln"},
+        {"question": "Did it flood?", "article_id": "a2", "article_title": "Nile"},
+    ]
+    found = {
+        "Was he born there?": [("other", "Kentucky"), ("a1", "")],  # the gold id
+        "Did it flood?": [("copy-of-a2", "nile")],  # a copy with the gold title, any case
+        "WAS HE BORN THERE?": [("other", "Abraham Lincoln Memorial")],
+        "DID IT FLOOD?": [],
+    }
+    queries = {"asked": lambda r: r["question"], "shouted": lambda r: r["question"].upper()}
+    searched: list[str] = []
+
+    def search(text: str) -> list[tuple[str, str]]:
+        searched.append(text)
+        return found[text]
+
+    assert hit_rates(rows, queries, search) == {"asked": 1.0, "shouted": 0.0}
+    assert searched == ["Was he born there?", "WAS HE BORN THERE?", "Did it flood?", "DID IT FLOOD?"]

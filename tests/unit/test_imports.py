@@ -1,6 +1,7 @@
 """The import graph stays one-way: no cycle among the modules of app/, ingest/ and evals/ (imports inside
-functions and under TYPE_CHECKING count too), and nothing below the web layer imports `app.api` (errors
-declare their kind and code where they are raised: ingest/errors.py)."""
+functions and under TYPE_CHECKING count too), nothing below the web layer imports `app.api` (errors
+declare their kind and code where they are raised: ingest/errors.py), and evals/ never imports app/ (app
+may import evals: the eval commands and the online judge score with it)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,37 @@ def test_nothing_below_the_web_layer_imports_it() -> None:
         if not name.startswith(WEB_LAYER) and any(d.startswith("app.api") for d in deps)
     }
     assert offenders == {}
+
+
+def _imported_modules(source: str) -> Iterator[str]:
+    """Every module an `import` or `from ... import` statement names, anywhere in the source."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def _imports_app(source: str) -> list[str]:
+    return sorted({name for name in _imported_modules(source) if name == "app" or name.startswith("app.")})
+
+
+def test_the_check_sees_every_kind_of_import() -> None:
+    source = """
+from typing import TYPE_CHECKING
+import application
+if TYPE_CHECKING:
+    from app.container import Container
+def run():
+    import app.settings
+    from app import cli
+"""
+    assert _imports_app(source) == ["app", "app.container", "app.settings"]
+
+
+def test_evals_never_imports_app() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): _imports_app(path.read_text())
+        for path in sorted((ROOT / "evals").rglob("*.py"))
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.responses.store import Feedback, ResponseTrace
 from app.services.monitor_report import build_summary, write_report
+from app.traces.store import Feedback, Trace
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -19,8 +19,8 @@ def trace(
     prompt: str = "answer@v1",
     rating: str | None = None,
     outcome: str = "cited",
-) -> ResponseTrace:
-    return ResponseTrace(
+) -> Trace:
+    return Trace(
         response_id=f"resp_{i}",
         created_at=at,
         api="chat",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from app.devtools.net import free_port
 from app.devtools.scripted_llm import ScriptedOpenAIServer
 from app.llm.base import LLM, LLMError
 from app.llm.factory import build_llm
@@ -43,12 +43,6 @@ def make_llm(server: ScriptedOpenAIServer, **overrides: float) -> OpenAICompatib
         default_temperature=0.0,
         **options,  # type: ignore[arg-type]
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def collect(llm: LLM, **kwargs: object) -> list:

@@ -86,5 +86,5 @@ async def tenant_metrics(
         raise InvalidInput(str(exc), code="invalid_since") from exc
     names = [collection] if collection else await container.retrieval.visible_collections(principal)
     stores = [principal.collection(name) for name in names]
-    figures = await container.responses.figures(principal=principal, stores=stores, since=since_at)
+    figures = await container.traces.figures(principal=principal, stores=stores, since=since_at)
     return {"tenant": principal.tenant, "collections": sorted(names), **figures}

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
-from app.responses.store import EVENT_TYPES, RATINGS, Feedback, ResponseStore, ResponseTrace
 from app.services.chat_types import ChatResult, Citation
 from app.services.errors import InvalidInput
 from app.services.metrics import Metrics
 from app.settings import Settings
+from app.traces.store import EVENT_TYPES, RATINGS, Feedback, Trace, TraceStore
 from ingest.errors import DomainError
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ MAX_TEXT = 20_000
 MAX_TAGS = 20
 
 
-class ResponseNotFound(DomainError, LookupError):
+class TraceNotFound(DomainError, LookupError):
     """No such response (or one in a collection the caller may not see)."""
 
     kind, code = "not_found", "response_not_found"
@@ -61,9 +61,9 @@ class Timings:
     total_ms: float | None = None
 
 
-class ResponseService:
+class TraceService:
     def __init__(
-        self, settings: Settings, store: ResponseStore, metrics: Metrics, *, judge: OnlineJudge | None = None
+        self, settings: Settings, store: TraceStore, metrics: Metrics, *, judge: OnlineJudge | None = None
     ):
         self.settings = settings
         self.store = store
@@ -93,7 +93,7 @@ class ResponseService:
             self.metrics.retrieval_top_score.labels(collection=result.collection).observe(
                 max(c.score for c in result.contexts)
             )
-        trace = ResponseTrace(
+        trace = Trace(
             response_id=result.response_id,
             created_at=time.time(),
             api=api,
@@ -131,10 +131,10 @@ class ResponseService:
 
     # -- reading and feedback --------------------------------------------------------------------
 
-    async def get(self, response_id: str, *, principal: Principal) -> ResponseTrace:
+    async def get(self, response_id: str, *, principal: Principal) -> Trace:
         trace = await self.store.get(response_id)
         if trace is None or principal.visible(trace.collection) is None:
-            raise ResponseNotFound(f"response {response_id!r} not found")
+            raise TraceNotFound(f"response {response_id!r} not found")
         return trace
 
     async def feedback(self, response_id: str, body: dict[str, Any], *, principal: Principal) -> Feedback:
@@ -162,7 +162,7 @@ class ResponseService:
         collection: str | None = None,
         since: float | None = None,
         limit: int = 100,
-    ) -> list[ResponseTrace]:
+    ) -> list[Trace]:
         """Traces the caller may see (its tenant's, its key's collections), newest first."""
         if rating is not None and rating not in RATINGS:
             raise InvalidInput('rating must be "up" or "down"', code="invalid_request")

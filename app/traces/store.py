@@ -1,6 +1,6 @@
-"""Response traces, feedback and engagement events: the `ResponseStore` protocol and its SQL store.
+"""Response traces, feedback and engagement events: the `TraceStore` protocol and its SQL store.
 
-Every answer (both chat APIs, streaming or not) becomes one `ResponseTrace`: what was asked, how it was
+Every answer (both chat APIs, streaming or not) becomes one `Trace`: what was asked, how it was
 searched, every chunk the LLM was shown, the prompt, model and parameters, latency parts, usage and
 the caller. Feedback is one row per (response, caller): the same caller sending again replaces it.
 Engagement events are appended. All in the relational system of record (SQLite by default,
@@ -60,7 +60,7 @@ class Feedback:
 
 
 @dataclass
-class ResponseTrace:
+class Trace:
     """How one answer was made."""
 
     response_id: str
@@ -100,12 +100,12 @@ class ResponseTrace:
 
 
 @runtime_checkable
-class ResponseStore(Protocol):
-    async def record(self, trace: ResponseTrace) -> None:
+class TraceStore(Protocol):
+    async def record(self, trace: Trace) -> None:
         """Store a new trace."""
         ...
 
-    async def get(self, response_id: str) -> ResponseTrace | None:
+    async def get(self, response_id: str) -> Trace | None:
         """The trace with its feedback and event counts; None when unknown."""
         ...
 
@@ -128,7 +128,7 @@ class ResponseStore(Protocol):
         collections: list[str] | None = None,
         rating: str | None = None,
         limit: int = 1000,
-    ) -> list[ResponseTrace]:
+    ) -> list[Trace]:
         """Traces newest first: created since `since`, in `collections`, with a feedback of `rating`."""
         ...
 
@@ -143,8 +143,8 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-class SQLResponseStore:
-    """`ResponseStore` on the system-of-record engine (already migrated)."""
+class SQLTraceStore:
+    """`TraceStore` on the system-of-record engine (already migrated)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -156,7 +156,7 @@ class SQLResponseStore:
 
         return await asyncio.to_thread(_transaction)
 
-    async def record(self, trace: ResponseTrace) -> None:
+    async def record(self, trace: Trace) -> None:
         row = {
             "response_id": trace.response_id,
             "created_at": trace.created_at,
@@ -188,7 +188,7 @@ class SQLResponseStore:
         }
         await self._run(lambda conn: conn.execute(sa.insert(responses_t), row))
 
-    async def get(self, response_id: str) -> ResponseTrace | None:
+    async def get(self, response_id: str) -> Trace | None:
         found = await self._traces(responses_t.c.response_id == canonical_response_id(response_id), limit=1)
         return found[0] if found else None
 
@@ -249,7 +249,7 @@ class SQLResponseStore:
         collections: list[str] | None = None,
         rating: str | None = None,
         limit: int = 1000,
-    ) -> list[ResponseTrace]:
+    ) -> list[Trace]:
         where: list[Any] = []
         if since is not None:
             where.append(responses_t.c.created_at >= since)
@@ -274,8 +274,8 @@ class SQLResponseStore:
     async def aclose(self) -> None:
         """The engine belongs to the container."""
 
-    async def _traces(self, where: Any, *, limit: int) -> list[ResponseTrace]:
-        def _read(conn: Connection) -> list[ResponseTrace]:
+    async def _traces(self, where: Any, *, limit: int) -> list[Trace]:
+        def _read(conn: Connection) -> list[Trace]:
             rows = conn.execute(
                 sa.select(responses_t).where(where).order_by(responses_t.c.created_at.desc()).limit(limit)
             ).all()
@@ -327,8 +327,8 @@ def _must_exist(conn: Connection, response_id: str) -> None:
         raise KeyError(f"unknown response {response_id}")
 
 
-def _trace(r: Any, feedback: list[Feedback], events: dict[str, int]) -> ResponseTrace:
-    return ResponseTrace(
+def _trace(r: Any, feedback: list[Feedback], events: dict[str, int]) -> Trace:
+    return Trace(
         response_id=r.response_id,
         created_at=r.created_at,
         api=r.api,

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from app.db import make_engine, migrate
-from app.responses.store import (
+from app.traces.store import (
     Feedback,
-    ResponseStore,
-    ResponseTrace,
-    SQLResponseStore,
+    SQLTraceStore,
+    Trace,
+    TraceStore,
     canonical_response_id,
 )
 from tests.conftest_services import temporary_postgres_database
@@ -24,24 +24,24 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLResponseStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLTraceStore]:
     engine: Engine
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'ragserver.sqlite3'}")
         migrate(engine)
-        yield SQLResponseStore(engine)
+        yield SQLTraceStore(engine)
         engine.dispose()
         return
     postgres_url = request.getfixturevalue("postgres_url")
     with temporary_postgres_database(postgres_url) as url:
         engine = make_engine(url)
         migrate(engine)
-        yield SQLResponseStore(engine)
+        yield SQLTraceStore(engine)
         engine.dispose()
 
 
-def trace(rid: str, *, collection: str = "kb", created_at: float | None = None) -> ResponseTrace:
-    return ResponseTrace(
+def trace(rid: str, *, collection: str = "kb", created_at: float | None = None) -> Trace:
+    return Trace(
         response_id=rid,
         created_at=time.time() if created_at is None else created_at,
         api="chat",
@@ -71,11 +71,11 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def test_is_a_response_store(store: SQLResponseStore) -> None:
-    assert isinstance(store, ResponseStore)
+def test_is_a_response_store(store: SQLTraceStore) -> None:
+    assert isinstance(store, TraceStore)
 
 
-def test_trace_round_trips_under_every_id(store: SQLResponseStore) -> None:
+def test_trace_round_trips_under_every_id(store: SQLTraceStore) -> None:
     original = trace("resp_abc")
     run(store.record(original))
     for name in ("resp_abc", "chatcmpl-abc", "cmpl-abc"):
@@ -84,7 +84,7 @@ def test_trace_round_trips_under_every_id(store: SQLResponseStore) -> None:
     assert canonical_response_id("chatcmpl-x") == "resp_x" and canonical_response_id("other") == "other"
 
 
-def test_feedback_replaces_per_caller_and_events_count(store: SQLResponseStore) -> None:
+def test_feedback_replaces_per_caller_and_events_count(store: SQLTraceStore) -> None:
     run(store.record(trace("resp_1")))
     first = run(store.put_feedback("resp_1", Feedback(caller="key_a", rating="down", comment="wrong")))
     run(store.put_feedback("resp_1", Feedback(caller="key_b", rating="up", tags=["good"])))
@@ -106,7 +106,7 @@ def test_feedback_replaces_per_caller_and_events_count(store: SQLResponseStore) 
         run(store.add_event("resp_missing", "x", "copied", None))
 
 
-def test_search_filters_and_retention(store: SQLResponseStore) -> None:
+def test_search_filters_and_retention(store: SQLTraceStore) -> None:
     now = time.time()
     run(store.record(trace("resp_old", created_at=now - 10 * 86400)))
     run(store.record(trace("resp_kb", created_at=now - 60)))

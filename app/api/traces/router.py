@@ -18,19 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import get_container
 from app.api.guards import Reader
 from app.container import Container
-from app.responses.store import ResponseTrace
 from app.services.errors import InvalidInput
-from app.services.responses import ResponseService
+from app.services.traces import TraceService
+from app.traces.store import Trace
 from ingest.vector_index import split_store_name
 
 router = APIRouter(tags=["responses"])
 
 
-def get_responses(container: Annotated[Container, Depends(get_container)]) -> ResponseService:
-    return container.responses
+def get_traces(container: Annotated[Container, Depends(get_container)]) -> TraceService:
+    return container.traces
 
 
-ResponsesDep = Annotated[ResponseService, Depends(get_responses)]
+TracesDep = Annotated[TraceService, Depends(get_traces)]
 
 
 class FeedbackIn(BaseModel):
@@ -55,7 +55,7 @@ class EventIn(BaseModel):
     citation: int | None = Field(None, ge=1, description="The [n] of the citation opened.")
 
 
-def response_object(trace: ResponseTrace, base_url: str) -> dict[str, Any]:
+def response_object(trace: Trace, base_url: str) -> dict[str, Any]:
     """The Responses-API view of a trace, with the trace fields added."""
     collection = split_store_name(trace.collection)[1]
     annotations = [
@@ -87,7 +87,7 @@ def response_object(trace: ResponseTrace, base_url: str) -> dict[str, Any]:
     return view
 
 
-def summary(trace: ResponseTrace) -> dict[str, Any]:
+def summary(trace: Trace) -> dict[str, Any]:
     return {
         "id": trace.response_id,
         "created_at": trace.created_at,
@@ -103,7 +103,7 @@ def summary(trace: ResponseTrace) -> dict[str, Any]:
 
 @router.get("/v1/responses")
 async def list_responses(
-    service: ResponsesDep,
+    service: TracesDep,
     principal: Reader,
     rating: Literal["up", "down"] | None = None,
     collection: str | None = None,
@@ -119,7 +119,7 @@ async def list_responses(
 
 @router.get("/v1/feedback/export", response_class=PlainTextResponse)
 async def export_feedback(
-    service: ResponsesDep,
+    service: TracesDep,
     principal: Reader,
     rating: Literal["up", "down"] | None = None,
     collection: str | None = None,
@@ -147,7 +147,7 @@ def _since(text: str | None) -> float | None:
 
 @router.get("/v1/responses/{response_id}", responses={404: {"description": "No such response"}})
 async def get_response(
-    response_id: str, request: Request, service: ResponsesDep, principal: Reader
+    response_id: str, request: Request, service: TracesDep, principal: Reader
 ) -> dict[str, Any]:
     """How an answer was made (question, search query, every chunk shown to the model, prompt, model,
     parameters, latency, usage) with its feedback as a list; accepts `resp_...`, `chatcmpl-...` and
@@ -164,7 +164,7 @@ async def get_response(
     },
 )
 async def post_feedback(
-    response_id: str, body: FeedbackIn, service: ResponsesDep, principal: Reader
+    response_id: str, body: FeedbackIn, service: TracesDep, principal: Reader
 ) -> dict[str, Any]:
     """Rate an answer (`{"rating": "up"|"down", "score": 0..1, "comment", "correction", "tags"}`, at least
     one of rating, score or correction). The same caller sending again replaces its feedback."""
@@ -177,6 +177,6 @@ async def post_feedback(
     status_code=204,
     responses={400: {"description": "Unknown type or citation"}, 404: {"description": "No such response"}},
 )
-async def post_event(response_id: str, event: EventIn, service: ResponsesDep, principal: Reader) -> None:
+async def post_event(response_id: str, event: EventIn, service: TracesDep, principal: Reader) -> None:
     """Engagement: `citation_opened` (with `citation`: its [n]), `copied`, `regenerated`, `shared`."""
     await service.event(response_id, event.type, event.citation, principal=principal)
