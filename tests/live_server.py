@@ -54,6 +54,12 @@ class Process:
         return self.log.read_text(errors="replace").splitlines()
 
 
+# For a server whose test is not about retrieval (its logs, keys, replicas): no embedding model to load
+# and no Chroma to open (ingest.embedder.HashingEmbedder, ingest.memory_index.MemoryIndex), so the
+# process is ready in a couple of seconds instead of ten. Everything else is the real server.
+NO_MODELS = {"RAGSERVER_EMBEDDING__PROVIDER": "hashing", "RAGSERVER_CHROMA__URL": "memory://"}
+
+
 def llm_env(llm) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Settings variables pointing a server process at a scripted LLM (no retries)."""
     return {

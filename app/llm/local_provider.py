@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import logging
 import os
 import re
@@ -76,6 +77,43 @@ class _Runaway:
         return False
 
 
+# Weights read from a GGUF file, by its content (`_file_key`): dequantizing takes seconds (16 s for SmolLM2 on
+# two cores), so a process that builds several LocalLLMs over one file (two containers in one eval
+# run, a fallback chain, the tests) reads it once. The model is only read by generate(), so instances
+# may share it; each keeps its own tokenizers and worker thread.
+_WEIGHTS: dict[str, tuple[Any, Any]] = {}
+_WEIGHTS_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> str:
+    """The file's name and size with a hash of its first and last MiB: the same model copied to
+    another data dir is the same key; another model, or a rewritten file, is not."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}\0{size}\0".encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        digest.update(fh.read(1 << 20))
+    return digest.hexdigest()
+
+
+def _read_weights(directory: Path, gguf_file: str) -> tuple[Any, Any]:
+    """The tokenizer and the eval-mode model of `directory/gguf_file`, read once per process."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = _file_key(directory / gguf_file)
+    with _WEIGHTS_LOCK:
+        found = _WEIGHTS.get(key)
+        if found is None:
+            tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, gguf_file=gguf_file, local_files_only=True
+            )
+            model.eval()
+            found = _WEIGHTS[key] = (tokenizer, model)
+        return found
+
+
 class LocalLLM:
     """A packaged GGUF model (SmolLM2-135M-Instruct unless `model` says otherwise) served in-process
     with transformers.
@@ -141,21 +179,15 @@ class LocalLLM:
             # No network at run time: the GGUF file is local, and nothing may fetch weights.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
 
             directory = Path(self.model_dir) if self.model_dir else materialise(self.model, self.models_dir)
             if not (directory / self.gguf_file).is_file():
                 raise LLMError(f"model file {directory / self.gguf_file} not found", provider=self._provider)
             torch.set_num_threads(self.num_threads)
-            tokenizer = AutoTokenizer.from_pretrained(
-                directory, gguf_file=self.gguf_file, local_files_only=True
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                directory, gguf_file=self.gguf_file, local_files_only=True
-            )
-            model.eval()
+            tokenizer, model = _read_weights(directory, self.gguf_file)
+            # Each instance has its own tokenizers (a fast tokenizer is not safe across threads).
             self._counter = copy.deepcopy(tokenizer)
-            self._tokenizer, self._model = tokenizer, model
+            self._tokenizer, self._model = copy.deepcopy(tokenizer), model
             self.load_seconds = time.perf_counter() - started
             logger.info(
                 "loaded %s in %.1fs (%d threads)", self.model_name, self.load_seconds, self.num_threads

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from app.cli.main import app as cli
 from app.devtools.scripted_llm import ScriptedOpenAIServer
-from tests.live_server import llm_env, serve_process
+from tests.live_server import NO_MODELS, llm_env, serve_process
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     root = tmp_path_factory.mktemp("replicas")
     prefix = f"ragserver-test:{os.getpid()}:{time.time_ns()}:"
     with ScriptedOpenAIServer(default_reply="Nothing to cite.") as llm:
-        env = llm_env(llm) | {
+        env = llm_env(llm) | NO_MODELS | {
             "RAGSERVER_AUTH__MODE": "api_key",
             "RAGSERVER_AUTH__RATE_LIMIT_URL": redis_url,
             "RAGSERVER_HISTORY__REDIS_URL": redis_url,

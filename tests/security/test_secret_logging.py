@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.devtools.scripted_llm import ScriptedOpenAIServer
-from tests.live_server import llm_env, serve_process
+from tests.live_server import NO_MODELS, llm_env, serve_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +52,7 @@ def wait_for(lines: list[str], expected: list[str], read) -> list[str]:  # type:
 def test_secrets_in_query_or_header_never_reach_the_logs(
     log_format: str, llm: ScriptedOpenAIServer, tmp_path: Path
 ) -> None:
-    env = llm_env(llm) | {"RAGSERVER_AUTH__MODE": "api_key"}
+    env = llm_env(llm) | NO_MODELS | {"RAGSERVER_AUTH__MODE": "api_key"}
     with serve_process(tmp_path / "data", env, "--log-format", log_format) as server:
         for query in QUERIES:
             assert httpx.get(f"{server.url}/v1/models{query}", timeout=30).status_code == 401
