@@ -1,4 +1,8 @@
-"""Typed dependencies: routes ask for a service, never for globals."""
+"""Typed dependencies: routes ask for a service, never for globals.
+
+They are `async def` although they never await: FastAPI runs a plain `def` dependency in its thread pool,
+a hop to another thread and back on every request for an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from app.services.document_service import DocumentService
 from app.services.retrieval_service import RetrievalService
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     """The composition root the lifespan opened."""
     return request.app.state.container  # type: ignore[no-any-return]
 
@@ -20,15 +24,15 @@ def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_chat(container: ContainerDep) -> ChatService:
+async def get_chat(container: ContainerDep) -> ChatService:
     return container.chat
 
 
-def get_documents(container: ContainerDep) -> DocumentService:
+async def get_documents(container: ContainerDep) -> DocumentService:
     return container.documents
 
 
-def get_retrieval(container: ContainerDep) -> RetrievalService:
+async def get_retrieval(container: ContainerDep) -> RetrievalService:
     return container.retrieval
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
+from sse_starlette import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 
@@ -29,6 +30,8 @@ SSEMessage = dict[str, str]
 RESPONSE_ID_HEADER = "X-Response-ID"
 # Keep-alive comment lines on a quiet stream, so proxies do not time the connection out.
 PING_S = 15
+# "\n" line ends, as OpenAI clients expect (some split on blank lines "\n\n").
+SEP = "\n"
 
 
 def sse_message(data: Any, event: str | None = None) -> SSEMessage:
@@ -57,44 +60,51 @@ class SSEEncoder:
         return []
 
 
-async def prime(events: AsyncGenerator[T, None], request: Request | None = None) -> AsyncGenerator[T, None]:
+async def prime(
+    events: AsyncGenerator[T, None], request: Request | None = None
+) -> tuple[list[T], AsyncGenerator[T, None]]:
     """Run a stream up to its first event, so errors before any output (unknown collection, bad
     prompt, server busy, deadline passed) still become a proper JSON error response instead of a
-    broken event stream. With `request`, a client that leaves meanwhile cancels it (`ClientDisconnect`)."""
-    # A chat stream's `StartEvent` (its ids) comes before any output but is not output: priming goes on
-    # to the first token, so a failure before the answer starts is still a JSON error.
-    head: list[T] = []
+    broken event stream. With `request`, a client that leaves meanwhile cancels it (`ClientDisconnect`).
+
+    Returns the events read so far and the stream, which goes on after them."""
+
+    async def head() -> list[T]:
+        # A chat stream's `StartEvent` (its ids) comes before any output but is not output: priming goes
+        # on to the first token, so a failure before the answer starts is still a JSON error.
+        read: list[T] = []
+        try:
+            while not read or isinstance(read[-1], StartEvent):
+                read.append(await anext(events))
+        except StopAsyncIteration:
+            pass
+        return read
+
     try:
-        while not head or isinstance(head[-1], StartEvent):
-            step = anext(events)
-            head.append(await (step if request is None else unless_disconnected(request, step)))
-    except StopAsyncIteration:
-        pass
+        # One watch on the connection for the whole head, not one per event.
+        return await (head() if request is None else unless_disconnected(request, head())), events
     except BaseException:
         await events.aclose()
         raise
 
-    async def rest() -> AsyncGenerator[T, None]:
-        # Closing this closes the stream under it at once (a client gone stops the generation).
-        async with aclosing(events):
-            for item in head:
-                yield item
-            async for item in events:
-                yield item
-
-    return rest()
-
 
 async def encode_stream(
-    events: AsyncGenerator[ChatEvent, None], encoder: SSEEncoder
-) -> AsyncIterator[SSEMessage]:
-    """The SSE messages of a chat stream; a failure mid-stream is reported in-band, since the 200
-    status line has already gone out: the same code and short message a JSON error would carry,
-    details in the server log only."""
-    for item in encoder.opening():
-        yield item
+    head: list[ChatEvent], events: AsyncGenerator[ChatEvent, None], encoder: SSEEncoder
+) -> AsyncIterator[SSEMessage | bytes]:
+    """The SSE messages of a chat stream that `head` began; a failure mid-stream is reported in-band,
+    since the 200 status line has already gone out: the same code and short message a JSON error would
+    carry, details in the server log only.
+
+    What was read before the response started goes out as one chunk: one write to the socket, not one
+    per message, before the first token reaches the client."""
+    # Closing this closes the stream under it at once (a client gone stops the generation).
     async with aclosing(events):
         try:
+            first = [*encoder.opening(), *(item for event in head for item in encoder.encode(event))]
+            if first:
+                yield b"".join(
+                    ServerSentEvent(m["data"], event=m.get("event"), sep=SEP).encode() for m in first
+                )
             async for event in events:
                 for item in encoder.encode(event):
                     yield item
@@ -115,7 +125,6 @@ async def sse_response(
 ) -> EventSourceResponse:
     """A streaming response for a chat stream, primed first (see `prime`): raises what the stream
     raises before its first event. `response_id` goes in the `X-Response-ID` header."""
-    primed = await prime(events, request)
+    head, rest = await prime(events, request)
     headers = {RESPONSE_ID_HEADER: response_id} if response_id else None
-    # "\n" line ends, as OpenAI clients expect (some split on blank lines "\n\n").
-    return EventSourceResponse(encode_stream(primed, encoder), ping=PING_S, sep="\n", headers=headers)
+    return EventSourceResponse(encode_stream(head, rest, encoder), ping=PING_S, sep=SEP, headers=headers)

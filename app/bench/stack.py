@@ -100,14 +100,17 @@ def stack_key(stack: Stack, tenant: str = "default", role: str = "admin") -> str
 
 
 @contextmanager
-def running(stack: Stack) -> Iterator[Stack]:
-    """Start the scripted LLM and the server; stop both on exit."""
+def running(stack: Stack, *, profile_to: Path | None = None) -> Iterator[Stack]:
+    """Start the scripted LLM and the server; stop both on exit. With `profile_to`, the server is
+    `app.bench.profiled_server` (the same app with a cProfile switch) writing its profiles there."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        args: list[str], log: str, env: dict[str, str] | None = None, module: str = "app.cli.main"
+    ) -> subprocess.Popen[bytes]:
         with open(stack.workdir / log, "wb") as out:  # the child keeps its own handle
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli.main", *args],
+                [sys.executable, "-m", module, *args],
                 env=env,
                 cwd=REPO,
                 stdout=out,
@@ -121,7 +124,11 @@ def running(stack: Stack) -> Iterator[Stack]:
         wait_http(f"{stack.llm_url}/v1/models", llm)
         stack.headers = {"Authorization": f"Bearer {stack_key(stack)}"}
         port = free_port()
-        server = spawn(["serve", "--port", str(port)], "server.log", stack.env)
+        if profile_to is None:
+            server = spawn(["serve", "--port", str(port)], "server.log", stack.env)
+        else:
+            args = ["--port", str(port), "--out", str(profile_to)]
+            server = spawn(args, "server.log", stack.env, module="app.bench.profiled_server")
         stack.url, stack.pid = f"http://127.0.0.1:{port}", server.pid
         wait_http(f"{stack.url}/readyz", server)
         yield stack

@@ -15,6 +15,7 @@ from rich.table import Table
 from app.bench.abuse import bench_abuse
 from app.bench.bluegreen import bench_bluegreen
 from app.bench.ingest import bench_ingest
+from app.bench.profile import bench_profile
 from app.bench.queries import bench_queries
 from app.bench.scale import bench_scale
 from app.bench.serve import bench_serve
@@ -54,6 +55,7 @@ app.add_typer(tune_app, name="tune")
 app.command("audit")(audit)
 bench_app.command("ingest")(bench_ingest)
 bench_app.command("serve")(bench_serve)
+bench_app.command("profile")(bench_profile)
 bench_app.command("scale")(bench_scale)
 bench_app.command("queries")(bench_queries)
 bench_app.command("abuse")(bench_abuse)

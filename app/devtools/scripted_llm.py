@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible HTTP server on loopback, for tests, benchmarks and demos.
 
-The real `openai` client talks real HTTP to it, streaming included:
+Real clients (`OpenAICompatibleLLM`, the `openai` client) talk real HTTP to it, streaming included:
 
     with ScriptedOpenAIServer() as server:
         server.enqueue_error(429)
@@ -47,6 +47,8 @@ class Step:
     delay_s: float = 0.0
     # Streaming only: drop the connection after this many text chunks.
     drop_after: int | None = None
+    # Streaming only: keep the body open this long after `data: [DONE]` (a server slow to end it).
+    hold_open_s: float = 0.0
 
 
 class ScriptedOpenAIServer:
@@ -69,6 +71,8 @@ class ScriptedOpenAIServer:
         # Off for long benchmark runs, where the list would only grow.
         self.record_requests = record_requests
         self.requests: list[dict[str, Any]] = []
+        # The client port of each chat request (as recorded): one port twice is one connection reused.
+        self.ports: list[int] = []
         self._steps: deque[Step] = deque()
         self._lock = threading.Lock()
         self._port = port
@@ -81,8 +85,10 @@ class ScriptedOpenAIServer:
         with self._lock:
             self._steps.append(step)
 
-    def enqueue_text(self, text: str, *, delay_s: float = 0.0, drop_after: int | None = None) -> None:
-        self.enqueue(Step(text=text, delay_s=delay_s, drop_after=drop_after))
+    def enqueue_text(
+        self, text: str, *, delay_s: float = 0.0, drop_after: int | None = None, hold_open_s: float = 0.0
+    ) -> None:
+        self.enqueue(Step(text=text, delay_s=delay_s, drop_after=drop_after, hold_open_s=hold_open_s))
 
     def enqueue_error(self, status: int, *, delay_s: float = 0.0) -> None:
         self.enqueue(Step(status=status, delay_s=delay_s))
@@ -95,10 +101,12 @@ class ScriptedOpenAIServer:
         with self._lock:
             return self._steps.popleft() if self._steps else Step()
 
-    def _record(self, body: dict[str, Any]) -> None:
+    def _record(self, body: dict[str, Any], request: Request | None = None) -> None:
         if self.record_requests:
             with self._lock:
                 self.requests.append(body)
+                if request is not None and request.client is not None:
+                    self.ports.append(request.client.port)
 
     def _reply(self, messages: list[dict[str, Any]]) -> str:
         reply = self.default_reply
@@ -169,7 +177,7 @@ class ScriptedOpenAIServer:
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
             body = await request.json()
-            self._record(body)
+            self._record(body, request)
             step = self._next_step()
             if step.delay_s:
                 await asyncio.sleep(step.delay_s)
@@ -189,7 +197,7 @@ class ScriptedOpenAIServer:
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             if body.get("stream"):
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                chunks = self._chunks(words, finish, usage if include_usage else None, step.drop_after)
+                chunks = self._chunks(words, finish, usage if include_usage else None, step)
                 return StreamingResponse(chunks, media_type="text/event-stream")
             if self.word_delay_s:
                 await asyncio.sleep(self.word_delay_s * len(words))
@@ -237,7 +245,7 @@ class ScriptedOpenAIServer:
         return app
 
     async def _chunks(
-        self, words: list[str], finish: str, usage: dict[str, int] | None, drop_after: int | None
+        self, words: list[str], finish: str, usage: dict[str, int] | None, step: Step
     ) -> AsyncIterator[str]:
         created = int(time.time())
 
@@ -255,7 +263,7 @@ class ScriptedOpenAIServer:
 
         yield chunk({"role": "assistant", "content": ""})
         for i, word in enumerate(words):
-            if drop_after is not None and i >= drop_after:
+            if step.drop_after is not None and i >= step.drop_after:
                 raise ConnectionAbortedError("scripted drop")  # uvicorn cuts the response mid-body
             if self.word_delay_s:
                 await asyncio.sleep(self.word_delay_s)
@@ -272,6 +280,8 @@ class ScriptedOpenAIServer:
             }
             yield f"data: {json.dumps(payload)}\n\n"
         yield "data: [DONE]\n\n"
+        if step.hold_open_s:
+            await asyncio.sleep(step.hold_open_s)
 
 
 def _error(status: int) -> JSONResponse:

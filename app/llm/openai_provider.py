@@ -1,16 +1,24 @@
-"""Any OpenAI-compatible chat endpoint: vLLM, OpenAI, Gemini's /v1beta/openai, the scripted test server."""
+"""Any OpenAI-compatible chat endpoint: vLLM, OpenAI, Gemini's /v1beta/openai, the scripted test server.
+
+Spoken over plain httpx: `POST {base_url}/chat/completions` (JSON, or Server-Sent Events with
+`stream`) and `GET {base_url}/models`, with `Authorization: Bearer <api_key>`. The `openai` client did the
+same for about 1.5 ms more of Python per call (typed-parameter transforms, request options, a pydantic
+object per stream chunk), and it dropped the connection after every stream (it stops reading at `[DONE]`,
+before the end of the body), so each streamed answer opened a new one. That was on the chat hot path,
+before the first token (docs/BENCHMARKS.md, "The chat hot path").
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
-import openai
-from openai import AsyncOpenAI
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,13 +43,72 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRYABLE_STATUS = {408, 409, 429}
+# The openai client's pool: room for many streams at once, and for keeping them open between answers.
+_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+# How long the end of a stream's body may take to follow its `data: [DONE]` (see `_chunks`).
+_DRAIN_S = 0.5
+
+
+class UpstreamError(Exception):
+    """The server answered, but with an error: a non-2xx status (`status_code`), or an error object in
+    place of a stream chunk (no status)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @classmethod
+    async def of(cls, response: httpx.Response) -> UpstreamError:
+        """The error of a non-2xx response (its body is read, and cut, for the message)."""
+        body = (await response.aread()).decode("utf-8", "replace")
+        return cls(f"HTTP {response.status_code}: {body[:500]}", response.status_code)
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in _RETRYABLE_STATUS or exc.status_code >= 500
-    # APITimeoutError is an APIConnectionError; raw httpx errors escape while a stream is being read.
-    return isinstance(exc, openai.APIConnectionError | httpx.TransportError)
+    if isinstance(exc, UpstreamError):
+        status = exc.status_code
+        return status is not None and (status in _RETRYABLE_STATUS or status >= 500)
+    # Connection errors and timeouts, before the response or while a stream is read.
+    return isinstance(exc, httpx.TransportError)
+
+
+def _usage(data: dict[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+async def _chunks(response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+    """The JSON chunks of a chat completions stream; UpstreamError for an error object in their place.
+
+    After `data: [DONE]` the rest of the body is read (a conforming server ends it right there), so the
+    connection goes back to the pool: closing a response before its end drops the connection. A server
+    that keeps the body open costs `_DRAIN_S` and a new connection next time, never the answer."""
+    lines = response.aiter_lines()
+    data: list[str] = []
+    done = False
+    async for line in lines:
+        if line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+            continue
+        if line or not data:  # another field (event:, id:, a comment), or a blank line alone
+            continue
+        payload, data = "\n".join(data), []
+        if payload.startswith("[DONE]"):
+            done = True
+            break
+        chunk = json.loads(payload)
+        if isinstance(chunk, dict) and chunk.get("error"):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamError(str(message or "an error occurred during streaming"))
+        yield chunk
+    if done:
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(_DRAIN_S):
+                async for _ in lines:
+                    pass
 
 
 async def _replay(head: list[Any], stream: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
@@ -88,8 +155,13 @@ class OpenAICompatibleLLM:
         self._health_timeout_s = health_timeout_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
-        # The client's own retries are off: tenacity owns the policy, so attempts are counted once.
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        # Retries are tenacity's alone (`_with_retries`), so attempts are counted once.
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout_s,
+            limits=_LIMITS,
+        )
 
     @property
     def _provider(self) -> str:
@@ -126,13 +198,13 @@ class OpenAICompatibleLLM:
             async for attempt in retrying:
                 with attempt:
                     return await call()
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+        except (UpstreamError, httpx.HTTPError) as exc:
             raise self._error(exc) from exc
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     def _error(self, exc: BaseException) -> LLMError:
-        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
-        timed_out = isinstance(exc, openai.APITimeoutError | httpx.TimeoutException)
+        status = exc.status_code if isinstance(exc, UpstreamError) else None
+        timed_out = isinstance(exc, httpx.TimeoutException)
         kind = "timed out" if timed_out else "failed"
         return LLMError(f"{kind}: {exc!r}", provider=self._provider, status_code=status, timed_out=timed_out)
 
@@ -146,42 +218,55 @@ class OpenAICompatibleLLM:
             timed_out=True,
         )
 
+    async def _post(self, request: dict[str, Any]) -> dict[str, Any]:
+        response = await self._client.post("/chat/completions", json=request)
+        if not response.is_success:
+            raise await UpstreamError.of(response)
+        data = response.json()
+        return data if isinstance(data, dict) else {}
+
     async def complete(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
     ) -> Completion:
         """Answer in one piece; raises LLMError once retries are spent or the call deadline passed."""
         request = self._request(messages, max_tokens, temperature)
         response = await run_until(
-            self._deadline(),
-            self._with_retries(lambda: self._client.chat.completions.create(**request)),
-            self._past_deadline,
+            self._deadline(), self._with_retries(lambda: self._post(request)), self._past_deadline
         )
-        if not response.choices:
+        choices = response.get("choices")
+        if not choices:
             raise LLMError("response had no choices", provider=self._provider)
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        if response.usage is not None:
-            usage = Usage(response.usage.prompt_tokens, response.usage.completion_tokens)
-        else:
-            usage = Usage(estimate_prompt_tokens(messages), estimate_tokens(text))
-        return Completion(text=text, model=self.model_name, usage=usage, finish_reason=choice.finish_reason)
+        choice = choices[0]
+        text = (choice.get("message") or {}).get("content") or ""
+        usage = _usage(response) or Usage(estimate_prompt_tokens(messages), estimate_tokens(text))
+        return Completion(
+            text=text, model=self.model_name, usage=usage, finish_reason=choice.get("finish_reason")
+        )
 
-    async def _open_stream(self, request: dict[str, Any]) -> tuple[Any, list[Any]]:
+    async def _open_stream(
+        self, request: dict[str, Any]
+    ) -> tuple[httpx.Response, AsyncGenerator[dict[str, Any], None], list[dict[str, Any]]]:
         """Open a stream and read up to the first chunk with text (or its end), so failures before
         the first token are retried with the rest of the request."""
-        stream = await self._client.chat.completions.create(
-            **request, stream=True, stream_options={"include_usage": True}
+        body = {**request, "stream": True, "stream_options": {"include_usage": True}}
+        response = await self._client.send(
+            self._client.build_request("POST", "/chat/completions", json=body), stream=True
         )
-        head: list[Any] = []
+        head: list[dict[str, Any]] = []
         try:
-            async for chunk in stream:
+            if not response.is_success:
+                raise await UpstreamError.of(response)
+            chunks = _chunks(response)
+            async for chunk in chunks:
                 head.append(chunk)
-                if chunk.usage is not None or any(c.delta.content for c in chunk.choices):
+                if chunk.get("usage") is not None or any(
+                    (c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()
+                ):
                     break
         except BaseException:
-            await stream.close()
+            await response.aclose()
             raise
-        return stream, head
+        return response, chunks, head
 
     async def stream(
         self, messages: Messages, *, max_tokens: int | None = None, temperature: float | None = None
@@ -190,7 +275,7 @@ class OpenAICompatibleLLM:
         deadline passes mid-stream: each read is bounded by it, not the time the caller holds a delta)."""
         request = self._request(messages, max_tokens, temperature)
         deadline = self._deadline()
-        stream, head = await run_until(
+        response, stream, head = await run_until(
             deadline, self._with_retries(lambda: self._open_stream(request)), self._past_deadline
         )
         usage: Usage | None = None
@@ -203,19 +288,20 @@ class OpenAICompatibleLLM:
                         chunk = await run_until(deadline, anext(chunks), self._past_deadline)
                     except StopAsyncIteration:
                         break
-                    if chunk.usage is not None:
-                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    for choice in chunk.choices:
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-                        if choice.delta.content:
+                    usage = _usage(chunk) or usage
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
                             n_deltas += 1
-                            yield LLMDelta(text=choice.delta.content, model=self.model_name)
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+                            yield LLMDelta(text=text, model=self.model_name)
+        except (UpstreamError, httpx.HTTPError) as exc:
             # Text already reached the caller: retrying would repeat it, so give up.
             raise self._error(exc) from exc
         finally:
-            await stream.close()
+            await stream.aclose()
+            await response.aclose()
         if usage is None:
             usage = Usage(estimate_prompt_tokens(messages), n_deltas)
         yield LLMDelta(text="", usage=usage, model=self.model_name, finish_reason=finish)
@@ -223,8 +309,9 @@ class OpenAICompatibleLLM:
     async def health(self) -> bool:
         """True when GET /models answers within the health timeout."""
         try:
-            client = self._client.with_options(timeout=self._health_timeout_s, max_retries=0)
-            await client.models.list()
+            response = await self._client.get("/models", timeout=self._health_timeout_s)
+            if not response.is_success:
+                raise UpstreamError(f"HTTP {response.status_code}", response.status_code)
         except Exception as exc:
             logger.info("%s: health check failed: %r", self._provider, exc)
             return False
@@ -232,4 +319,4 @@ class OpenAICompatibleLLM:
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
-        await self._client.close()
+        await self._client.aclose()

@@ -102,6 +102,8 @@ _HIDDEN = "\U000e0000-\U000e007f"
 # Control characters except tab, newline and carriage return (NUL, ESC, DEL, C1).
 _CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f"
 _FENCED_DROP = re.compile(f"[{_BIDI}{_HIDDEN}{_CONTROL}]")
+# The ASCII characters `inline` drops: controls (category Cc) that are not whitespace to Python.
+_ASCII_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f]")
 # Line breaks of every kind (CR, LF, NEL, vertical tab, form feed, line and paragraph separators).
 _ANY_SPACE = re.compile(r"\s+")
 
@@ -129,9 +131,13 @@ def inline(value: Any, limit: int = INLINE_LIMIT) -> str:
     zero-width and tag characters), all whitespace (newlines included) collapsed to single spaces, fence
     markers neutralised, capped at `limit` characters ("…" marks a cut). Idempotent; a normal title is
     unchanged."""
-    text = "".join(
-        ch if ch.isspace() else "" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in _text(value)
-    )
+    text = _text(value)
+    if text.isascii():  # the usual title: only C0 controls and DEL to drop, no character-by-character scan
+        text = _ASCII_CONTROL.sub("", text)
+    else:
+        text = "".join(
+            ch if ch.isspace() else "" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text
+        )
     text = neutralise_markers(_ANY_SPACE.sub(" ", text).strip())
     if len(text) > limit:
         text = text[: max(limit - 1, 0)].rstrip() + "\u2026"

@@ -69,11 +69,15 @@ def convex_fusion(
             normalised.append(dict.fromkeys(best, 1.0))
             floors.append(-1.0 if best else 0.0)
     keys = list(dict.fromkeys(key for n in normalised for key in n))
-    fused = {
-        key: sum(w * n.get(key, floor) for n, w, floor in zip(normalised, weights, floors, strict=True))
-        for key in keys
-    }
-    return sorted(fused.items(), key=lambda item: -item[1])
+    position = {key: i for i, key in enumerate(keys)}
+    # One array operation per list, in the order a per-key sum adds them (the same floats), and a stable
+    # sort (ties keep the order of first appearance): a dict and a sum per key cost more on the hot path.
+    fused = np.zeros(len(keys))
+    for n, w, floor in zip(normalised, weights, floors, strict=True):
+        column = np.full(len(keys), floor)
+        column[[position[key] for key in n]] = list(n.values())
+        fused += w * column
+    return [(keys[i], float(fused[i])) for i in np.argsort(-fused, kind="stable")]
 
 
 def fuse_hits(
@@ -83,8 +87,10 @@ def fuse_hits(
     weights: Sequence[float] | None = None,
     k: float = 60.0,
     by: Callable[[ScoredChunk], str] = lambda h: h.chunk_id,
+    limit: int | None = None,
 ) -> list[ScoredChunk]:
-    """Fuse hit rankings (`method` rrf | convex), keyed by chunk id (or by `by`, e.g. document id).
+    """Fuse hit rankings (`method` rrf | convex), keyed by chunk id (or by `by`, e.g. document id); the
+    best `limit` of them (all when None).
 
     Each fused hit is the first one seen for its key, carrying the fused score.
     """
@@ -98,7 +104,7 @@ def fuse_hits(
         fused = convex_fusion([[(by(h), h.score) for h in r] for r in rankings], weights)
     else:
         raise ValueError(f"unknown fusion method {method!r}; use rrf or convex")
-    return [_rescored(first[key], score) for key, score in fused]
+    return [_rescored(first[key], score) for key, score in fused[:limit]]
 
 
 def best_chunk_per_document(ranking: Sequence[ScoredChunk]) -> list[ScoredChunk]:

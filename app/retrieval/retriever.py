@@ -135,7 +135,11 @@ class Retriever:
         `ingest.filters` (FilterError when invalid); `rerank` None means "if configured".
         Scores are cosine similarity (dense), BM25 (bm25), the fused score (hybrid) or the reranker's.
         """
-        ranking = self._chunks(collection, query, self._mode(mode), parse_filters(filters), max(top_k, 1))
+        resolved, flt = self._mode(mode), parse_filters(filters)
+        # Hits are made only for what is returned or reranked (a fused ranking holds ~200 candidates).
+        reranking = rerank if rerank is not None else self.reranker is not None
+        keep = max(top_k, 1, self.fusion.rerank_top_n if reranking else 0)
+        ranking = self._chunks(collection, query, resolved, flt, max(top_k, 1), keep)
         ranking = self._rerank(collection, query, ranking, rerank)
         return self.hydrate(collection, ranking[:top_k])
 
@@ -194,16 +198,25 @@ class Retriever:
     # -- stages --------------------------------------------------------------------------------
 
     def _chunks(
-        self, collection: str, query: str, mode: str, flt: MetadataFilter | None, k: int
+        self,
+        collection: str,
+        query: str,
+        mode: str,
+        flt: MetadataFilter | None,
+        k: int,
+        keep: int | None = None,
     ) -> list[ScoredChunk]:
+        """The chunk ranking of `mode` from `max(k, candidates)` per stage; a fused one cut to `keep`."""
         n = max(k, self.fusion.candidates)
         if mode == "dense":
             return self._dense(collection, query, flt, n)
         if mode == "bm25":
             return self._bm25(collection, query, flt, n)
-        return self._fuse(list(self._stage_rankings(collection, query, flt, n)))
+        return self._fuse(list(self._stage_rankings(collection, query, flt, n)), limit=keep)
 
-    def _fuse(self, rankings: list[list[ScoredChunk]], by_document: bool = False) -> list[ScoredChunk]:
+    def _fuse(
+        self, rankings: list[list[ScoredChunk]], by_document: bool = False, limit: int | None = None
+    ) -> list[ScoredChunk]:
         f = self.fusion
         return fuse_hits(
             rankings,
@@ -211,6 +224,7 @@ class Retriever:
             weights=[f.dense_weight, f.bm25_weight],
             k=f.rrf_k,
             by=(lambda h: h.doc_id) if by_document else (lambda h: h.chunk_id),
+            limit=limit,
         )
 
     def _stage_rankings(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from app.llm.base import (
     NEXT_TURN,
     Messages,
     Usage,
+    approx_prompt_tokens,
     approx_tokens,
     context_window_of,
     prompt_token_counter,
@@ -426,13 +428,15 @@ class ChatService:
         sources: list[Citation],
         max_tokens: int,
     ) -> FittedPrompt[Citation]:
-        """`render`'s prompt fitted to the model's context window minus `max_tokens` (off the event loop:
-        the local model counts with its tokenizer)."""
+        """`render`'s prompt fitted to the model's context window minus `max_tokens` (off the event loop
+        when the model counts with its tokenizer, as the local one does)."""
         budget = context_window_of(self.llm, self.settings.llm.context_window) - max_tokens
         count = prompt_token_counter(self.llm)
-        return await asyncio.to_thread(
+        fit = functools.partial(
             fit_prompt, render, count, history, sources, budget, source_text=lambda s: s.text
         )
+        # A word-count estimate costs less than the hop to a worker thread and back.
+        return fit() if count is approx_prompt_tokens else await asyncio.to_thread(fit)
 
     async def _condense(self, question: str, history: list[dict[str, str]]) -> str:
         """A standalone search query from a follow-up and the conversation so far."""

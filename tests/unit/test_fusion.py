@@ -139,3 +139,18 @@ def test_fuse_hits_by_document_and_unknown_method() -> None:
     assert [h.score for h in fused] == pytest.approx([1.0, -1.0])
     with pytest.raises(ValueError, match="unknown fusion method"):
         fuse_hits([dense], method="borda")
+
+
+@pytest.mark.parametrize("method", ["rrf", "convex"])
+def test_fuse_hits_limit_keeps_the_head_of_the_full_ranking(method: str) -> None:
+    dense = [hit(f"d{i}::v::0", score=1.0 - i / 10) for i in range(8)]
+    bm25 = [hit(f"d{i}::v::0", score=float(i % 3)) for i in range(4, 12)]
+    full = fuse_hits([dense, bm25], method=method)
+    assert fuse_hits([dense, bm25], method=method, limit=3) == full[:3]
+    assert fuse_hits([dense, bm25], method=method, limit=100) == full
+
+
+def test_convex_fusion_ties_keep_the_order_of_first_appearance() -> None:
+    # Every key scores the same: the fused order is the order keys were first seen (dense, then bm25).
+    tied = convex_fusion([[("p", 1.0), ("q", 1.0)], [("r", 3.0), ("s", 3.0)]])
+    assert [key for key, _ in tied] == ["p", "q", "r", "s"]
