@@ -114,13 +114,17 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     root = tmp_path_factory.mktemp("replicas")
     prefix = f"ragserver-test:{os.getpid()}:{time.time_ns()}:"
     with ScriptedOpenAIServer(default_reply="Nothing to cite.") as llm:
-        env = llm_env(llm) | NO_MODELS | {
-            "RAGSERVER_AUTH__MODE": "api_key",
-            "RAGSERVER_AUTH__RATE_LIMIT_URL": redis_url,
-            "RAGSERVER_HISTORY__REDIS_URL": redis_url,
-            "RAGSERVER_HISTORY__KEY_PREFIX": prefix,
-            "RAGSERVER_DATABASE_URL": f"sqlite:///{root / 'shared.sqlite3'}",
-        }
+        env = (
+            llm_env(llm)
+            | NO_MODELS
+            | {
+                "RAGSERVER_AUTH__MODE": "api_key",
+                "RAGSERVER_AUTH__RATE_LIMIT_URL": redis_url,
+                "RAGSERVER_HISTORY__REDIS_URL": redis_url,
+                "RAGSERVER_HISTORY__KEY_PREFIX": prefix,
+                "RAGSERVER_DATABASE_URL": f"sqlite:///{root / 'shared.sqlite3'}",
+            }
+        )
         with serve_process(root / "one", env) as one, serve_process(root / "two", env) as two:
             yield {"one": one, "two": two, "env": env, "root": root}
     client = redis.Redis.from_url(redis_url)
