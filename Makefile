@@ -86,8 +86,10 @@ browser:
 		echo "chromium: not installed; the browser test will skip (it fails under CI=true)"; \
 	fi
 
+# Prints the suite's wall-clock time at the end (docs/BENCHMARKS.md records it).
 test: install redis postgres browser
-	$(BIN)/python -m pytest
+	@start=$$(date +%s); $(BIN)/python -m pytest; status=$$?; \
+		echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$status
 
 lint: install
 	$(BIN)/ruff check app ingest evals tests
