@@ -47,8 +47,6 @@ class Step:
     delay_s: float = 0.0
     # Streaming only: drop the connection after this many text chunks.
     drop_after: int | None = None
-    # Streaming only: keep the body open this long after `data: [DONE]` (a server slow to end it).
-    hold_open_s: float = 0.0
 
 
 class ScriptedOpenAIServer:
@@ -71,8 +69,6 @@ class ScriptedOpenAIServer:
         # Off for long benchmark runs, where the list would only grow.
         self.record_requests = record_requests
         self.requests: list[dict[str, Any]] = []
-        # The client port of each chat request (as recorded): one port twice is one connection reused.
-        self.ports: list[int] = []
         self._steps: deque[Step] = deque()
         self._lock = threading.Lock()
         self._port = port
@@ -85,10 +81,8 @@ class ScriptedOpenAIServer:
         with self._lock:
             self._steps.append(step)
 
-    def enqueue_text(
-        self, text: str, *, delay_s: float = 0.0, drop_after: int | None = None, hold_open_s: float = 0.0
-    ) -> None:
-        self.enqueue(Step(text=text, delay_s=delay_s, drop_after=drop_after, hold_open_s=hold_open_s))
+    def enqueue_text(self, text: str, *, delay_s: float = 0.0, drop_after: int | None = None) -> None:
+        self.enqueue(Step(text=text, delay_s=delay_s, drop_after=drop_after))
 
     def enqueue_error(self, status: int, *, delay_s: float = 0.0) -> None:
         self.enqueue(Step(status=status, delay_s=delay_s))
@@ -101,12 +95,10 @@ class ScriptedOpenAIServer:
         with self._lock:
             return self._steps.popleft() if self._steps else Step()
 
-    def _record(self, body: dict[str, Any], request: Request | None = None) -> None:
+    def _record(self, body: dict[str, Any]) -> None:
         if self.record_requests:
             with self._lock:
                 self.requests.append(body)
-                if request is not None and request.client is not None:
-                    self.ports.append(request.client.port)
 
     def _reply(self, messages: list[dict[str, Any]]) -> str:
         reply = self.default_reply
@@ -177,7 +169,7 @@ class ScriptedOpenAIServer:
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
             body = await request.json()
-            self._record(body, request)
+            self._record(body)
             step = self._next_step()
             if step.delay_s:
                 await asyncio.sleep(step.delay_s)
@@ -280,8 +272,6 @@ class ScriptedOpenAIServer:
             }
             yield f"data: {json.dumps(payload)}\n\n"
         yield "data: [DONE]\n\n"
-        if step.hold_open_s:
-            await asyncio.sleep(step.hold_open_s)
 
 
 def _error(status: int) -> JSONResponse:

@@ -3,15 +3,18 @@
 Spoken over plain httpx: `POST {base_url}/chat/completions` (JSON, or Server-Sent Events with
 `stream`) and `GET {base_url}/models`, with `Authorization: Bearer <api_key>`. The `openai` client did the
 same for about 1.5 ms more of Python per call (typed-parameter transforms, request options, a pydantic
-object per stream chunk), and it dropped the connection after every stream (it stops reading at `[DONE]`,
-before the end of the body), so each streamed answer opened a new one. That was on the chat hot path,
-before the first token (docs/BENCHMARKS.md, "The chat hot path").
+object per stream chunk), on the chat hot path before the first token (docs/BENCHMARKS.md, "The chat hot
+path, profiled").
+
+A stream is closed at its `data: [DONE]`, before the end of its body, which drops its connection, as the
+`openai` client did. Reading on to the end to keep the connection was measured slower with 64 streams at
+once: inside the answer it held a generation slot for a turn of the upstream's loop, and even done in the
+background the pool of kept connections cost more than connecting again on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -45,8 +48,6 @@ T = TypeVar("T")
 _RETRYABLE_STATUS = {408, 409, 429}
 # The openai client's pool: room for many streams at once, and for keeping them open between answers.
 _LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-# How long the end of a stream's body may take to follow its `data: [DONE]` (see `_chunks`).
-_DRAIN_S = 0.5
 
 
 class UpstreamError(Exception):
@@ -79,15 +80,10 @@ def _usage(data: dict[str, Any]) -> Usage | None:
     return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
-async def _chunks(response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
-    """The JSON chunks of a chat completions stream; UpstreamError for an error object in their place.
-
-    After `data: [DONE]` the rest of the body is read (a conforming server ends it right there), so the
-    connection goes back to the pool: closing a response before its end drops the connection. A server
-    that keeps the body open costs `_DRAIN_S` and a new connection next time, never the answer."""
-    lines = response.aiter_lines()
+async def _chunks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, Any], None]:
+    """The JSON chunks of a chat completions stream (its body's lines), up to `data: [DONE]`;
+    UpstreamError for an error object in place of a chunk."""
     data: list[str] = []
-    done = False
     async for line in lines:
         if line.startswith("data:"):
             data.append(line[6:] if line.startswith("data: ") else line[5:])
@@ -96,19 +92,13 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[dict[str, Any], No
             continue
         payload, data = "\n".join(data), []
         if payload.startswith("[DONE]"):
-            done = True
-            break
+            return
         chunk = json.loads(payload)
         if isinstance(chunk, dict) and chunk.get("error"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else None
             raise UpstreamError(str(message or "an error occurred during streaming"))
         yield chunk
-    if done:
-        with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            async with asyncio.timeout(_DRAIN_S):
-                async for _ in lines:
-                    pass
 
 
 async def _replay(head: list[Any], stream: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
@@ -256,7 +246,7 @@ class OpenAICompatibleLLM:
         try:
             if not response.is_success:
                 raise await UpstreamError.of(response)
-            chunks = _chunks(response)
+            chunks = _chunks(response.aiter_lines())
             async for chunk in chunks:
                 head.append(chunk)
                 if chunk.get("usage") is not None or any(

@@ -81,30 +81,6 @@ async def test_stream_deltas_join_to_text_and_last_carries_usage(server: Scripte
     assert server.requests[0]["stream_options"] == {"include_usage": True}
 
 
-async def test_answers_reuse_one_connection(server: ScriptedOpenAIServer) -> None:
-    # A stream is read to the end of its body (past `data: [DONE]`), so its connection goes back to the
-    # pool: a new connection per streamed answer cost a connect (a TLS handshake on a remote server).
-    llm = make_llm(server)
-    await collect(llm)
-    await collect(llm)
-    await llm.complete(MESSAGES)
-    await llm.aclose()
-    assert len(server.ports) == 3
-    assert len(set(server.ports)) == 1
-
-
-async def test_a_body_held_open_after_done_does_not_hold_the_answer(server: ScriptedOpenAIServer) -> None:
-    server.enqueue_text("all of it", hold_open_s=10)
-    llm = make_llm(server, timeout_s=5.0)
-    started = time.monotonic()
-    deltas = await collect(llm)
-    assert time.monotonic() - started < 2
-    assert "".join(d.text for d in deltas) == "all of it"
-    assert deltas[-1].usage is not None and deltas[-1].finish_reason == "stop"
-    assert "".join(d.text for d in await collect(llm)) == "This is a scripted reply."  # a new connection
-    await llm.aclose()
-
-
 async def test_rate_limit_is_retried_once_and_answers_once(server: ScriptedOpenAIServer) -> None:
     server.enqueue_error(429)
     server.enqueue_text("after the retry")
