@@ -19,8 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.bench.serve import _questions
-from app.bench.stack import REPO, ingest_subset, running, stack_env
+from app.bench.stack import bench_corpus, bench_questions, ingest_subset, running, stack_env
 
 
 async def _load(
@@ -106,9 +105,7 @@ def bench_bluegreen(
 ) -> None:
     """Chat under load through a blue/green rebuild: failed requests, answers per version, mixed
     answers. Last line: JSON."""
-    corpus = corpus or REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
-    if not corpus.exists():
-        raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
+    corpus = bench_corpus(corpus)
     if embedding_model is not None and not embedding_model.is_dir():
         raise typer.BadParameter(f"{embedding_model} is not a model directory")
     rebuild: dict[str, Any] = {}
@@ -127,7 +124,7 @@ def bench_bluegreen(
         with running(stack):
             typer.echo(f"chat load at concurrency {concurrency}; rebuilding with {rebuild} ...", err=True)
             result = asyncio.run(
-                _run(stack.url, stack.headers, _questions(corpus), concurrency, rebuild, after)
+                _run(stack.url, stack.headers, bench_questions(corpus), concurrency, rebuild, after)
             )
         # The server is down: read each version's chunk ids from its data dir.
         ids = _chunk_ids(stack.env, result["row"]["physical"])

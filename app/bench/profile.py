@@ -23,8 +23,7 @@ from typing import Annotated
 import typer
 
 from app.bench.profiled_server import PREFIX
-from app.bench.serve import _questions
-from app.bench.stack import REPO, Stack, ingest_subset, running, stack_env
+from app.bench.stack import REPO, Stack, bench_corpus, bench_questions, ingest_subset, running, stack_env
 from evals.stats import percentile
 
 WARMUP = 40
@@ -109,10 +108,8 @@ def bench_profile(
 ) -> None:
     """cProfile of the server's event loop over non-streamed and streamed /v1/chat requests against an
     instant scripted LLM. Last line: JSON (client p50 ms per kind)."""
-    corpus = corpus or REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
-    if not corpus.exists():
-        raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
-    questions = _questions(corpus)
+    corpus = bench_corpus(corpus)
+    questions = bench_questions(corpus)
     if len(questions) < 2 * requests + WARMUP:
         questions = (questions * (2 * requests + WARMUP))[: 2 * requests + WARMUP]
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-profile-") as tmp:

@@ -15,19 +15,8 @@ from typing import Annotated
 
 import typer
 
-from app.bench.stack import REPO, ingest_subset, running, stack_env
+from app.bench.stack import bench_corpus, bench_questions, ingest_subset, running, stack_env
 from evals.stats import percentile
-
-FALLBACK_QUESTIONS = [
-    "What is known about the effect of vitamin D on bone density?",
-    "Which genes are associated with breast cancer risk?",
-    "How does exercise affect insulin sensitivity?",
-    "What causes antibiotic resistance in bacteria?",
-    "Does smoking increase the risk of lung cancer?",
-    "What is the role of microRNA in gene regulation?",
-    "How do vaccines produce immunity?",
-    "What are the side effects of statins?",
-]
 
 
 def _is_token(line: str, chat: bool) -> bool:
@@ -38,16 +27,6 @@ def _is_token(line: str, chat: bool) -> bool:
         return False
     choices = json.loads(line[len("data: ") :]).get("choices") or []
     return bool(choices and (choices[0].get("delta") or {}).get("content"))
-
-
-def _questions(corpus: Path) -> list[str]:
-    """Distinct questions (a queries.jsonl beside the corpus, e.g. SciFact's claims), so no request
-    benefits from a repeated query."""
-    queries = corpus.parent / "queries.jsonl"
-    if queries.exists():
-        with queries.open() as handle:
-            return [json.loads(line)["text"] for line in handle if line.strip()]
-    return FALLBACK_QUESTIONS
 
 
 async def _fire(
@@ -112,16 +91,14 @@ def bench_serve(
     ] = None,
 ) -> None:
     """Streaming /v1/chat TTFT and throughput against an instant scripted LLM. Last line: JSON."""
-    corpus = corpus or REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
-    if not corpus.exists():
-        raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
+    corpus = bench_corpus(corpus)
     with tempfile.TemporaryDirectory(prefix="ragserver-bench-serve-") as tmp:
         stack = stack_env(Path(tmp), **({"RAGSERVER_RETRIEVAL_MODE": mode} if mode else {}))
         typer.echo(f"ingesting {docs} documents ...", err=True)
         ingest_subset(stack, corpus, docs)
         with running(stack):
             warm = min(requests, max(20, concurrency))
-            questions = _questions(corpus)
+            questions = bench_questions(corpus)
             asyncio.run(
                 _fire(
                     stack.url, concurrency, warm, chat=True, questions=questions[::-1], headers=stack.headers

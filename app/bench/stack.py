@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,39 @@ from pathlib import Path
 from app.devtools.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# The default corpus of the benchmarks (the repository's sibling `shared/` folder).
+SCIFACT_CORPUS = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+
+FALLBACK_QUESTIONS = [
+    "What is known about the effect of vitamin D on bone density?",
+    "Which genes are associated with breast cancer risk?",
+    "How does exercise affect insulin sensitivity?",
+    "What causes antibiotic resistance in bacteria?",
+    "Does smoking increase the risk of lung cancer?",
+    "What is the role of microRNA in gene regulation?",
+    "How do vaccines produce immunity?",
+    "What are the side effects of statins?",
+]
+
+
+def bench_corpus(corpus: Path | None) -> Path:
+    """`corpus`, or SciFact's by default; a usage error when the file is not there."""
+    import typer
+
+    corpus = corpus or SCIFACT_CORPUS
+    if not corpus.exists():
+        raise typer.BadParameter(f"corpus {corpus} not found; pass --corpus FILE.jsonl")
+    return corpus
+
+
+def bench_questions(corpus: Path) -> list[str]:
+    """Distinct questions (a queries.jsonl beside the corpus, e.g. SciFact's claims), so no request
+    benefits from a repeated query."""
+    queries = corpus.parent / "queries.jsonl"
+    if queries.exists():
+        with queries.open() as handle:
+            return [json.loads(line)["text"] for line in handle if line.strip()]
+    return FALLBACK_QUESTIONS
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
