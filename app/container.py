@@ -140,10 +140,7 @@ class Container:
         from ingest.onnx_encoder import build_query_embedder
 
         s = self.settings
-        threads = s.retrieval.query_threads
-        return build_query_embedder(
-            s.embedding, self.embedder, s.models_dir, threads=2 if threads is None else threads
-        )
+        return build_query_embedder(s.embedding, self.embedder, s.models_dir, threads=_query_threads(s))
 
     @cached_property
     def document_embedder(self) -> Embedder:
@@ -230,9 +227,8 @@ class Container:
         from ingest.onnx_encoder import build_query_embedder
 
         s = self.settings
-        threads = s.retrieval.query_threads
         query = build_query_embedder(
-            s.embedding, self.embedder_for(key), s.models_dir, threads=2 if threads is None else threads
+            s.embedding, self.embedder_for(key), s.models_dir, threads=_query_threads(s)
         )
         built = build_retriever(s.retrieval, self.store, query, self.bm25)
         with self._versions_lock:
@@ -532,3 +528,13 @@ def open_container_sync(settings: Settings | Container | None = None) -> Iterato
             yield container
         finally:
             runner.run(manager.__aexit__(None, None, None))
+
+
+def _query_threads(settings: Settings) -> int:
+    """ONNX Runtime intra-op threads a query gets (`retrieval.query_threads`; None picks per precision:
+    1 for int8, whose single query is faster on one thread, 2.7 against 3.5 ms; 2 for fp32, 6.5 against
+    8.2 ms)."""
+    threads = settings.retrieval.query_threads
+    if threads is not None:
+        return threads
+    return 1 if settings.embedding.query_precision == "int8" else 2

@@ -50,10 +50,10 @@ def embedder():
 
 @pytest.fixture(scope="session")
 def query_embedder(embedder, onnx_cache_dir: Path):
-    """The default query encoder: the ONNX Runtime export of the same model (exported once)."""
+    """The default query encoder: the int8 ONNX Runtime export of the same model (made once)."""
     from ingest.onnx_encoder import load_onnx_encoder
 
-    return load_onnx_encoder(embedder, onnx_cache_dir)
+    return load_onnx_encoder(embedder, onnx_cache_dir, precision="int8")
 
 
 @pytest.fixture

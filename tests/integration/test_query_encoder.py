@@ -24,8 +24,8 @@ TEXTS = [
 ]
 
 
-def test_onnx_vectors_match_the_torch_model(embedder, query_embedder) -> None:
-    assert isinstance(query_embedder, OnnxSentenceEncoder)
+def test_onnx_vectors_match_the_torch_model(embedder, onnx_cache_dir: Path) -> None:
+    query_embedder = load_onnx_encoder(embedder, onnx_cache_dir, precision="fp32")
     # One padded batch of different lengths (one truncated), and each text on its own.
     batched = query_embedder.embed(TEXTS)
     single = np.vstack([query_embedder.embed([t]) for t in TEXTS])
@@ -44,13 +44,14 @@ def test_a_cached_export_is_reused(embedder, query_embedder, onnx_cache_dir: Pat
         raise AssertionError("the cached export should have been used")
 
     monkeypatch.setattr(onnx_encoder, "_export", no_export)
-    again = load_onnx_encoder(embedder, onnx_cache_dir)
+    monkeypatch.setattr(onnx_encoder, "_quantize", no_export)
+    again = load_onnx_encoder(embedder, onnx_cache_dir, precision="int8")
     assert again.path == query_embedder.path
     assert list(onnx_cache_dir.glob("*.tmp")) == []
 
 
 def test_a_corrupt_cache_file_is_exported_again(embedder, query_embedder, tmp_path: Path, caplog) -> None:
-    broken = tmp_path / query_embedder.path.name
+    broken = tmp_path / query_embedder.path.name.replace(".int8.onnx", ".onnx")  # the fp32 export
     broken.write_bytes(b"not an onnx model")
     with caplog.at_level(logging.WARNING, logger="ingest.onnx_encoder"):
         encoder = load_onnx_encoder(embedder, tmp_path)
@@ -65,11 +66,15 @@ def test_an_export_that_disagrees_is_never_used(embedder, onnx_cache_dir: Path, 
         load_onnx_encoder(embedder, onnx_cache_dir)
 
     with caplog.at_level(logging.WARNING, logger="ingest.embedder"):
-        chosen = build_query_embedder(EmbeddingSettings(query_backend="auto"), embedder, onnx_cache_dir)
+        chosen = build_query_embedder(
+            EmbeddingSettings(query_backend="auto", query_precision="fp32"), embedder, onnx_cache_dir
+        )
     assert chosen is embedder
     assert "query embeddings use torch" in caplog.text
     with pytest.raises(OnnxExportError):
-        build_query_embedder(EmbeddingSettings(query_backend="onnx"), embedder, onnx_cache_dir)
+        build_query_embedder(
+            EmbeddingSettings(query_backend="onnx", query_precision="fp32"), embedder, onnx_cache_dir
+        )
 
 
 def test_backend_torch_skips_onnx(embedder, tmp_path: Path) -> None:
@@ -111,7 +116,7 @@ def test_concurrent_queries_are_batched_into_the_right_rows(embedder, query_embe
     futures = [batcher.submit([q]) for q in queries]
     gate.set()
     got = np.vstack([f.result(timeout=30) for f in futures])
-    assert np.abs(got - embedder.embed(queries)).max() < 1e-5
+    assert np.abs(got - query_embedder.embed(queries)).max() < 1e-5
 
 
 def test_the_container_embeds_queries_with_onnx_by_default(make_container, query_embedder) -> None:
@@ -170,3 +175,32 @@ def test_documents_through_onnx_match_torch_in_their_order(embedder, onnx_cache_
         build_document_embedder(
             EmbeddingSettings(provider="openai", document_backend="onnx"), embedder, onnx_cache_dir
         )
+
+
+def test_int8_queries_point_where_the_torch_vectors_do(embedder, onnx_cache_dir: Path) -> None:
+    chosen = build_query_embedder(EmbeddingSettings(query_precision="int8"), embedder, onnx_cache_dir)
+    assert isinstance(chosen, OnnxSentenceEncoder)
+    fp32 = chosen.path.with_name(chosen.path.name.replace(".int8.onnx", ".onnx"))
+    assert chosen.path.name.endswith(".int8.onnx") and chosen.path.stat().st_size < 0.7 * fp32.stat().st_size
+    assert chosen.model_id == embedder.model_id  # the collection's model: only the query side is int8
+    got, want = chosen.embed(TEXTS), embedder.embed(TEXTS)
+    cosines = np.sum(got * want, axis=1)
+    assert cosines.min() >= onnx_encoder.MIN_INT8_COSINE and np.abs(got - want).max() > 1e-4
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # Ranks like the torch model: each text's nearest neighbour among the others is the same.
+    assert (np.argsort(-got @ want.T, axis=1)[:, 0] == np.arange(len(TEXTS))).all()
+    # The same vector alone as in any batch (dynamic quantization would otherwise scale by the batch).
+    alone = np.vstack([chosen.embed([t]) for t in TEXTS])
+    assert np.array_equal(alone, got) and np.array_equal(chosen.embed(TEXTS[::-1]), got[::-1])
+    assert list(onnx_cache_dir.glob("*.tmp")) == []
+
+
+def test_an_int8_copy_that_disagrees_is_never_used(
+    embedder, onnx_cache_dir: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr(onnx_encoder, "MIN_INT8_COSINE", 1.01)
+    with pytest.raises(OnnxExportError, match="cosine"):
+        load_onnx_encoder(embedder, onnx_cache_dir, precision="int8")
+    with caplog.at_level(logging.WARNING, logger="ingest.onnx_encoder"):
+        chosen = build_query_embedder(EmbeddingSettings(query_precision="int8"), embedder, onnx_cache_dir)
+    assert chosen is embedder and "query embeddings use torch" in caplog.text

@@ -108,11 +108,11 @@ def test_tune_embedder_writes_a_model_that_serves_like_the_packaged_one(
 
     tuned = SentenceTransformerEmbedder(out)
     assert tuned.dim == 384 and tuned.max_seq_length == 256  # the base's length, not the training one
-    onnx = build_query_embedder(
-        EmbeddingSettings(query_backend="onnx", model_path=str(out)), tuned, onnx_cache_dir
-    )
     texts = ["volcano eruptions", "sourdough"]
-    assert np.abs(onnx.embed(texts) - tuned.embed(texts)).max() < 1e-4
+    for precision, close in (("fp32", 1e-4), ("int8", 0.05)):  # int8: checked by cosine at load
+        settings = EmbeddingSettings(query_backend="onnx", query_precision=precision, model_path=str(out))
+        onnx = build_query_embedder(settings, tuned, onnx_cache_dir)
+        assert np.abs(onnx.embed(texts) - tuned.embed(texts)).max() < close, precision
 
 
 def test_tune_embedder_on_pairs_alone(tmp_path: Path) -> None:
