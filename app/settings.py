@@ -81,6 +81,11 @@ class LLMSettings(BaseModel):
     local_model: Literal["smollm2", "qwen2.5-0.5b"] = "qwen2.5-0.5b"
     local_model_dir: str | None = None
     local_gguf_file: str | None = None
+    # How the local GGUF model runs: "openvino" (OpenVINO GenAI: converted once into <data_dir>/models,
+    # keyed by the file's content, then loaded in seconds; prefill ~10x the transformers runtime here),
+    # "transformers" (the model dequantized to full precision at every start: slow, 3-5 GB), or "auto"
+    # (openvino, else transformers with a warning).
+    local_runtime: Literal["auto", "openvino", "transformers"] = "auto"
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     # Local model: >1 discourages repeating tokens, the prompt's included, so it also discourages copying

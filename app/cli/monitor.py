@@ -48,7 +48,7 @@ def report(
                 "out": str(out),
                 "answers": overall["answers"],
                 "thumbs_up_rate": overall["thumbs_up_rate"],
-                "no_answer_rate": overall["no_answer_rate"],
+                "abstained_rate": overall["abstained_rate"],
             }
         )
     )

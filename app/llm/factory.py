@@ -30,6 +30,7 @@ def build_llm(settings: LLMSettings, models_dir: Path | None = None) -> LLM:
             repetition_penalty=settings.repetition_penalty,
             model=settings.local_model,
             models_dir=models_dir,
+            runtime=settings.local_runtime,
         )
     elif settings.provider == "openai":
         primary = _openai(settings.base_url or OPENAI_BASE_URL, settings.api_key, settings.model, settings)

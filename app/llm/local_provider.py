@@ -14,13 +14,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from app.llm.base import NEXT_TURN, Completion, LLMDelta, LLMError, Messages, Usage, approx_prompt_tokens
 from app.llm.local_models import LOCAL_MODELS, materialise
+from app.llm.openvino_runtime import ConversionError, OpenVINOEngine, prepare
+
+# How the GGUF model runs: OpenVINO GenAI (converted once, cached), the dequantized transformers model,
+# or "auto" (OpenVINO, else transformers with a warning).
+RUNTIMES = ("auto", "openvino", "transformers")
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +143,7 @@ class LocalLLM:
         repetition_penalty: float = 1.0,
         model: str = "smollm2",
         models_dir: Path | None = None,
+        runtime: str = "auto",
     ) -> None:
         if model not in LOCAL_MODELS:
             raise ValueError(f"unknown local model {model!r}; one of {', '.join(LOCAL_MODELS)}")
@@ -152,7 +158,12 @@ class LocalLLM:
         self.default_max_tokens = default_max_tokens
         self.default_temperature = default_temperature
         self.num_threads = num_threads or _default_threads()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown local runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
+        self.requested_runtime = runtime
+        self.runtime: str | None = None  # what serves it, once loaded: "openvino" or "transformers"
         self.load_seconds: float | None = None
+        self._engine: OpenVINOEngine | None = None
         self._model: Any = None
         self._tokenizer: Any = None
         # A copy of the tokenizer for counting prompts on other threads while the worker generates.
@@ -180,21 +191,45 @@ class LocalLLM:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch
 
+            model: Any = None
             directory = Path(self.model_dir) if self.model_dir else materialise(self.model, self.models_dir)
-            if not (directory / self.gguf_file).is_file():
-                raise LLMError(f"model file {directory / self.gguf_file} not found", provider=self._provider)
-            torch.set_num_threads(self.num_threads)
-            tokenizer, model = _read_weights(directory, self.gguf_file)
-            # Each instance has its own tokenizers (a fast tokenizer is not safe across threads).
-            self._counter = copy.deepcopy(tokenizer)
-            self._tokenizer, self._model = copy.deepcopy(tokenizer), model
+            gguf = directory / self.gguf_file
+            if not gguf.is_file():
+                raise LLMError(f"model file {gguf} not found", provider=self._provider)
+            if self.requested_runtime != "transformers":
+                try:
+                    converted = prepare(gguf, self.models_dir, _file_key(gguf))
+                    self._engine = OpenVINOEngine(converted, self.num_threads)
+                    self.runtime = "openvino"
+                except (ConversionError, ImportError, RuntimeError) as exc:
+                    if self.requested_runtime == "openvino":
+                        raise LLMError(
+                            f"OpenVINO cannot serve {gguf.name}: {exc}", provider=self._provider
+                        ) from exc
+                    logger.warning(
+                        "%s: OpenVINO failed (%s); falling back to transformers", self._provider, exc
+                    )
+            if self._engine is None:
+                torch.set_num_threads(self.num_threads)
+                tokenizer, model = _read_weights(directory, self.gguf_file)
+                # Each instance has its own tokenizers (a fast tokenizer is not safe across threads).
+                self._counter = copy.deepcopy(tokenizer)
+                self._tokenizer = copy.deepcopy(tokenizer)
+                self.runtime = "transformers"
+            self._model = model if self._engine is None else self._engine
             self.load_seconds = time.perf_counter() - started
             logger.info(
-                "loaded %s in %.1fs (%d threads)", self.model_name, self.load_seconds, self.num_threads
+                "loaded %s on %s in %.1fs (%d threads)",
+                self.model_name,
+                self.runtime,
+                self.load_seconds,
+                self.num_threads,
             )
 
     def count_prompt_tokens(self, messages: Messages) -> int:
         """Exact prompt length in tokens, chat template included (an estimate before `load`)."""
+        if self._engine is not None:
+            return len(self._engine.chat_ids(messages))
         if self._counter is None:
             return approx_prompt_tokens(messages)
         with self._count_lock:
@@ -266,19 +301,111 @@ class LocalLLM:
         max_tokens: int | None,
         temperature: float | None,
         stop: threading.Event,
-        streamer: Any = None,
+        emit: Callable[[str], None] | None = None,
     ) -> tuple[str, Usage, str]:
-        """Blocking generation, run on the executor's thread: (text, usage, finish reason)."""
+        """Blocking generation, run on the executor's thread: (text, usage, finish reason); `emit`
+        gets the text as it grows, piece by piece."""
+        if stop.is_set():  # the caller left (or the model was closed) while this waited its turn
+            return "", Usage(0, 0), "cancelled"
+        if self._engine is not None:
+            return self._generate_openvino(self._engine, messages, max_tokens, temperature, stop, emit)
+        return self._generate_transformers(messages, max_tokens, temperature, stop, emit)
+
+    def _budget(self, max_tokens: int | None, temperature: float | None) -> tuple[int, float]:
+        max_new = max_tokens if max_tokens is not None else self.default_max_tokens
+        max_new = max(1, min(max_new, self.context_window // 2))
+        return max_new, temperature if temperature is not None else self.default_temperature
+
+    def _prompt_ids(self, engine: OpenVINOEngine, messages: Messages, max_new: int) -> list[int]:
+        """The prompt's token ids, cut from the middle as a last resort as `_prepare` does."""
+        ids = engine.chat_ids(messages)
+        room = self.context_window - max_new
+        if len(ids) <= room:
+            return ids
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        head = min(len(engine.chat_ids(system)) if system else 0, room // 2)
+        logger.warning(
+            "%s: prompt of %d tokens over the %d left for it: cut from the middle",
+            self._provider,
+            len(ids),
+            room,
+        )
+        return ids[:head] + ids[len(ids) - (room - head) :]
+
+    def _generate_openvino(
+        self,
+        engine: OpenVINOEngine,
+        messages: Messages,
+        max_tokens: int | None,
+        temperature: float | None,
+        stop: threading.Event,
+        emit: Callable[[str], None] | None,
+    ) -> tuple[str, Usage, str]:
+        max_new, temp = self._budget(max_tokens, temperature)
+        ids = self._prompt_ids(engine, messages, max_new)
+        prompt_len = len(ids)
+        guard = _Runaway(prompt_len, engine.decode)
+        produced: list[int] = []
+        shown = ""
+
+        def on_token(token: int) -> bool:
+            nonlocal shown
+            if token in engine.stop_token_ids:
+                return True
+            produced.append(token)
+            if emit is not None:
+                text = engine.decode(produced)
+                # A token may end inside a multi-byte character: wait for the rest of it.
+                if not text.endswith("\ufffd") and text.startswith(shown) and len(text) > len(shown):
+                    emit(text[len(shown) :])
+                    shown = text
+            return stop.is_set() or guard.check(ids + produced)
+
+        out = engine.generate(
+            ids,
+            max_new_tokens=max_new,
+            temperature=temp,
+            repetition_penalty=self.repetition_penalty,
+            on_token=on_token,
+        )
+        hit_eos = bool(out) and out[-1] in engine.stop_token_ids
+        new_ids = produced
+        finish = "stop" if hit_eos or guard.reason or len(new_ids) < max_new else "length"
+        if guard.reason == "loop":  # keep one copy of what repeated
+            new_ids = new_ids[: len(new_ids) - 2 * guard.period]
+        if stop.is_set():
+            finish = "cancelled"
+        text = engine.decode(new_ids)
+        if emit is not None and text.startswith(shown) and len(text) > len(shown) and finish != "cancelled":
+            emit(text[len(shown) :])
+        return text, Usage(prompt_len, len(produced)), finish
+
+    def _generate_transformers(
+        self,
+        messages: Messages,
+        max_tokens: int | None,
+        temperature: float | None,
+        stop: threading.Event,
+        emit: Callable[[str], None] | None,
+    ) -> tuple[str, Usage, str]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
         class _StopWhenSet(StoppingCriteria):
             # Lets a cancelled request (client gone) free the model at the next token.
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
-        if stop.is_set():  # the caller left (or the model was closed) while this waited its turn
-            return "", Usage(0, 0), "cancelled"
+        streamer = None
+        if emit is not None:
+            sink: Callable[[str], None] = emit
+
+            class _EmitStreamer(TextStreamer):
+                def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                    if text:
+                        sink(text)
+
+            streamer = _EmitStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = self._prepare(messages, max_tokens, temperature)
         prompt_len = kwargs["input_ids"].shape[1]
         tokenizer = self._tokenizer
@@ -355,8 +482,6 @@ class LocalLLM:
     ) -> AsyncIterator[LLMDelta]:
         """Yield text as tokens are generated; a generation thread feeds an asyncio queue."""
         await self._ensure_loaded()
-        from transformers import TextStreamer
-
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = self._new_stop()
@@ -367,18 +492,14 @@ class LocalLLM:
             except RuntimeError:  # the loop is closed: nobody is reading any more
                 stop.set()
 
-        class _LoopStreamer(TextStreamer):
-            # TextIteratorStreamer's blocking queue would need a thread parked per waiting reader;
-            # handing each piece to the loop keeps the bridge free of blocking calls.
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text and not stop.is_set():
-                    post(text)
-
-        streamer = _LoopStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+        def emit(text: str) -> None:
+            # Each piece is handed to the loop: a blocking queue would park a thread per waiting reader.
+            if text and not stop.is_set():
+                post(text)
 
         def run() -> None:
             try:
-                result: Any = self._generate(messages, max_tokens, temperature, stop, streamer)
+                result: Any = self._generate(messages, max_tokens, temperature, stop, emit)
             except BaseException as exc:  # handed to the reader, which raises it as LLMError
                 result = exc
             post((_DONE, result))

@@ -37,6 +37,7 @@ from app.llm.base import (
     prompt_token_counter,
 )
 from app.prompting import PromptRegistry, neutral_inputs
+from app.services.answer_text import ABSTAINED, AnswerFilter, filtered, renumbered, says_dont_know, tidy
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
     ChatEvent,
@@ -196,6 +197,7 @@ class ChatService:
                 finish: str | None = None
                 usage = Usage(prompt_tokens=0, completion_tokens=0)
                 model = self.llm.model_name
+                shown = AnswerFilter([s.n for s in prepared.sources])
                 started = time.perf_counter()
                 span = self._llm_span(prepared)
                 deltas = self.llm.stream(
@@ -220,7 +222,10 @@ class ChatService:
                                 self.metrics.llm_ttft.observe(time.perf_counter() - started)
                                 ttft_ms = (time.perf_counter() - prepared.started) * 1000
                             parts.append(delta.text)
-                            yield TokenEvent(delta.text)
+                            if piece := shown.feed(delta.text):
+                                yield TokenEvent(piece)
+                    if rest := shown.flush():
+                        yield TokenEvent(rest)
                 finally:
                     aclose = getattr(deltas, "aclose", None)
                     if aclose is not None:
@@ -477,8 +482,17 @@ class ChatService:
         finish: str | None = None,
         response_id: str | None = None,
     ) -> ChatResult:
-        answer = trim_transcript(answer)
-        citations = attribute(answer, prepared.sources)
+        sources = prepared.sources
+        answer, shown = filtered(trim_transcript(answer), [s.n for s in sources])
+        answer = tidy(answer)
+        abstained = not answer or not sources or says_dont_know(answer)
+        if abstained:
+            # Nothing the sources hold: say so, cite nothing (a "maybe" source would lend it authority).
+            answer, citations = ABSTAINED, []
+        elif shown.numbers:
+            citations = shown.cited(sources)
+        else:  # no markers: the sources holding its words, numbered 1..k in that order
+            citations = [renumbered(c, i) for i, c in enumerate(attribute(answer, sources), start=1)]
         checked = grounding(answer, citations)
         if checked.score is not None:
             self.metrics.grounding.observe(checked.score)
@@ -501,6 +515,7 @@ class ChatService:
             model=model,
             usage=usage_dict,
             finish_reason="length" if finish == "length" else "stop",
+            abstained=abstained,
             grounding=checked.to_dict(),
             collection=prepared.collection,
             collection_version=str(prepared.retrieval.get("collection_version", "v1")),

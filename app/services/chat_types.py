@@ -110,6 +110,11 @@ class ChatResult(BaseModel):
     finish_reason: str = Field(
         "stop", description='"stop", or "length" when the answer was cut at max_tokens.'
     )
+    abstained: bool = Field(
+        False,
+        description='Whether the answer says the sources do not hold one ("The documents don\'t say."; no '
+        "citations) instead of answering.",
+    )
     grounding: dict[str, Any] | None = Field(
         None,
         description="Judge-free check of the answer's numbers, dates and names against its citations: "

@@ -25,6 +25,22 @@ _ANSWERISH = re.compile(
 )
 # A rewrite far longer than the conversation's question is a drift, not a rewrite.
 MAX_REWRITE_WORDS = 40
+# Code a model wrote instead of a question ("SELECT wife FROM people WHERE name = 'Volta';").
+_CODE = re.compile(
+    r"\b(select\s.+\sfrom|insert\s+into|update\s+\w+\s+set|delete\s+from|create\s+table)\b|"
+    r"[`{};]|\w+\s*\(.*\)\s*$|\b\w+\s*==?\s*['\"\d]",
+    re.IGNORECASE,
+)
+# How a question starts, when it does not end with "?".
+_QUESTION_START = re.compile(
+    r"^\W*(who|whom|whose|what|when|where|which|why|how|is|are|was|were|do|does|did|can|could|"
+    r"should|would|will|has|have|had|name|list|tell|describe|explain)\b",
+    re.IGNORECASE,
+)
+# Words that stand for the conversation's subject in a follow-up ("What did it invent in 1800?").
+_PRONOUN = re.compile(
+    r"\b(it|its|he|him|his|she|her|hers|they|them|their|theirs|this|that|these|those)\b", re.I
+)
 
 
 def _last(history: Sequence[dict[str, str]], role: str) -> str:
@@ -32,12 +48,16 @@ def _last(history: Sequence[dict[str, str]], role: str) -> str:
 
 
 def usable_rewrite(rewrite: str, question: str, history: Sequence[dict[str, str]]) -> bool:
-    """Whether the model's standalone query can be searched with: not empty, not the transcript, not a
-    copy of an answer, not a drift (it must share a word with the follow-up or the last user turn)."""
+    """Whether the model's standalone query can be searched with: a question (not code, not a
+    statement), not the transcript, not a copy of an answer, not a drift (it must share a word with the
+    follow-up or the last user turn), and, when the follow-up names its subject with a pronoun, naming
+    that subject (a word of the conversation before it that the follow-up lacks)."""
     text = rewrite.strip()
     if len(text) < 3 or _TRANSCRIPT.search(text) or len(text.split()) > MAX_REWRITE_WORDS:
         return False
-    if _ANSWERISH.match(text):
+    if _ANSWERISH.match(text) or _CODE.search(text):
+        return False
+    if not (text.endswith("?") or _QUESTION_START.match(text)):
         return False
     terms = content_terms(text)
     if not terms:
@@ -49,7 +69,14 @@ def usable_rewrite(rewrite: str, question: str, history: Sequence[dict[str, str]
             if answer_terms and len(terms & answer_terms) / len(terms) >= 0.8 and not text.endswith("?"):
                 return False
     anchor = content_terms(question) | content_terms(_last(history, "user"))
-    return bool(terms & anchor)
+    if not terms & anchor:
+        return False
+    if _PRONOUN.search(question):
+        subject = (content_terms(_last(history, "user")) | content_terms(_last(history, "assistant"))) - (
+            content_terms(question)
+        )
+        return bool(terms & subject)
+    return True
 
 
 def deterministic_rewrite(question: str, history: Sequence[dict[str, str]]) -> str:

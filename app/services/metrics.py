@@ -89,7 +89,7 @@ class Metrics:
         )
         self.answers = Counter(
             "ragserver_answers_total",
-            "Answers by outcome (cited, uncited, no_answer, error)",
+            "Answers by outcome (answered, abstained, refused, error)",
             ["outcome", "prompt", "model"],
             registry=r,
         )

@@ -58,7 +58,7 @@ def figures(traces: Sequence[Trace]) -> dict[str, Any]:
         "ratings": {"up": ratings.count("up"), "down": ratings.count("down")},
         "feedback_rate": round(sum(1 for t in traces if t.feedback) / n, 4) if n else None,
         "engagement_per_answer": {k: round(v / n, 4) for k, v in sorted(events.items())} if n else {},
-        "no_answer_rate": round(sum(t.outcome == "no_answer" for t in traces) / n, 4) if n else None,
+        "abstained_rate": round(sum(t.outcome == "abstained" for t in traces) / n, 4) if n else None,
         "outcomes": dict(
             sorted(
                 defaultdict(
@@ -153,7 +153,7 @@ def _plots(summary: dict[str, Any], traces: Sequence[Trace]) -> dict[str, str]:
         ),
         "Thumbs-up rate": [r["thumbs_up_rate"] for r in rows],
         "Feedback rate": [r["feedback_rate"] for r in rows],
-        "No-answer rate": [r["no_answer_rate"] for r in rows],
+        "Abstained rate": [r["abstained_rate"] for r in rows],
         "Engagement events per answer": [sum(r["engagement_per_answer"].values()) for r in rows],
     }
     out: dict[str, str] = {}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
+from app.services.answer_text import is_refusal
 from app.services.chat_types import ChatResult, Citation
 from app.services.errors import InvalidInput
 from app.services.metrics import Metrics
@@ -27,12 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# An answer that says it has none (checked on the answer's first sentences).
-_NO_ANSWER = re.compile(
-    r"\b(i (do not|don't|cannot|can't) (know|find|answer)|(no|not enough) (information|answer)|"
-    r"(is|are) not (mentioned|stated|given|provided)|the (sources|context) (do|does) not)\b",
-    re.IGNORECASE,
-)
 MAX_TEXT = 20_000
 MAX_TAGS = 20
 
@@ -49,9 +43,11 @@ def caller_of(principal: Principal) -> str:
 
 
 def outcome_of(result: ChatResult) -> str:
-    if not result.answer.strip() or not result.contexts or _NO_ANSWER.search(result.answer[:300]):
-        return "no_answer"
-    return "cited" if result.citations else "uncited"
+    """`abstained` (the sources hold no answer), `refused` (the model declined), else `answered`;
+    `error` is recorded by `answer_failed`."""
+    if result.abstained:
+        return "abstained"
+    return "refused" if is_refusal(result.answer) else "answered"
 
 
 @dataclass

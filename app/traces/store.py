@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 RATINGS = ("up", "down")
 EVENT_TYPES = ("citation_opened", "copied", "regenerated", "shared")
-OUTCOMES = ("cited", "uncited", "no_answer", "error")
+OUTCOMES = ("answered", "abstained", "refused", "error")
 # Ids clients see for one response: ours, and the OpenAI-compatible ones built from it.
 _ID_PREFIXES = ("resp_", "chatcmpl-", "cmpl-")
 

@@ -65,7 +65,7 @@ def test_a_chat_answer_is_traced_under_its_id(kb: TestClient) -> None:
         and trace["latency_ms"]["total"] >= trace["latency_ms"]["retrieve"]
     )
     assert trace["usage"]["completion_tokens"] > 0
-    assert trace["outcome"] == "cited" and trace["feedback"] == [] and trace["key_id"] is None
+    assert trace["outcome"] == "answered" and trace["feedback"] == [] and trace["key_id"] is None
     assert trace["output"][0]["content"][0]["annotations"][0]["type"] == "url_citation"
     assert kb.get("/v1/responses/resp_unknown").json()["error"]["code"] == "response_not_found"
 
@@ -145,7 +145,9 @@ def test_feedback_events_and_metrics(kb: TestClient) -> None:
     metrics = kb.get("/metrics").text
     assert 'ragserver_feedback_total{rating="down"} 2.0' in metrics
     assert 'ragserver_engagement_events_total{type="citation_opened"} 1.0' in metrics
-    assert 'ragserver_answers_total{model="scripted-model",outcome="cited",prompt="answer@v4"} 1.0' in metrics
+    assert (
+        'ragserver_answers_total{model="scripted-model",outcome="answered",prompt="answer@v4"} 1.0' in metrics
+    )
     assert 'ragserver_retrieval_top_score_count{collection="kb"}' in metrics
     listed = kb.get("/v1/responses", params={"rating": "down"}).json()["responses"]
     assert [r["id"] for r in listed] == [rid] and listed[0]["corrections"] == ["On Sicily."]

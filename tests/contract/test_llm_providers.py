@@ -79,9 +79,12 @@ class TestOpenAICompatibleOverHTTP(LLMContract):
 @pytest.fixture(scope="class")
 def smollm2() -> Iterator[LocalLLM]:
     """The local provider as the tests configure it (RAGSERVER_LLM__LOCAL_MODEL=smollm2), loaded once."""
-    settings = Settings(_env_file=None).llm  # type: ignore[call-arg]
+    configured = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = configured.llm
     assert settings.local_model == "smollm2"
-    llm = build_llm(settings.model_copy(update={"provider": "local", "max_tokens": 24}))
+    llm = build_llm(
+        settings.model_copy(update={"provider": "local", "max_tokens": 24}), configured.models_dir
+    )
     assert isinstance(llm, LocalLLM)
     llm.load()
     yield llm
@@ -112,6 +115,6 @@ class TestLocalSmolLM2(LLMContract):
             # The local model's upstream is its GGUF file: a corrupt one fails the load, with a raw
             # ValueError from transformers that must reach the caller as LLMError.
             (tmp_path / smollm2.gguf_file).write_bytes(b"not a gguf file" * 64)
-            return LocalLLM(model_dir=str(tmp_path), model="smollm2")
+            return LocalLLM(model_dir=str(tmp_path), model="smollm2", models_dir=tmp_path / "models")
 
         return Subject(smollm2, fail=fail)

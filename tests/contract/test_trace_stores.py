@@ -60,7 +60,7 @@ def trace(rid: str, *, collection: str = "kb", created_at: float | None = None) 
         answer="In Sicily [1].",
         citations=[{"n": 1, "document_id": "d1"}],
         finish_reason="stop",
-        outcome="cited",
+        outcome="answered",
         grounding=1.0,
         usage={"prompt_tokens": 100, "completion_tokens": 5},
         latency_ms={"retrieve": 12.5, "ttft": 40.0, "total": 90.0},

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -18,11 +20,14 @@ LONG = [{"role": "user", "content": "Write a short poem about the sea."}]
 COUNTING = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
 
 
-@pytest.fixture(scope="module")
-def llm() -> LocalLLM:
-    model = LocalLLM(default_max_tokens=24, default_temperature=0.0)
+@pytest.fixture(scope="module", params=["openvino", "transformers"])
+def llm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LocalLLM:
+    """The model on each runtime: OpenVINO (the default) and the transformers fallback."""
+    models = Path(os.environ.get("RAGSERVER_EMBEDDING__ONNX_CACHE_DIR") or tmp_path_factory.mktemp("models"))
+    model = LocalLLM(default_max_tokens=24, default_temperature=0.0, runtime=request.param, models_dir=models)
     model.load()
-    print(f"\nSmolLM2 load: {model.load_seconds:.1f}s, {model.num_threads} threads")
+    assert model.runtime == request.param
+    print(f"\nSmolLM2 load on {model.runtime}: {model.load_seconds:.1f}s, {model.num_threads} threads")
     return model
 
 
@@ -102,6 +107,7 @@ def sharing(llm: LocalLLM, **options: int) -> LocalLLM:
     """A second LocalLLM on the already loaded weights, with its own worker (for tests that close it)."""
     other = LocalLLM(default_max_tokens=24, **options)
     other._model, other._tokenizer, other._counter = llm._model, llm._tokenizer, llm._counter
+    other._engine, other.runtime = llm._engine, llm.runtime
     return other
 
 
@@ -109,9 +115,12 @@ async def test_a_cancelled_call_stops_at_once_and_a_queued_one_never_starts(
     llm: LocalLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prepared: list[object] = []
-    prepare = llm._prepare
+    name = f"_generate_{llm.runtime}"  # where a generation reaches the model
+    reach = getattr(llm, name)
     monkeypatch.setattr(
-        llm, "_prepare", lambda messages, *args: prepared.append(messages) or prepare(messages, *args)
+        llm,
+        name,
+        lambda *args: prepared.append(args[1] if llm.runtime == "openvino" else args[0]) or reach(*args),
     )
     running = asyncio.create_task(llm.complete(COUNTING, max_tokens=1000))
     await asyncio.sleep(1.0)  # generating now; the next two wait for the single worker
@@ -155,9 +164,14 @@ def test_an_over_long_prompt_is_cut_from_the_middle_keeping_the_system_message(l
             "content": "Sources: " + "lorem ipsum " * 400 + "\nQuestion: what is the capital of France?",
         },
     ]
-    kwargs = small._prepare(messages, 32, 0.0)
-    assert kwargs["input_ids"].shape[1] == 256 - 32
-    text = llm._tokenizer.decode(kwargs["input_ids"][0])
+    if llm._engine is not None:
+        ids = small._prompt_ids(llm._engine, messages, 32)
+        assert len(ids) == 256 - 32
+        text = llm._engine.decode(ids)
+    else:
+        kwargs = small._prepare(messages, 32, 0.0)
+        assert kwargs["input_ids"].shape[1] == 256 - 32
+        text = llm._tokenizer.decode(kwargs["input_ids"][0])
     assert "You are Ragbot, a careful assistant." in text  # a left cut would have dropped it
     assert "what is the capital of France?" in text and text.rstrip().endswith("assistant")
 

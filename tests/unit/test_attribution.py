@@ -82,6 +82,28 @@ def test_unusable_rewrites_are_refused(rewrite: str, usable: bool) -> None:
     assert usable_rewrite(rewrite, "And what about weekends?", HISTORY) is usable
 
 
+VOLTA = [
+    {"role": "user", "content": "Who did Alessandro Volta marry?"},
+    {"role": "assistant", "content": "Alessandro Volta married Teresa Peregrini [1]."},
+]
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "usable"),
+    [
+        ("What did Alessandro Volta invent in 1800?", True),
+        ("What did Volta invent in 1800", True),  # a question without its "?"
+        ("Who invented in 1800?", False),  # the subject lost: "it" was Volta
+        ("What did it invent in 1800?", False),  # the pronoun kept: still no subject
+        ("SELECT invention FROM inventions WHERE inventor = 'Volta' AND year = 1800;", False),  # SQL
+        ("`invent(1800)`", False),  # code
+        ("Volta invented the voltaic pile in 1800.", False),  # a statement, not a question
+    ],
+)
+def test_condensed_queries_must_be_questions_about_the_conversation(rewrite: str, usable: bool) -> None:
+    assert usable_rewrite(rewrite, "What did it invent in 1800?", VOLTA) is usable
+
+
 def test_the_deterministic_rewrite_keeps_the_topic() -> None:
     query = deterministic_rewrite("And what about weekends?", HISTORY)
     assert query.startswith("What is the daily per-diem allowance?") and query.endswith(

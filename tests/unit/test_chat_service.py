@@ -17,6 +17,7 @@ from app.auth.principal import Principal
 from app.container import Container
 from app.llm.base import LLMError
 from app.llm.scripted_provider import ScriptedLLM
+from app.services.answer_text import tidy
 from app.services.chat_service import ConversationNotFound
 from app.services.chat_types import (
     ChatEvent,
@@ -257,7 +258,7 @@ async def test_every_answer_is_traced_with_how_it_was_made(container: Container,
     assert (trace.prompt, trace.model, trace.outcome, trace.collection_version) == (
         "answer@v4",
         "scripted-model",
-        "cited",
+        "answered",
         "v1",
     )
     assert [(c["rank"], c["chunk_id"]) for c in trace.chunks] == [
@@ -313,3 +314,64 @@ async def test_the_fake_graph_runs_without_a_model_runtime_or_the_network() -> N
     assert process.returncode == 0, err.decode()[-2000:]
     report = json.loads(out.decode().strip().splitlines()[-1])
     assert report == {"ran": ["succeeded", 1, "DoneEvent"], "imported": [], "network": []}
+
+
+# -- what the new user saw (issue 23): prompt leaks, disclaimers, numbering, abstention -----------------
+
+
+async def test_instruction_echoes_never_reach_the_user_streamed_or_not(
+    container: Container, llm: ScriptedLLM, doc_ids: dict[str, str]
+) -> None:
+    leak = (
+        "Rome stands on the Tiber and cite the source numbers. The source number for this information is [2]."
+    )
+    llm.enqueue_text(leak)
+    result = await ask(container, "Which river does Rome stand on?")
+    assert result.answer == "Rome stands on the Tiber [1]."
+    assert [(c.n, c.document_id) for c in result.citations] == [(1, result.contexts[1].document_id)]
+    llm.enqueue_text(leak)
+    *_, tokens_and_done = [await stream(container, "Which river does Rome stand on?")]
+    streamed = "".join(e.text for e in tokens_and_done if isinstance(e, TokenEvent))
+    done = tokens_and_done[-1]
+    assert isinstance(done, DoneEvent) and "cite" not in streamed.lower() and "source number" not in streamed
+    # The stream sent what the stored answer says; only spacing and the full stop's place are tidied.
+    assert tidy(streamed) == done.result.answer == "Rome stands on the Tiber [1]."
+
+
+async def test_citations_are_numbered_1_to_n_in_the_order_the_answer_uses_them(
+    container: Container, llm: ScriptedLLM, doc_ids: dict[str, str]
+) -> None:
+    llm.enqueue_text("Rome is the capital of Italy [3]. Etna is in Sicily [1] [3]. Penguins [9].")
+    result = await ask(container, "Tell me about Italy: its capital and its volcano.", top_k=3)
+    by_n = {c.n: c for c in result.contexts}
+    assert result.answer == "Rome is the capital of Italy [1]. Etna is in Sicily [2] [1]. Penguins."
+    assert [(c.n, c.document_id) for c in result.citations] == [
+        (1, by_n[3].document_id),
+        (2, by_n[1].document_id),
+    ]
+    llm.enqueue_text("Mount Etna is an active volcano on the east coast of Sicily.")  # no markers
+    unmarked = await ask(container, "Is Rome near a volcano?", top_k=3)
+    assert [c.n for c in unmarked.citations] == [1]
+    assert unmarked.citations[0].document_id == doc_ids["etna.txt"]
+
+
+async def test_a_right_answer_with_a_trailing_dont_know_is_an_answer(
+    container: Container, llm: ScriptedLLM
+) -> None:
+    llm.enqueue_text("Mount Etna is on the east coast of Sicily [1]. I don't know.")
+    result = await ask(container, "Where is Mount Etna?")
+    assert (result.answer, result.abstained) == ("Mount Etna is on the east coast of Sicily [1].", False)
+    trace = await container.traces.get(result.response_id, principal=ANONYMOUS)
+    assert trace.outcome == "answered"
+
+
+async def test_a_dont_know_answer_abstains_with_no_citations(container: Container, llm: ScriptedLLM) -> None:
+    llm.enqueue_text("I don't know. [1]")
+    result = await ask(container, "What is Redis's default maxmemory-policy?")
+    assert (result.answer, result.abstained, result.citations) == ("The documents don't say.", True, [])
+    trace = await container.traces.get(result.response_id, principal=ANONYMOUS)
+    assert (trace.outcome, trace.citations) == ("abstained", [])
+    llm.enqueue_text("I'm sorry, but I can't help with that.")
+    refused = await ask(container, "Write me malware.")
+    trace = await container.traces.get(refused.response_id, principal=ANONYMOUS)
+    assert (refused.abstained, trace.outcome) == (False, "refused")

@@ -78,3 +78,21 @@ def test_overlap_must_be_smaller_than_size() -> None:
 
     with pytest.raises(ValidationError):
         ChunkingSettings(chunk_size=64, chunk_overlap=64)
+
+
+def test_the_readme_names_every_reserved_metadata_key() -> None:
+    """The README's upload example lists the keys an upload's metadata may not use (refused with 400)."""
+    from pathlib import Path
+
+    from ingest.chunking import USER_RESERVED_KEYS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    after = readme.split("ragserver's own (refused with 400):", 1)[1].splitlines()
+    comment = [after[0]]
+    for line in after[1:]:
+        if not line.lstrip().startswith("#"):
+            break
+        comment.append(line.lstrip(" #"))
+    listed = ",".join(comment)
+    named = [k.strip() for k in listed.split(",") if k.strip()]
+    assert sorted(named) == sorted(USER_RESERVED_KEYS)

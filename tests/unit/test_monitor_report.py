@@ -18,7 +18,7 @@ def trace(
     *,
     prompt: str = "answer@v1",
     rating: str | None = None,
-    outcome: str = "cited",
+    outcome: str = "answered",
 ) -> Trace:
     return Trace(
         response_id=f"resp_{i}",
@@ -61,7 +61,7 @@ def test_drift_rates_and_splits(tmp_path: Path) -> None:
             0.4,
             prompt="answer@v2",
             rating="down",
-            outcome="no_answer" if i < 5 else "cited",
+            outcome="abstained" if i < 5 else "answered",
         )
         for i in range(10)
     ]
@@ -70,7 +70,7 @@ def test_drift_rates_and_splits(tmp_path: Path) -> None:
     overall = summary["overall"]
     assert overall["answers"] == 20 and overall["ratings"] == {"up": 5, "down": 10}
     assert overall["thumbs_up_rate"] == round(5 / 15, 4) and overall["feedback_rate"] == 0.75
-    assert overall["no_answer_rate"] == 0.25 and overall["judge"] == {"faithfulness": 0.5}
+    assert overall["abstained_rate"] == 0.25 and overall["judge"] == {"faithfulness": 0.5}
     drift = summary["top_score_drift"]
     assert drift["mean_shift"] == -0.4 and drift["ks_statistic"] == 1.0
     assert set(summary["by"]["prompt"]) == {"answer@v1", "answer@v2"}

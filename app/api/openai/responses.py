@@ -159,6 +159,7 @@ class ResponseShape:
                 "response_id": result.response_id,
                 "prompt": result.prompt,
                 "model": result.model,
+                "abstained": result.abstained,
             }
         return out
 

@@ -137,7 +137,12 @@ def _extras(result: ChatResult) -> dict[str, Any]:
     """ragserver's additions to an OpenAI answer: its citations and what produced it."""
     return {
         "citations": [c.to_dict() for c in result.citations],
-        "ragserver": {"response_id": result.response_id, "prompt": result.prompt, "model": result.model},
+        "ragserver": {
+            "response_id": result.response_id,
+            "prompt": result.prompt,
+            "model": result.model,
+            "abstained": result.abstained,
+        },
     }
 
 

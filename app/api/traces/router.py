@@ -82,6 +82,7 @@ def response_object(trace: Trace, base_url: str) -> dict[str, Any]:
             }
         ],
         output_text=trace.answer,
+        abstained=trace.outcome == "abstained",
         collection=collection,
     )
     return view
@@ -95,6 +96,7 @@ def summary(trace: Trace) -> dict[str, Any]:
         "question": trace.question,
         "answer": trace.answer[:500],
         "outcome": trace.outcome,
+        "abstained": trace.outcome == "abstained",
         "ratings": [f.rating for f in trace.feedback if f.rating],
         "corrections": [f.correction for f in trace.feedback if f.correction],
         "reviewed": any(f.reviewed for f in trace.feedback),
