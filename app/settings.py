@@ -173,6 +173,17 @@ class PromptSettings(BaseModel):
     openai_inline_citations: bool = True
 
 
+class AnswerSettings(BaseModel):
+    # Abstain ("The documents don't say.", `abstained: true`, no citations) when the model says it does
+    # not know, or when the answerability model (app/services/answerability.py) puts the chance that
+    # the sources hold no answer at or above its fitted threshold. False: only the model's own "I don't
+    # know" abstains.
+    abstain: bool = True
+    # A model fitted by `ragserver eval answerability --out DIR` (DIR/answerability.json); None: the
+    # shipped one.
+    abstain_model: str | None = None
+
+
 class CollectionSettings(BaseModel):
     # Blue/green collections: how long a process keeps a collection's resolved version before asking
     # the database again (a switch reaches every replica within this).
@@ -349,6 +360,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     collections: CollectionSettings = CollectionSettings()
     prompts: PromptSettings = PromptSettings()
+    answers: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()

@@ -198,6 +198,10 @@ def _quantize(source: Path, path: Path) -> None:
 
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
+    # quantize_dynamic advises "pre-processing" on the root logger: it changes nothing for this graph.
+    advice = logging.Filter()
+    advice.filter = lambda record: "pre-processing before quantization" not in record.getMessage()  # type: ignore[method-assign]
+    logging.getLogger().addFilter(advice)
     try:
         quantize_dynamic(
             source, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
@@ -207,6 +211,7 @@ def _quantize(source: Path, path: Path) -> None:
     except Exception as exc:
         raise OnnxExportError(f"quantizing the ONNX export to int8 failed: {exc}") from exc
     finally:
+        logging.getLogger().removeFilter(advice)
         if os.path.exists(tmp):
             os.unlink(tmp)
 

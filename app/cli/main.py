@@ -23,6 +23,7 @@ from app.cli.collections import collections_app
 from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option
 from app.cli.db import db_app
 from app.cli.dev import dev_app
+from app.cli.eval_answerability import eval_answerability
 from app.cli.eval_rag import compare as eval_compare
 from app.cli.eval_rag import rag as eval_rag
 from app.cli.eval_retrieval import retrieval
@@ -63,6 +64,7 @@ bench_app.command("bluegreen")(bench_bluegreen)
 eval_app.command("retrieval")(retrieval)
 eval_app.command("rag")(eval_rag)
 eval_app.command("compare")(eval_compare)
+eval_app.command("answerability")(eval_answerability)
 
 console = Console(stderr=True)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -48,7 +50,26 @@ def converted_dir(models_dir: Path, gguf: Path, key: str) -> Path:
 
 
 def prepare(gguf: Path, models_dir: Path, key: str) -> Path:
-    """The directory of `gguf`'s OpenVINO model: converted now if it is not there yet."""
+    """The directory of `gguf`'s OpenVINO model: converted now, in a child process, if it is not there
+    yet (the conversion peaks at ~1.7 GB for Qwen2.5-0.5B; a server that did it in its own process
+    would keep that memory)."""
+    target = converted_dir(models_dir, gguf, key)
+    if all((target / name).is_file() for name in _MODEL_FILES):
+        return target
+    done = subprocess.run(
+        [sys.executable, "-m", "app.llm.openvino_runtime", str(gguf), str(models_dir), key],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not all((target / name).is_file() for name in _MODEL_FILES):
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise ConversionError(f"converting {gguf.name} for OpenVINO failed: {' '.join(tail)}")
+    return target
+
+
+def convert(gguf: Path, models_dir: Path, key: str) -> Path:
+    """Convert `gguf` into its directory under `models_dir` (what `prepare`'s child process runs)."""
     target = converted_dir(models_dir, gguf, key)
     if all((target / name).is_file() for name in _MODEL_FILES):
         return target
@@ -96,13 +117,13 @@ def _readable_as_is(gguf: Path) -> bool:
     return all(t.tensor_type.name in _READABLE for t in reader.tensors)
 
 
-def requantize(source: Path, target: Path) -> None:
-    """Copy `source` to `target` with every tensor OpenVINO cannot read re-quantized to Q8_0."""
+def requantize(source: Path, target: Path, keep: frozenset[str] = _READABLE) -> None:
+    """Copy `source` to `target` with every tensor whose type is not in `keep` (the types OpenVINO
+    reads) re-quantized to Q8_0."""
     import gguf as gguf_lib
     from gguf.quants import dequantize, quantize
 
     kinds = gguf_lib.GGMLQuantizationType
-    keep = {kinds.F32, kinds.F16, kinds.Q8_0, kinds.Q4_0, kinds.Q4_1}
     reader = gguf_lib.GGUFReader(source)
     arch = reader.fields["general.architecture"].contents()
     writer = gguf_lib.GGUFWriter(str(target), arch)
@@ -116,7 +137,7 @@ def requantize(source: Path, target: Path) -> None:
             value = int(gguf_lib.LlamaFileType.MOSTLY_Q8_0)
         writer.add_key_value(f.name, value, value_type, sub_type=sub_type)
     for t in reader.tensors:
-        if t.tensor_type in keep:
+        if t.tensor_type.name in keep:
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
         else:
             values = dequantize(t.data, t.tensor_type)
@@ -207,3 +228,12 @@ class OpenVINOEngine:
         with self._turn:
             self._pipeline.generate(inputs, config, _Streamer())
         return produced
+
+
+if __name__ == "__main__":  # python -m app.llm.openvino_runtime GGUF MODELS_DIR KEY
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        print(convert(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))
+    except ConversionError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)

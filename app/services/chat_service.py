@@ -38,6 +38,7 @@ from app.llm.base import (
 )
 from app.prompting import PromptRegistry, neutral_inputs
 from app.services.answer_text import ABSTAINED, AnswerFilter, filtered, renumbered, says_dont_know, tidy
+from app.services.answerability import evidence, load_model
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
     ChatEvent,
@@ -486,6 +487,19 @@ class ChatService:
         answer, shown = filtered(trim_transcript(answer), [s.n for s in sources])
         answer = tidy(answer)
         abstained = not answer or not sources or says_dont_know(answer)
+        if answer and sources:
+            # The evidence is recorded for every answer (the fitting data of `ragserver eval answerability`).
+            marked = shown.cited(sources) if shown.numbers else attribute(answer, sources)
+            found = evidence(prepared.search_query, answer, sources, marked)
+            judged: dict[str, Any] = found.to_dict()
+            answers = self.settings.answers
+            fitted = load_model(answers.abstain_model) if answers.abstain else None
+            if fitted is not None:
+                flagged, p = fitted.abstain(found)
+                abstained = abstained or flagged
+                judged["p_unanswerable"] = round(p, 4)
+            judged["abstained"] = abstained
+            prepared.retrieval["answerability"] = judged
         if abstained:
             # Nothing the sources hold: say so, cite nothing (a "maybe" source would lend it authority).
             answer, citations = ABSTAINED, []
