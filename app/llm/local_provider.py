@@ -1,7 +1,12 @@
 """A small local model on CPU (`llm.local_model`: Qwen2.5-Coder-0.5B-Instruct by default, or
 SmolLM2-135M-Instruct: `app/llm/local_models.py`), from a GGUF file that ships in pip packages.
 
-transformers and torch are imported in `load()` only, so importing this module stays cheap.
+It runs on OpenVINO GenAI (`app/llm/openvino_runtime.py`: converted once, loaded in seconds, prefill
+~10x the transformers runtime on 2 cores), or on transformers with the GGUF dequantized to full precision
+(`llm.local_runtime = transformers`, and the automatic fallback when OpenVINO cannot load the file). Both
+go through the same stop flag, loop guard, stop rules and usage counts.
+
+The runtimes and torch are imported in `load()` only, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ def _read_weights(directory: Path, gguf_file: str) -> tuple[Any, Any]:
 
 class LocalLLM:
     """A packaged GGUF model (SmolLM2-135M-Instruct unless `model` says otherwise) served in-process
-    with transformers.
+    on OpenVINO GenAI, or on transformers (`runtime`).
 
     `load()` reads the model once (call it at start-up; otherwise the first request loads it).
     Generation runs in a worker thread, one at a time (one model, CPU), so the event loop stays

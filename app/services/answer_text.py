@@ -42,7 +42,8 @@ _DOUBLE_STOP = re.compile(r"([.!?])[.,;:]+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # A sentence that says the answer is not known (said after an answer, it is a disclaimer).
 DONT_KNOW = re.compile(
-    r"^\W*(i (do not|don't|cannot|can't) (know|find|answer)|(there is )?(no|not enough) (information|answer)"
+    r"^\W*(?:(?:no|sorry|unfortunately),?\s+)?"
+    r"(i (do not|don't|cannot|can't) (know|find|answer)|(there is )?(no|not enough) (information|answer)"
     r"|the (sources|context|documents) (do|does) not (say|contain|mention|provide)|"
     r"(this|that|it) is not (mentioned|stated|given|provided))\b",
     re.IGNORECASE,

@@ -37,7 +37,15 @@ from app.llm.base import (
     prompt_token_counter,
 )
 from app.prompting import PromptRegistry, neutral_inputs
-from app.services.answer_text import ABSTAINED, AnswerFilter, filtered, renumbered, says_dont_know, tidy
+from app.services.answer_text import (
+    ABSTAINED,
+    AnswerFilter,
+    filtered,
+    is_refusal,
+    renumbered,
+    says_dont_know,
+    tidy,
+)
 from app.services.answerability import evidence, load_model
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
@@ -494,7 +502,7 @@ class ChatService:
             judged: dict[str, Any] = found.to_dict()
             answers = self.settings.answers
             fitted = load_model(answers.abstain_model) if answers.abstain else None
-            if fitted is not None:
+            if fitted is not None and not is_refusal(answer):  # a refusal stays a refusal
                 flagged, p = fitted.abstain(found)
                 abstained = abstained or flagged
                 judged["p_unanswerable"] = round(p, 4)

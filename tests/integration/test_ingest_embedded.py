@@ -64,7 +64,11 @@ def test_kill_9_midway_then_rerun_leaves_each_document_once(tmp_path: Path) -> N
         for i in range(3000)
     ]
     corpus.write_text("\n".join(json.dumps(r) for r in rows))
-    env = dict(os.environ, RAGSERVER_DATA_DIR=str(tmp_path / "data"))
+    # Documents through the ONNX export (the session's, via RAGSERVER_EMBEDDING__ONNX_CACHE_DIR): the
+    # crash is what is tested, and the rerun embeds the rest about twice as fast as torch.
+    env = dict(
+        os.environ, RAGSERVER_DATA_DIR=str(tmp_path / "data"), RAGSERVER_EMBEDDING__DOCUMENT_BACKEND="onnx"
+    )
     cmd = [sys.executable, "-m", "app.cli.main", "ingest", str(corpus), "--collection", "crash"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Wait until some documents are committed, then kill without warning.

@@ -73,6 +73,7 @@ def test_a_trailing_dont_know_after_an_answer_is_dropped() -> None:
     assert tidy("Volta married Teresa Peregrini [1]. I don't know.") == "Volta married Teresa Peregrini [1]."
     assert tidy("I don't know.") == "I don't know."
     assert says_dont_know("I don't know.") and says_dont_know("The documents do not say [1].")
+    assert says_dont_know("No, I don't know.") and not says_dont_know("No, Lincoln did not [1].")
     assert not says_dont_know(tidy("Volta married Teresa [1]. I don't know."))
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.evaluation.answerability import fit, measure
 from app.services.answerability import FEATURES, AnswerabilityModel, Evidence, evidence, load_model
-from evals.answerability import fit, measure
 from evals.make_answerability import build
 
 pytestmark = pytest.mark.unit

@@ -1,10 +1,11 @@
-"""Fit and measure when ragserver abstains, on a labelled answerability set (`evals/make_answerability.py`).
+"""Fit and measure when ragserver abstains, on a labelled answerability set (`evals/make_answerability.py`);
+the server side of the evals (it reads `app.services.answerability`, which `evals` may not import).
 
-`collect` answers every question through the chat pipeline with the fitted model off, recording the
-evidence of `app.services.answerability` per question; `fit` trains a logistic regression (scikit-learn)
-on the training split's evidence and picks the lowest threshold that abstains on at most
-`max_answerable_abstained` of the training split's answerable questions; `measure` reports, per split
-and kind, how often each would abstain.
+`ragserver eval answerability` (app/cli/eval_answerability.py) answers every question through the
+chat pipeline, recording the evidence of `app.services.answerability` per question; `fit` trains a
+logistic regression (scikit-learn) on the training split's evidence and picks the lowest threshold
+that abstains on at most `max_answerable_abstained` of the training split's answerable questions;
+`measure` reports, per split and kind, how often each would abstain.
 """
 
 from __future__ import annotations
