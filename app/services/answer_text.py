@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import TypeVar
 
-from app.services.attribution import Cited
+from app.services.attribution import MARKER, SENTENCE, Cited
 
 # Instruction text of the answer prompts (prompts/answer/*.yaml) that the models were seen to copy.
 ECHOES = (
@@ -33,13 +33,11 @@ ECHOES = (
 _ECHO = re.compile(
     "|".join(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b" for p in ECHOES), re.IGNORECASE
 )
-_MARKER = re.compile(r"\[(\d{1,3})\]")
 _PARTIAL_MARKER = re.compile(r"\[\d{0,3}$")
 # Markers left after a sentence's end ("X. [1]." or "X. [1] [2]"): put before its full stop.
 _MARKERS_AFTER_STOP = re.compile(r"\s*([.!?])\s*((?:\[\d{1,3}\]\s*)+)(?:[.!?](?=\s|$))?")
 _SPACE_BEFORE_STOP = re.compile(r"\s+([.,;:!?])")
 _DOUBLE_STOP = re.compile(r"([.!?])[.,;:]+")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # A sentence that says the answer is not known (said after an answer, it is a disclaimer).
 DONT_KNOW = re.compile(
     r"^\W*(?:(?:no|sorry|unfortunately),?\s+)?"
@@ -82,7 +80,7 @@ class AnswerFilter:
         return self._out(rest)
 
     def _out(self, text: str) -> str:
-        text = _MARKER.sub(self._renumber, text)
+        text = MARKER.sub(self._renumber, text)
         if not self._started:
             text = text.lstrip(" \t\n.,;:")
             self._started = bool(text)
@@ -122,7 +120,7 @@ def tidy(answer: str) -> str:
     text = _MARKERS_AFTER_STOP.sub(lambda m: f" {m.group(2).strip()}{m.group(1)}", answer)
     text = _DOUBLE_STOP.sub(r"\1", _SPACE_BEFORE_STOP.sub(r"\1", text))
     text = re.sub(r"[ \t]{2,}", " ", text).strip()
-    sentences = [s for s in _SENTENCE.split(text) if s.strip()]
+    sentences = [s for s in SENTENCE.split(text) if s.strip()]
     if len(sentences) > 1 and DONT_KNOW.search(sentences[-1]) and not DONT_KNOW.search(sentences[0]):
         cut = text.rfind(sentences[-1])
         text = text[:cut].rstrip()
@@ -131,7 +129,7 @@ def tidy(answer: str) -> str:
 
 def says_dont_know(answer: str) -> bool:
     """The answer (after `tidy`) opens by saying the sources do not hold it."""
-    return bool(DONT_KNOW.search(_MARKER.sub("", answer)))
+    return bool(DONT_KNOW.search(MARKER.sub("", answer)))
 
 
 def is_refusal(answer: str) -> bool:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from app.services.answer_text import says_dont_know
-from app.services.attribution import Cited, content_terms, facts, grounding
+from app.services.attribution import MARKER, Cited, content_terms, facts, grounding
 
 FEATURES = (
     "question_coverage",
@@ -39,7 +38,6 @@ FEATURES = (
     "dont_know",
 )
 DEFAULT_MODEL = Path(__file__).with_name("answerability.json")
-_MARKER = re.compile(r"\[\d{1,3}\]")
 # Words every question has: not evidence of its subject.
 _QUESTION_WORDS = frozenset(
     content_terms(
@@ -67,18 +65,19 @@ class Evidence:
 
 def evidence(question: str, answer: str, sources: Sequence[Cited], cited: Sequence[Cited]) -> Evidence:
     """What the question, the sources and the draft answer say about answerability."""
-    texts = [f"{s.title}\n{s.text}" for s in sources]
-    source_terms: set[str] = set().union(*(content_terms(t) for t in texts)) if texts else set()
+    # Each source's terms once (the cited ones are among the sources, by chunk or by text).
+    terms_of = {f"{s.title}\n{s.text}": set[str]() for s in [*sources, *cited]}
+    for text in terms_of:
+        terms_of[text] = content_terms(text)
+    source_terms: set[str] = set().union(*terms_of.values()) if sources else set()
     asked = content_terms(question) - _QUESTION_WORDS
     coverage = len(asked & source_terms) / len(asked) if asked else 1.0
     names = facts(question)
     missing = len(grounding(question, sources).unsupported) if names else 0
     top = max((float(getattr(s, "score", 0.0)) for s in sources), default=0.0)
     support_from = cited or sources
-    support_terms: set[str] = set()
-    for s in support_from:
-        support_terms |= content_terms(f"{s.title}\n{s.text}")
-    said = content_terms(_MARKER.sub(" ", answer))
+    support_terms: set[str] = set().union(*(terms_of[f"{s.title}\n{s.text}"] for s in support_from))
+    said = content_terms(MARKER.sub(" ", answer))
     support = len(said & support_terms) / len(said) if said else 0.0
     checked = grounding(answer, support_from)
     unsupported = 1.0 - checked.score if checked.score is not None else 0.0

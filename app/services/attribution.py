@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, TypeVar
 
-_MARKER = re.compile(r"\[(\d{1,3})\]")
+MARKER = re.compile(r"\[(\d{1,3})\]")  # an answer's [n]
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 # A number as written: 65, 1,200, 3.5, 40%; a date's parts are numbers and month names.
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")  # where sentences split
 _SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)([^\W\d_][\w'’-]*)")
 _POSSESSIVE = re.compile(r"['’]s$")
 _MONTHS = frozenset(
@@ -76,7 +76,7 @@ def content_terms(text: str) -> set[str]:
 
 def markers(answer: str) -> list[int]:
     """The [n] markers of `answer`, in order of first use."""
-    return list(dict.fromkeys(int(m.group(1)) for m in _MARKER.finditer(answer)))
+    return list(dict.fromkeys(int(m.group(1)) for m in MARKER.finditer(answer)))
 
 
 def attribute(
@@ -90,7 +90,7 @@ def attribute(
         return marked
     source_terms = [(s, content_terms(f"{s.title}\n{s.text}")) for s in sources]
     used: list[S] = []
-    for sentence in _SENTENCE.split(_MARKER.sub(" ", answer)):
+    for sentence in SENTENCE.split(MARKER.sub(" ", answer)):
         terms = content_terms(sentence)
         if not terms:
             continue
@@ -135,7 +135,7 @@ def _number_key(raw: str) -> str:
 def facts(answer: str, *, sentence_starts: bool = False) -> list[str]:
     """Numbers, month names and capitalised names of `answer`, as written, without repeats. A
     capitalised word that starts a sentence counts only with `sentence_starts` (it may be any word)."""
-    text = _MARKER.sub(" ", answer)
+    text = MARKER.sub(" ", answer)
     found: list[str] = [m.group(0) for m in _NUMBER.finditer(text)]
     starts = {m.start(1) for m in _SENTENCE_START.finditer(text)}
     stop = _stopwords()

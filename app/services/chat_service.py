@@ -495,10 +495,13 @@ class ChatService:
         answer, shown = filtered(trim_transcript(answer), [s.n for s in sources])
         answer = tidy(answer)
         abstained = not answer or not sources or says_dont_know(answer)
+        if shown.numbers:
+            citations = shown.cited(sources)
+        else:  # no markers: the sources holding its words, numbered 1..k in that order
+            citations = [renumbered(c, i) for i, c in enumerate(attribute(answer, sources), start=1)]
         if answer and sources:
             # The evidence is recorded for every answer (the fitting data of `ragserver eval answerability`).
-            marked = shown.cited(sources) if shown.numbers else attribute(answer, sources)
-            found = evidence(prepared.search_query, answer, sources, marked)
+            found = evidence(prepared.search_query, answer, sources, citations)
             judged: dict[str, Any] = found.to_dict()
             answers = self.settings.answers
             fitted = load_model(answers.abstain_model) if answers.abstain else None
@@ -511,10 +514,6 @@ class ChatService:
         if abstained:
             # Nothing the sources hold: say so, cite nothing (a "maybe" source would lend it authority).
             answer, citations = ABSTAINED, []
-        elif shown.numbers:
-            citations = shown.cited(sources)
-        else:  # no markers: the sources holding its words, numbered 1..k in that order
-            citations = [renumbered(c, i) for i, c in enumerate(attribute(answer, sources), start=1)]
         checked = grounding(answer, citations)
         if checked.score is not None:
             self.metrics.grounding.observe(checked.score)
