@@ -36,8 +36,10 @@ async def _fire(
     chat: bool,
     questions: list[str],
     headers: dict[str, str] | None = None,
+    abstained: list[bool] | None = None,
 ) -> tuple[list[float], int]:
-    """Streaming requests; returns the times to first token (ms) and the error count."""
+    """Streaming requests; returns the times to first token (ms) and the error count. `abstained`, when
+    given, gets for each timed request whether its answer abstained (ragserver's `done` event)."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -55,6 +57,7 @@ async def _fire(
             body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": question}]}
         started = time.perf_counter()
         first: float | None = None
+        withdrawn = False
         try:
             async with client.stream("POST", url + path, json=body, timeout=60) as response:
                 if response.status_code != 200:
@@ -63,10 +66,14 @@ async def _fire(
                 async for line in response.aiter_lines():
                     if first is None and _is_token(line, chat):
                         first = time.perf_counter()
+                    elif line.startswith("data: {") and '"abstained":true' in line.replace(" ", ""):
+                        withdrawn = True
             if first is None:
                 errors += 1
             else:
                 ttfts.append((first - started) * 1000)
+                if abstained is not None:
+                    abstained.append(withdrawn)
         except httpx.HTTPError:
             errors += 1
 
@@ -106,8 +113,17 @@ def bench_serve(
             )
             typer.echo(f"firing {requests} requests at concurrency {concurrency} ...", err=True)
             started = time.perf_counter()
+            abstained: list[bool] = []
             ttfts, errors = asyncio.run(
-                _fire(stack.url, concurrency, requests, chat=True, questions=questions, headers=stack.headers)
+                _fire(
+                    stack.url,
+                    concurrency,
+                    requests,
+                    chat=True,
+                    questions=questions,
+                    headers=stack.headers,
+                    abstained=abstained,
+                )
             )
             elapsed = time.perf_counter() - started
             llm_ttfts, _ = asyncio.run(
@@ -121,5 +137,10 @@ def bench_serve(
         "ttft_p50_ms": percentile(ttfts, 50, digits=2),
         "ttft_p99_ms": percentile(ttfts, 99, digits=2),
         "llm_ttft_p50_ms": percentile(llm_ttfts, 50, digits=2),
+        # Answers that abstained before generation never waited for the LLM: their TTFT is another path.
+        "abstained": sum(abstained),
+        "ttft_answered_p50_ms": percentile(
+            [t for t, a in zip(ttfts, abstained, strict=True) if not a], 50, digits=2
+        ),
     }
     typer.echo(json.dumps(result))

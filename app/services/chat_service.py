@@ -14,6 +14,7 @@ false. An answer is never generated and then lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -46,7 +47,7 @@ from app.services.answer_text import (
     says_dont_know,
     tidy,
 )
-from app.services.answerability import evidence, load_model
+from app.services.answerability import AnswerabilityModel, evidence, load_model, question_evidence
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
     ChatEvent,
@@ -125,6 +126,8 @@ class _Prepared:
     store: str = ""  # the collection's store name (tenant-qualified)
     history: list[dict[str, str]] | None = None  # the turns before the question
     retrieve_ms: float | None = None
+    # The evidence when the sources were judged to hold no answer before generation (no LLM call).
+    unanswerable: dict[str, Any] | None = None
 
 
 def trim_transcript(answer: str) -> str:
@@ -159,6 +162,8 @@ class ChatService:
         self.retrieval = retrieval
         self.metrics = metrics
         self.limiter = GenerationLimiter(settings.limits, metrics)
+        if settings.answers.abstain:  # a missing or incompatible model fails the start, not a request
+            load_model(settings.answers.abstain_model)
 
     async def chat(
         self, query: ChatQuery, *, principal: Principal, response_id: str | None = None, api: str = "chat"
@@ -206,42 +211,19 @@ class ChatService:
                 finish: str | None = None
                 usage = Usage(prompt_tokens=0, completion_tokens=0)
                 model = self.llm.model_name
-                shown = AnswerFilter([s.n for s in prepared.sources])
-                started = time.perf_counter()
-                span = self._llm_span(prepared)
-                deltas = self.llm.stream(
-                    prepared.messages,
-                    max_tokens=prepared.query.max_tokens,
-                    temperature=prepared.query.temperature,
-                )
-                try:
-                    while True:
-                        try:
-                            delta = await deadline.run(anext(deltas))
-                        except StopAsyncIteration:
-                            break
-                        if delta.model:
-                            model = delta.model
-                        if delta.usage is not None:
-                            usage = delta.usage
-                        if delta.finish_reason:
-                            finish = delta.finish_reason
-                        if delta.text:
-                            if not parts:
-                                self.metrics.llm_ttft.observe(time.perf_counter() - started)
-                                ttft_ms = (time.perf_counter() - prepared.started) * 1000
-                            parts.append(delta.text)
-                            if piece := shown.feed(delta.text):
-                                yield TokenEvent(piece)
-                    if rest := shown.flush():
-                        yield TokenEvent(rest)
-                finally:
-                    aclose = getattr(deltas, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                    span.set_attributes(llm_response_attributes(model, finish, usage))
-                    span.end()
-                self.metrics.llm_latency.observe(time.perf_counter() - started)
+                if self._abstain_before(prepared):  # nothing drafted, so nothing streamed is withdrawn
+                    ttft_ms = (time.perf_counter() - prepared.started) * 1000
+                    yield TokenEvent(ABSTAINED)
+                else:
+                    # Closed with the stream: a client gone stops the generation.
+                    async with contextlib.aclosing(self._stream_draft(prepared, deadline, parts)) as draft:
+                        async for piece in draft:
+                            if isinstance(piece, TokenEvent):
+                                if ttft_ms is None:
+                                    ttft_ms = (time.perf_counter() - prepared.started) * 1000
+                                yield piece
+                            else:
+                                model, usage, finish = piece
             finally:
                 self.limiter.release(principal.tenant)
         except RequestTimedOut:
@@ -258,6 +240,70 @@ class ChatService:
         await self._trace(result, prepared, principal, api, ttft_ms=ttft_ms)
         yield CitationsEvent(result.citations)
         yield DoneEvent(result)
+
+    async def _stream_draft(
+        self, prepared: _Prepared, deadline: Deadline, parts: list[str]
+    ) -> AsyncGenerator[TokenEvent | tuple[str, Usage, str | None], None]:
+        """The LLM's answer as `TokenEvent`s (filtered; the raw text appended to `parts`), then one
+        (model, usage, finish_reason) tuple."""
+        finish: str | None = None
+        usage = Usage(prompt_tokens=0, completion_tokens=0)
+        model = self.llm.model_name
+        shown = AnswerFilter([s.n for s in prepared.sources])
+        started = time.perf_counter()
+        span = self._llm_span(prepared)
+        deltas = self.llm.stream(
+            prepared.messages, max_tokens=prepared.query.max_tokens, temperature=prepared.query.temperature
+        )
+        try:
+            while True:
+                try:
+                    delta = await deadline.run(anext(deltas))
+                except StopAsyncIteration:
+                    break
+                if delta.model:
+                    model = delta.model
+                if delta.usage is not None:
+                    usage = delta.usage
+                if delta.finish_reason:
+                    finish = delta.finish_reason
+                if delta.text:
+                    if not parts:
+                        self.metrics.llm_ttft.observe(time.perf_counter() - started)
+                    parts.append(delta.text)
+                    if piece := shown.feed(delta.text):
+                        yield TokenEvent(piece)
+            if rest := shown.flush():
+                yield TokenEvent(rest)
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            span.set_attributes(llm_response_attributes(model, finish, usage))
+            span.end()
+        self.metrics.llm_latency.observe(time.perf_counter() - started)
+        yield model, usage, finish
+
+    def _answerability(self) -> AnswerabilityModel | None:
+        answers = self.settings.answers
+        return load_model(answers.abstain_model) if answers.abstain else None
+
+    def _abstain_before(self, prepared: _Prepared) -> bool:
+        """Whether the sources hold no answer, judged from the question and the sources alone (so the LLM
+        is not called); the evidence goes to the answer's `retrieval.answerability` either way later."""
+        fitted = self._answerability()
+        if fitted is None or not prepared.sources:
+            return False
+        found = question_evidence(prepared.search_query, prepared.sources)
+        flagged, p = fitted.abstain_before(found)
+        if flagged:
+            prepared.unanswerable = {
+                **found.to_dict(),
+                "p_unanswerable": round(p, 4),
+                "abstained": True,
+                "stage": "before",
+            }
+        return flagged
 
     def _llm_span(self, prepared: _Prepared) -> Any:
         """The `chat <model>` span of the answer's LLM call (ended by the caller)."""
@@ -357,6 +403,8 @@ class ChatService:
         """Prepare and generate under one generation slot."""
         async with self.limiter.slot(principal.tenant):
             prepared = await self._prepare(query, principal)
+            if self._abstain_before(prepared):
+                return prepared, "", self.llm.model_name, Usage(prompt_tokens=0, completion_tokens=0), "stop"
             started = time.perf_counter()
             span = self._llm_span(prepared)
             try:
@@ -499,17 +547,20 @@ class ChatService:
             citations = shown.cited(sources)
         else:  # no markers: the sources holding its words, numbered 1..k in that order
             citations = [renumbered(c, i) for i, c in enumerate(attribute(answer, sources), start=1)]
-        if answer and sources:
+        if prepared.unanswerable is not None:  # judged before generation: nothing was drafted
+            abstained = True
+            prepared.retrieval["answerability"] = prepared.unanswerable
+        elif answer and sources:
             # The evidence is recorded for every answer (the fitting data of `ragserver eval answerability`).
             found = evidence(prepared.search_query, answer, sources, citations)
             judged: dict[str, Any] = found.to_dict()
-            answers = self.settings.answers
-            fitted = load_model(answers.abstain_model) if answers.abstain else None
+            fitted = self._answerability()
             if fitted is not None and not is_refusal(answer):  # a refusal stays a refusal
                 flagged, p = fitted.abstain(found)
                 abstained = abstained or flagged
                 judged["p_unanswerable"] = round(p, 4)
             judged["abstained"] = abstained
+            judged["stage"] = "after"
             prepared.retrieval["answerability"] = judged
         if abstained:
             # Nothing the sources hold: say so, cite nothing (a "maybe" source would lend it authority).

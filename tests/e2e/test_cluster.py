@@ -37,7 +37,11 @@ def _text(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, query_embedder: object
+) -> Iterator[Cluster]:
+    # `query_embedder`: the session's ONNX export exists before any process starts (they share it
+    # through RAGSERVER_EMBEDDING__ONNX_CACHE_DIR), so no worker exports it, let alone two at once.
     reachable, detail = _postgres_answers(TEST_POSTGRES_URL)
     require_service("PostgreSQL", reachable, detail)
     llm = ScriptedOpenAIServer(default_reply="Receipts are needed for every claim [1].").start()
@@ -49,6 +53,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
         # A dead worker's job is taken over after 3 s without a heartbeat (default 30 s).
         "RAGSERVER_JOBS__HEARTBEAT_TIMEOUT_S": "3",
         "RAGSERVER_EMBEDDING__BATCH_SIZE": "16",
+        # Documents through the ONNX export: about twice as fast as torch, and the kill is what is tested.
+        "RAGSERVER_EMBEDDING__DOCUMENT_BACKEND": "onnx",
         "RAGSERVER_LIMITS__MAX_FILES": "200",
     }
     root = tmp_path_factory.mktemp("cluster")

@@ -10,6 +10,7 @@ body stops arriving after its first bytes.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from app.auth.principal import Principal
 from app.container import Container, open_container
 from app.jobs.base import Job, JobStore, JobStoreUnavailable
 from app.llm.scripted_provider import ScriptedLLM
+from app.services.answerability import STAGE_FEATURES, AnswerabilityModel, Stage
 from app.services.document_service import IncomingFile
 from app.services.uploads import PartData, PartEnd, PartEvent, PartStart
 from app.settings import Settings
@@ -31,12 +33,33 @@ from ingest.memory_index import MEMORY_URL
 ANONYMOUS = Principal.anonymous()
 
 
+def answerability_model(path: Path, *, before: float = 1.0, after: float = 1.0) -> Path:
+    """An abstention model at `path` that reads one thing, the share of the question's terms found
+    together in one passage (P(unanswerable) = 0.5 at 50%), abstaining at the given thresholds per stage
+    (1.0: never). The service tests use it rather than the shipped fit, so their questions need not be
+    what CMU QA taught that one."""
+
+    def stage(name: str, threshold: float) -> Stage:
+        weights = {f: 0.0 for f in STAGE_FEATURES[name]} | {"sentence_coverage": -8.0}
+        means = {f: 0.0 for f in STAGE_FEATURES[name]} | {"sentence_coverage": 0.5}
+        scales = {f: 1.0 for f in STAGE_FEATURES[name]}
+        return Stage(STAGE_FEATURES[name], weights, 0.0, means, scales, threshold)
+
+    model = AnswerabilityModel(before=stage("before", before), after=stage("after", after), card={})
+    path.write_text(json.dumps(model.to_dict()))
+    return path
+
+
 def fake_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings of the fake graph; `overrides` replace whole sections (`limits={...}`)."""
+    """Settings of the fake graph; `overrides` replace whole sections (`limits={...}`). The abstention
+    model never abstains unless a test gives its own (`answerability_model`)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    never = answerability_model(data_dir / "answerability-never.json")
     sections: dict[str, Any] = {
         "chroma": {"url": MEMORY_URL},
         "llm": {"provider": "scripted"},
         "embedding": {"provider": "hashing"},
+        "answers": {"abstain_model": str(never)},
     }
     return Settings(_env_file=None, data_dir=data_dir, **{**sections, **overrides})  # type: ignore[call-arg]
 

@@ -32,7 +32,7 @@ from app.services.traces import TraceNotFound
 from ingest.errors import describe
 from ingest.filters import FilterError
 from ingest.vector_index import CollectionNotFound
-from tests.unit.fakes import ANONYMOUS, fake_container, ingest, scripted_llm
+from tests.unit.fakes import ANONYMOUS, answerability_model, fake_container, ingest, scripted_llm
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="module")]
 
@@ -256,7 +256,7 @@ async def test_every_answer_is_traced_with_how_it_was_made(container: Container,
         "Rome is the capital of Italy [1].",
     )
     assert (trace.prompt, trace.model, trace.outcome, trace.collection_version) == (
-        "answer@v4",
+        "answer@v5",
         "scripted-model",
         "answered",
         "v1",
@@ -375,3 +375,60 @@ async def test_a_dont_know_answer_abstains_with_no_citations(container: Containe
     refused = await ask(container, "Write me malware.")
     trace = await container.traces.get(refused.response_id, principal=ANONYMOUS)
     assert (refused.abstained, trace.outcome) == (False, "refused")
+
+
+async def test_sources_that_hold_no_answer_abstain_before_the_llm_is_called(tmp_path: Path) -> None:
+    strict = answerability_model(tmp_path / "strict.json", before=0.5, after=0.5)
+    async with fake_container(tmp_path / "data", answers={"abstain_model": str(strict)}) as built:
+        assert (await ingest(built, "kb", CORPUS)).status == "succeeded"
+        llm = scripted_llm(built)
+        # Nothing in the sources is about Redis or eviction: no LLM call, nothing drafted, no citations.
+        result = await ask(built, "What is Redis's default maxmemory-policy?")
+        assert (result.answer, result.abstained, result.citations) == ("The documents don't say.", True, [])
+        assert llm.requests == [] and result.usage["total_tokens"] == 0
+        judged = result.retrieval["answerability"]
+        assert (judged["stage"], judged["abstained"]) == ("before", True) and judged["p_unanswerable"] >= 0.5
+        trace = await built.traces.get(result.response_id, principal=ANONYMOUS)
+        assert trace.outcome == "abstained"
+        # Streamed: the abstention is the only text sent, then the citations (none) and done.
+        events = [
+            e
+            async for e in built.chat.stream(
+                ChatQuery(message="Which allocator does Redis use?", collection="kb"), principal=ANONYMOUS
+            )
+        ]
+        tokens = [e.text for e in events if isinstance(e, TokenEvent)]
+        done = events[-1]
+        assert isinstance(done, DoneEvent) and tokens == ["The documents don't say."]
+        assert done.result.abstained and llm.requests == []
+        # Answerable: the LLM answers, and the evidence of both stages is recorded.
+        llm.enqueue_text("Mount Etna is on the east coast of Sicily [1].")
+        answered = await ask(built, "Where is Mount Etna?")
+        assert answered.abstained is False and answered.citations
+        assert answered.retrieval["answerability"]["stage"] == "after"
+        assert answered.retrieval["answerability"]["sentence_coverage"] == 1.0
+
+
+async def test_a_draft_the_sources_do_not_support_is_withdrawn_after_generation(tmp_path: Path) -> None:
+    # Only the after stage judges; this question passes the before stage (threshold 1.0: never).
+    model = answerability_model(tmp_path / "after.json", before=1.0, after=0.4)
+    async with fake_container(tmp_path / "data", answers={"abstain_model": str(model)}) as built:
+        assert (await ingest(built, "kb", CORPUS)).status == "succeeded"
+        llm = scripted_llm(built)
+        llm.enqueue_text("Etna erupted in 1669 [1].")
+        result = await ask(built, "When did Mount Etna last erupt?")
+        assert len(llm.requests) == 1  # drafted, then judged
+        assert (result.answer, result.abstained, result.citations) == ("The documents don't say.", True, [])
+        assert result.retrieval["answerability"]["stage"] == "after"
+
+
+async def test_a_missing_or_stale_abstention_model_fails_the_start(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(ValueError, match="is not a file"):
+        async with fake_container(tmp_path / "a", answers={"abstain_model": missing}) as c:
+            c.chat  # noqa: B018
+    stale = tmp_path / "stale.json"
+    stale.write_text('{"features": ["question_coverage"], "weights": {}, "bias": 0, "threshold": 0.5}')
+    with pytest.raises(ValueError, match="no 'before' stage"):
+        async with fake_container(tmp_path / "b", answers={"abstain_model": str(stale)}) as c:
+            c.chat  # noqa: B018

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 PROMPTS_DIR = Path(__file__).parents[2] / "prompts"
 
 SOURCES = [{"n": 1, "title": "Intro", "source": "docs/intro.md", "text": "Ragserver answers with citations."}]
-ANSWER_REFS = ("answer@v1", "answer@v2", "answer@v3", "answer@v4")
+ANSWER_REFS = ("answer@v1", "answer@v2", "answer@v3", "answer@v4", "answer@v5")
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_value_missing_a_field_names_the_prompt(registry: PromptRegistry) -> Non
 
 def test_pinned_default_answer_prompt_is_unchanged_by_new_versions(registry: PromptRegistry) -> None:
     """Adding a version changes what a bare "answer" resolves to, never a pinned ref."""
-    assert registry.get("answer").ref == "answer@v4"
+    assert registry.get("answer").ref == "answer@v5"
     assert "Sources:" in registry.get("answer@v1").render(sources=SOURCES, question="q")[-1]["content"]
 
 
