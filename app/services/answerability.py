@@ -92,7 +92,7 @@ class _Passages:
     passages: list[frozenset[str]]
 
 
-@lru_cache(maxsize=2048)
+@lru_cache(maxsize=256)
 def _source_terms(title: str, text: str) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
     """A source's terms, passage by passage, and all of them (a chunk that is retrieved again, as popular
     ones are, is not stemmed again)."""

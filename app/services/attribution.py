@@ -66,12 +66,27 @@ def _stemmer():  # type: ignore[no-untyped-def]
     return Stemmer.Stemmer("english")
 
 
+# Each word's term (None: a stopword), kept across calls: a language has far fewer words than a corpus
+# has sentences, and a chat answer checks a few thousand words of sources in the hot path.
+_TERMS: dict[str, str | None] = {}
+_TERMS_MAX = 200_000
+
+
 def content_terms(text: str) -> set[str]:
     """Stemmed, lowercased words that are not stopwords (2+ characters), and numbers."""
-    stop = _stopwords()
-    words = [w.lower() for w in _WORD.findall(text)]
-    kept = [w for w in words if (len(w) > 1 and w not in stop) or w.isdigit()]
-    return set(_stemmer().stemWords(kept))
+    out: set[str] = set()
+    for word in _WORD.findall(text):
+        lower = word.lower()
+        try:
+            term = _TERMS[lower]
+        except KeyError:
+            keep = (len(lower) > 1 and lower not in _stopwords()) or lower.isdigit()
+            term = _stemmer().stemWord(lower) if keep else None
+            if len(_TERMS) < _TERMS_MAX:
+                _TERMS[lower] = term
+        if term is not None:
+            out.add(term)
+    return out
 
 
 def markers(answer: str) -> list[int]:
@@ -150,14 +165,29 @@ def facts(answer: str, *, sentence_starts: bool = False) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _without_possessive(word: str) -> str:
+    """`_POSSESSIVE.sub("", word)` without a regex per word."""
+    return word[:-2] if word.endswith(("'s", "’s")) else word
+
+
+@lru_cache(maxsize=256)
+def fact_index(title: str, text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """A source's numbers (by value) and words (lowercased, possessive dropped), for `grounding`; a chunk
+    retrieved again is not scanned again."""
+    both = f"{title}\n{text}"
+    numbers = frozenset(_number_key(m.group(0)) for m in _NUMBER.finditer(both))
+    words = frozenset(map(_without_possessive, {w.lower() for w in _WORD.findall(both)}))
+    return numbers, words
+
+
 def grounding(answer: str, sources: Iterable[Cited]) -> Grounding:
     """Which of `answer`'s facts occur in `sources` (numbers by value, words ignoring case)."""
     claimed = facts(answer)
     if not claimed:
         return Grounding()
-    text = "\n".join(f"{s.title}\n{s.text}" for s in sources)
-    numbers = {_number_key(m.group(0)) for m in _NUMBER.finditer(text)}
-    words = {_POSSESSIVE.sub("", w).lower() for w in _WORD.findall(text)}
+    indexed = [fact_index(s.title, s.text) for s in sources]
+    numbers: set[str] = set().union(*(n for n, _ in indexed))
+    words: set[str] = set().union(*(w for _, w in indexed))
     unsupported = []
     for fact in claimed:
         present = _number_key(fact) in numbers if fact[0].isdigit() else fact.lower() in words
