@@ -111,16 +111,16 @@ async def _pool(
     """Every usable question of `path` about an article of the set (its split; not a question of the
     set), with the sources retrieval gives it: answerable questions for the before-generation check.
     Kept in `sink` (a rerun reads it)."""
+    from app.evaluation.answerability import load_set
     from app.services.chat_types import Citation
     from evals.make_answerability import usable_questions
 
     if sink.is_file():
-        return [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
+        return load_set(sink)
     split = {r["article_id"]: r["split"] for r in rows if r["kind"] != "absent"}
     asked = {r["question"].strip().lower() for r in rows}
-    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = []
-    for q in usable_questions(questions):
+    for q in usable_questions(load_set(path)):
         if q.get("article_id") not in split or q["question"].strip().lower() in asked:
             continue
         found = await container.retrieval.retrieve(collection, q["question"], top_k=5)

@@ -86,7 +86,8 @@ class Evidence(QuestionEvidence):
 
 @dataclass(frozen=True)
 class _Passages:
-    """The sources' terms, all together and passage by passage (two neighbouring sentences and the title)."""
+    """The sources' terms, all together and passage by passage (`_PASSAGE_SENTENCES` neighbouring
+    sentences and the title)."""
 
     terms: set[str]
     passages: list[frozenset[str]]
@@ -153,10 +154,18 @@ def question_evidence(question: str, sources: Sequence[Cited]) -> QuestionEviden
     return _question_evidence(question, sources, _passages(sources))
 
 
-def evidence(question: str, answer: str, sources: Sequence[Cited], cited: Sequence[Cited]) -> Evidence:
-    """What the question, the sources and the draft answer say about answerability."""
+def evidence(
+    question: str,
+    answer: str,
+    sources: Sequence[Cited],
+    cited: Sequence[Cited],
+    *,
+    before: QuestionEvidence | None = None,
+) -> Evidence:
+    """What the question, the sources and the draft answer say about answerability; `before`: the
+    question's evidence when it was already measured (before generation), not measured again."""
     found = _passages(sources)
-    before = _question_evidence(question, sources, found)
+    before = before if before is not None else _question_evidence(question, sources, found)
     support_from = cited or sources
     support_terms = _passages(support_from).terms if cited else found.terms
     said = content_terms(MARKER.sub(" ", answer))

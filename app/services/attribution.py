@@ -166,7 +166,7 @@ def facts(answer: str, *, sentence_starts: bool = False) -> list[str]:
 
 
 def _without_possessive(word: str) -> str:
-    """`_POSSESSIVE.sub("", word)` without a regex per word."""
+    """A lowercased word without its possessive ("lincoln's" -> "lincoln"), without a regex per word."""
     return word[:-2] if word.endswith(("'s", "’s")) else word
 
 

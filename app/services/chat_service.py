@@ -47,7 +47,13 @@ from app.services.answer_text import (
     says_dont_know,
     tidy,
 )
-from app.services.answerability import AnswerabilityModel, evidence, load_model, question_evidence
+from app.services.answerability import (
+    AnswerabilityModel,
+    QuestionEvidence,
+    evidence,
+    load_model,
+    question_evidence,
+)
 from app.services.attribution import attribute, grounding
 from app.services.chat_types import (
     ChatEvent,
@@ -126,7 +132,9 @@ class _Prepared:
     store: str = ""  # the collection's store name (tenant-qualified)
     history: list[dict[str, str]] | None = None  # the turns before the question
     retrieve_ms: float | None = None
-    # The evidence when the sources were judged to hold no answer before generation (no LLM call).
+    # The question's evidence, measured before generation (None when no model judges it).
+    before: QuestionEvidence | None = None
+    # What was recorded when the sources were judged to hold no answer before generation (no LLM call).
     unanswerable: dict[str, Any] | None = None
 
 
@@ -294,7 +302,7 @@ class ChatService:
         fitted = self._answerability()
         if fitted is None or not prepared.sources:
             return False
-        found = question_evidence(prepared.search_query, prepared.sources)
+        found = prepared.before = question_evidence(prepared.search_query, prepared.sources)
         flagged, p = fitted.abstain_before(found)
         if flagged:
             prepared.unanswerable = {
@@ -552,7 +560,7 @@ class ChatService:
             prepared.retrieval["answerability"] = prepared.unanswerable
         elif answer and sources:
             # The evidence is recorded for every answer (the fitting data of `ragserver eval answerability`).
-            found = evidence(prepared.search_query, answer, sources, citations)
+            found = evidence(prepared.search_query, answer, sources, citations, before=prepared.before)
             judged: dict[str, Any] = found.to_dict()
             fitted = self._answerability()
             if fitted is not None and not is_refusal(answer):  # a refusal stays a refusal

@@ -40,6 +40,12 @@ def test_the_evidence_of_an_answer_its_sources_hold() -> None:
     assert ev.question_coverage == 1.0 and ev.missing_names == 0 and ev.top_score == 0.8
     assert ev.sentence_coverage == 1.0 and ev.missing_terms == 0
     assert ev.answer_support == 1.0 and ev.unsupported_facts == 0.0 and not ev.dont_know
+    # The question's evidence measured before generation is reused, not measured again: same result.
+    measured = question_evidence("Which allocator does Redis use on Linux?", REDIS)
+    again = evidence(
+        "Which allocator does Redis use on Linux?", "Redis uses jemalloc [1].", REDIS, REDIS, before=measured
+    )
+    assert again == ev
 
 
 def test_the_question_evidence_looks_for_the_terms_together_in_one_passage() -> None:
