@@ -37,8 +37,9 @@ def eval_answerability(
     from app.evaluation.corpus import ensure_corpus_collection
     from app.services.answerability import load_model
 
-    if not questions.is_file() or not corpus.is_file():
-        fail(f"{questions if not questions.is_file() else corpus} not found")
+    missing = [p for p in (questions, corpus, pool) if p is not None and not p.is_file()]
+    if missing:
+        fail(f"{missing[0]} not found")
     rows = load_set(questions)[:limit] if limit else load_set(questions)
     excludes = set(rows[0].get("corpus_excludes") or []) if rows else set()
     out.mkdir(parents=True, exist_ok=True)

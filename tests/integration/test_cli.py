@@ -217,3 +217,17 @@ def test_collections_rebuild_rollback_prune_on_the_data_dir(run, tmp_path: Path)
     # A model outside <data_dir>/models (the default collections.model_roots) is refused here too.
     outside = run("collections", "rebuild", "kb", "--embedding-model", str(tmp_path / "corpus"))
     assert outside.exit_code == 2 and "collections.model_roots" in outside.output
+
+
+def test_eval_answerability_refuses_a_missing_file_before_answering_anything(run, tmp_path: Path) -> None:
+    labelled = Path(__file__).resolve().parents[2] / "evals" / "data" / "answerability" / "cmu-qa-dev.jsonl"
+    corpus = tmp_path / "articles.jsonl"
+    corpus.write_text(json.dumps({"_id": "a", "title": "T", "text": "x"}) + "\n")
+    out = tmp_path / "run"
+    for args in (
+        ["--set", str(tmp_path / "nope.jsonl"), "--corpus", str(corpus)],
+        ["--set", str(labelled), "--corpus", str(corpus), "--pool", str(tmp_path / "no-pool.jsonl")],
+    ):
+        result = run("eval", "answerability", *args, "--out", str(out))
+        assert result.exit_code == 2 and "not found" in result.output
+    assert not out.exists()  # nothing answered, nothing written
