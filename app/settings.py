@@ -168,8 +168,9 @@ class PromptSettings(BaseModel):
     # answer@v5: answer@v1 plus a closing instruction, without which the default local model (Qwen2.5-0.5B)
     # often answered with the source header or bare "[1]" markers (v4; docs/BENCHMARKS.md, issue 12), and
     # without "say I don't know", which made it decline answerable questions: the server decides when the
-    # sources hold no answer (app/services/answerability.py; issue 23).
-    answer: str = "answer@v5"
+    # sources hold no answer (app/services/answerability.py; issue 23). answer@v6: v5, and a yes/no
+    # question (the server tells it so) is answered starting with Yes or No.
+    answer: str = "answer@v6"
     condense: str = "condense@v1"
     # Citations for clients of the OpenAI-compatible API that drop unknown fields.
     openai_inline_citations: bool = True

@@ -29,6 +29,14 @@ def eval_answerability(
             "on hundreds of answerable questions, not on the set's few."
         ),
     ] = None,
+    pool_drafts: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also answer the first N pool questions of each split (resumable, pool-drafts.jsonl), so "
+            "both stages' answerable allowance is checked on them and the fit trains on them.",
+        ),
+    ] = 0,
 ) -> None:
     """Answer every question (resuming a run in OUT), fit the abstention model on the train split, and
     print the share abstained per split and kind, for the shipped model and the one fitted now."""
@@ -56,6 +64,9 @@ def eval_answerability(
         asyncio.run(_collect(container, name, todo, done, done_path))
         if pool is not None:
             pooled = asyncio.run(_pool(container, name, pool, rows, out / "pool.jsonl"))
+            if pool_drafts:
+                drafts = out / "pool-drafts.jsonl"
+                pooled = asyncio.run(_draft_pool(container, name, pooled, pool_drafts, drafts))
     answered = [done[r["id"]] for r in rows if r["id"] in done]
     try:
         shipped = load_model()
@@ -143,6 +154,21 @@ async def _pool(
         )
     sink.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     return out
+
+
+async def _draft_pool(
+    container: Any, collection: str, pooled: list[dict[str, Any]], per_split: int, path: Path
+) -> list[dict[str, Any]]:
+    """`pooled` with its first `per_split` questions of each split answered through the chat pipeline
+    (as the set's questions are; appended to `path` as they are answered, so a rerun resumes)."""
+    from app.evaluation.answerability import load_set
+
+    done = {r["id"]: r for r in load_set(path)} if path.is_file() else {}
+    picked: list[dict[str, Any]] = []
+    for split in ("train", "test"):
+        picked += [{**r, "drafted": True} for r in pooled if r["split"] == split][:per_split]
+    await _collect(container, collection, [r for r in picked if r["id"] not in done], done, path)
+    return [done.get(r["id"], r) for r in pooled]
 
 
 def _source(citation: Any) -> dict[str, Any]:

@@ -9,7 +9,9 @@ picks the pair of thresholds that abstains on the most unanswerable training que
 on at most `max_answerable_abstained` of the answerable ones (the model's own "I don't know" counted);
 `measure` reports, per split and kind, how often the model would abstain, and at which stage. A `pool`
 of more answerable questions (every usable question of the set's articles, `--pool`) is judged before
-generation only, as retrieval gives no draft: the before stage's allowance is checked on it as well.
+generation from its retrieved sources; the pool questions that were also answered (`--pool-drafts N`,
+`"drafted": true`) count like the set's answerable questions: trained on, and both stages' allowance
+checked on them.
 """
 
 from __future__ import annotations
@@ -91,10 +93,13 @@ def fit(
     pool: Sequence[dict[str, Any]] = (),
 ) -> AnswerabilityModel:
     """A logistic regression per stage on the train split's evidence, the thresholds set on the same split
-    (a grid of pairs). `pool`: more answerable questions of the train split's articles, judged before
-    generation only; the before stage must keep within the allowance on them too."""
-    pooled = [ev for r, ev in _usable(pool) if r["split"] == "train"]
-    train = [(r, ev) for r, ev in _usable(rows) if r["split"] == "train"]
+    (a grid of pairs). `pool`: more answerable questions of the train split's articles; the drafted ones
+    are trained on and counted like the set's answerable questions, the others (no draft: no after-stage
+    evidence) only keep the before stage within the allowance."""
+    pool_train = [(r, ev) for r, ev in _usable(pool) if r["split"] == "train"]
+    pooled = [ev for r, ev in pool_train if not r.get("drafted")]
+    drafted = [(r, ev) for r, ev in pool_train if r.get("drafted")]
+    train = [(r, ev) for r, ev in _usable(rows) if r["split"] == "train"] + drafted
     if not train:
         raise ValueError("no answered rows with their sources in the train split: nothing to fit")
     evs = [ev for _, ev in train]
@@ -132,7 +137,8 @@ def fit(
         "set_sha256": file_sha256(set_path),
         "train_rows": len(train),
         "train_unanswerable": int(y.sum()),
-        "train_pool": len(pooled),
+        "train_pool": len(pooled) + len(drafted),
+        "train_pool_drafted": len(drafted),
         "max_answerable_abstained": max_answerable_abstained,
         "estimator": "sklearn LogisticRegression(C=1, class_weight=balanced) on standardized evidence, "
         "one per stage",
@@ -165,9 +171,13 @@ def measure(rows: Sequence[dict[str, Any]], model: AnswerabilityModel | None) ->
             continue
         figures: dict[str, Any] = {}
         pooled = [d for r, d in decided if r["kind"] == "pool"]
-        if pooled:  # judged before generation only (no draft)
+        if pooled:  # every pool question, judged before generation
             figures["pool_abstained_before"] = round(sum(d == "before" for d in pooled) / len(pooled), 4)
             figures["pool_n"] = len(pooled)
+        drafted = [d for r, d in decided if r["kind"] == "pool" and r.get("drafted")]
+        if drafted:  # the pool questions that were answered: both stages
+            figures["pool_drafted_abstained"] = round(sum(d is not None for d in drafted) / len(drafted), 4)
+            figures["pool_drafted_n"] = len(drafted)
         for label in ("answerable", "unanswerable"):
             picked = [d for r, d in mine if r["label"] == label]
             figures[f"{label}_abstained"] = (

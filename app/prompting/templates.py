@@ -261,6 +261,10 @@ class PromptTemplate:
     def required_variables(self) -> frozenset[str]:
         return frozenset(v.name for v in self.variables if v.required)
 
+    def declares(self, name: str) -> bool:
+        """Whether this version takes variable `name` (a caller passes what only newer versions read)."""
+        return any(v.name == name for v in self.variables)
+
     def render(self, **variables: Any) -> list[dict[str, str]]:
         """Render to chat messages ``[{"role", "content"}]``; messages that render empty are dropped.
 

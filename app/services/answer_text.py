@@ -29,6 +29,8 @@ ECHOES = (
     "answer in one or two sentences",
     "using only the numbered sources",
     "cite the sources you use with their numbers in brackets",
+    "start your answer with yes or no, then say why in one sentence",
+    "start your answer with yes or no",
 )
 _ECHO = re.compile(
     "|".join(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b" for p in ECHOES), re.IGNORECASE
@@ -125,6 +127,25 @@ def tidy(answer: str) -> str:
         cut = text.rfind(sentences[-1])
         text = text[:cut].rstrip()
     return text
+
+
+# A question answered by yes or no opens with an auxiliary verb ("Was ...?", "Did ...?", "Is it true
+# that ...?"); a question word ("Who", "When", "How") or anything else does not.
+_YES_NO_OPENERS = frozenset(
+    "am is are was were do does did have has had can could will would shall should may might must".split()
+)
+_FIRST_WORD = re.compile(r"[A-Za-z']+")
+
+
+def is_yes_no_question(question: str) -> bool:
+    """`question` asks for a yes or a no: it opens with an auxiliary verb (a negative one too: "Didn't
+    ...?", "Isn't ...?"). Answer prompts that declare `yes_no` ask such answers to start with Yes or No."""
+    first = _FIRST_WORD.search(question)
+    if first is None:
+        return False
+    word = first.group(0).lower()
+    word = word.removesuffix("n't")  # "isn't" -> "is", "didn't" -> "did"
+    return word in _YES_NO_OPENERS or word in {"ca", "wo", "sha"}  # "can't", "won't", "shan't"
 
 
 def says_dont_know(answer: str) -> bool:

@@ -43,6 +43,7 @@ from app.services.answer_text import (
     AnswerFilter,
     filtered,
     is_refusal,
+    is_yes_no_question,
     renumbered,
     says_dont_know,
     tidy,
@@ -444,6 +445,9 @@ class ChatService:
         past = trim_to_token_budget(past, self.settings.history.token_budget, approx_tokens)
         history = [{"role": t.role, "content": t.content} for t in past]
 
+        # What the server says about the question, for the prompt versions that declare it (answer@v6).
+        told = {"yes_no": is_yes_no_question(query.message)} if answer_prompt.declares("yes_no") else {}
+
         def render(history: History, sources: list[Citation]) -> Messages:
             # Neutralised here, for every prompt version: a source or a turn cannot forge the prompt's fences.
             return answer_prompt.render(
@@ -451,7 +455,8 @@ class ChatService:
                     sources=[s.model_dump(include={"n", "title", "source", "text"}) for s in sources],
                     history=history,
                     question=query.message,
-                )
+                ),
+                **told,
             )
 
         if history:  # a question with no room to be answered is refused before the condense call

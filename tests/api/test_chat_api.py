@@ -28,7 +28,7 @@ def test_chat_answers_with_citations_and_records_history(kb, llm_server) -> None
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["answer"] == "Etna is in Sicily [1]."
-    assert body["prompt"] == "answer@v5"
+    assert body["prompt"] == "answer@v6"
     assert body["model"] == llm_server.model
     assert body["usage"]["completion_tokens"] > 0
     assert len(body["citations"]) == 1 and body["citations"][0]["source"] == "etna.txt"
@@ -40,7 +40,7 @@ def test_chat_answers_with_citations_and_records_history(kb, llm_server) -> None
     conversation = kb.get(f"/v1/conversations/{body['conversation_id']}").json()
     assert [t["role"] for t in conversation["turns"]] == ["user", "assistant"]
     record = conversation["turns"][1]["metadata"]
-    assert record["prompt"] == "answer@v5" and record["citations"] == [body["citations"][0]["chunk_id"]]
+    assert record["prompt"] == "answer@v6" and record["citations"] == [body["citations"][0]["chunk_id"]]
 
 
 def test_follow_up_is_condensed_with_history(kb, llm_server) -> None:

@@ -146,7 +146,7 @@ def test_feedback_events_and_metrics(kb: TestClient) -> None:
     assert 'ragserver_feedback_total{rating="down"} 2.0' in metrics
     assert 'ragserver_engagement_events_total{type="citation_opened"} 1.0' in metrics
     assert (
-        'ragserver_answers_total{model="scripted-model",outcome="answered",prompt="answer@v5"} 1.0' in metrics
+        'ragserver_answers_total{model="scripted-model",outcome="answered",prompt="answer@v6"} 1.0' in metrics
     )
     assert 'ragserver_retrieval_top_score_count{collection="kb"}' in metrics
     listed = kb.get("/v1/responses", params={"rating": "down"}).json()["responses"]

@@ -397,7 +397,9 @@ def hostile_collection(world: World) -> str:
     return "injection"
 
 
-@pytest.mark.parametrize("prompt", ["answer@v1", "answer@v2", "answer@v3", "answer@v4", "answer@v5"])
+@pytest.mark.parametrize(
+    "prompt", ["answer@v1", "answer@v2", "answer@v3", "answer@v4", "answer@v5", "answer@v6"]
+)
 def test_every_prompt_version_neutralises_a_hostile_source(
     world: World, hostile_collection: str, prompt: str
 ) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.services.answer_text import AnswerFilter, filtered, is_refusal, says_dont_know, tidy
+from app.services.answer_text import (
+    AnswerFilter,
+    filtered,
+    is_refusal,
+    is_yes_no_question,
+    says_dont_know,
+    tidy,
+)
 from app.services.chat_types import Citation
 
 pytestmark = pytest.mark.unit
@@ -82,3 +89,23 @@ def test_refusals_are_told_apart_from_abstentions() -> None:
     assert is_refusal("I cannot assist with hacking.")
     assert not is_refusal("I don't know.")
     assert not is_refusal("It cannot be changed after start [1].")
+
+
+@pytest.mark.parametrize(
+    ("question", "yes_no"),
+    [
+        ("Was Abraham Lincoln the sixteenth President of the United States?", True),
+        ("Did his mother die of pneumonia?", True),
+        ("Is it true that he became a professor in 1820?", True),
+        ("Can the title of this famous 1811 paper be roughly translated into english?", True),
+        ("Didn't Lincoln win in 1860?", True),
+        ('  "Does Redis persist to disk?', True),
+        ("Who suggested Lincoln grow a beard?", False),
+        ("What happened in 1833?", False),
+        ("How old was Lincoln in 1816?", False),
+        ("Lincoln was born where?", False),
+        ("", False),
+    ],
+)
+def test_yes_no_questions_open_with_an_auxiliary_verb(question: str, yes_no: bool) -> None:
+    assert is_yes_no_question(question) is yes_no

@@ -135,6 +135,16 @@ def test_fitting_separates_the_labels_and_keeps_the_answerable_allowance(tmp_pat
     careful = fit(rows, labelled, max_answerable_abstained=0.1, pool=pool)
     assert careful.before.threshold > model.before.threshold and careful.card["train_pool"] == 10
     assert measure([*rows, *pool], careful)["train"]["pool_abstained_before"] <= 0.1
+    # Drafted pool questions are trained on, and both stages keep the allowance on them: answerable
+    # questions whose sources miss the question's terms (as the unanswerable ones do) but whose drafts
+    # are supported, so only a stage that sees the draft may tell them apart.
+    drafted = [
+        {**p, "id": f"drafted-{i}", "drafted": True, "answer": "At night [1]."} for i, p in enumerate(pool)
+    ]
+    both = fit(rows, labelled, max_answerable_abstained=0.1, pool=drafted)
+    assert both.card["train_pool_drafted"] == 10 and both.card["train_rows"] == 50
+    train = measure([*rows, *drafted], both)["train"]
+    assert train["pool_drafted_n"] == 10 and train["pool_drafted_abstained"] <= 0.1
 
 
 def test_the_shipped_model_reads_the_features_it_was_fitted_on() -> None:

@@ -107,6 +107,18 @@ async def test_the_answer_cites_the_retrieved_chunk_it_marks(
     assert (result.model, result.finish_reason, result.collection_version) == ("scripted-model", "stop", "v1")
 
 
+async def test_only_a_yes_no_question_asks_the_model_to_start_with_yes_or_no(
+    container: Container, llm: ScriptedLLM
+) -> None:
+    llm.enqueue_text("Yes, Mount Etna is in Sicily [1].")
+    llm.enqueue_text("Mount Etna is in Sicily [1].")
+    await ask(container, "Is Mount Etna in Sicily?")
+    await ask(container, "Where is Mount Etna?")
+    told, plain = (r.messages[-1]["content"] for r in llm.requests)
+    assert told.endswith("Start your answer with Yes or No, then say why in one sentence.")
+    assert "Yes or No" not in plain and plain.endswith("cite the source numbers.")
+
+
 async def test_a_streamed_answer_is_its_deltas_then_its_citations_then_done_with_usage(
     container: Container, llm: ScriptedLLM, doc_ids: dict[str, str]
 ) -> None:
@@ -256,7 +268,7 @@ async def test_every_answer_is_traced_with_how_it_was_made(container: Container,
         "Rome is the capital of Italy [1].",
     )
     assert (trace.prompt, trace.model, trace.outcome, trace.collection_version) == (
-        "answer@v5",
+        "answer@v6",
         "scripted-model",
         "answered",
         "v1",

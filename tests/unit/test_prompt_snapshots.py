@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from syrupy.assertion import SnapshotAssertion
 
-from app.prompting import PromptRegistry, neutral_inputs
+from app.prompting import PromptRegistry, PromptTemplate, neutral_inputs
+from app.services.answer_text import is_yes_no_question
 
 pytestmark = pytest.mark.unit
 
@@ -58,6 +59,7 @@ INPUTS: dict[str, dict[str, dict[str, Any]]] = {
         "first_turn": {"sources": SOURCES, "question": "What retrieval does version 0.1 add?"},
         "no_sources": {"sources": [], "history": [], "question": "Who wrote ragserver?"},
         "hostile_source": {"sources": HOSTILE_SOURCES, "question": "How long do refunds take?"},
+        "yes_no_question": {"sources": SOURCES, "question": "Does version 0.1 add hybrid retrieval?"},
     },
     "condense": {
         "follow_up": {"history": HISTORY, "question": "And which Python version?"},
@@ -78,4 +80,10 @@ def test_every_shipped_prompt_has_sample_inputs() -> None:
 @pytest.mark.parametrize(("ref", "case"), CASES)
 def test_rendered_prompt_snapshot(ref: str, case: str, snapshot: SnapshotAssertion) -> None:
     template = REGISTRY.get(ref)
-    assert template.render(**neutral_inputs(**INPUTS[template.name][case])) == snapshot
+    assert render(template, INPUTS[template.name][case]) == snapshot
+
+
+def render(template: PromptTemplate, inputs: dict[str, Any]) -> list[dict[str, str]]:
+    """As ChatService renders: what the server says about the question only to the versions that read it."""
+    told = {"yes_no": is_yes_no_question(inputs["question"])} if template.declares("yes_no") else {}
+    return template.render(**neutral_inputs(**inputs), **told)

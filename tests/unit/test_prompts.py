@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 PROMPTS_DIR = Path(__file__).parents[2] / "prompts"
 
 SOURCES = [{"n": 1, "title": "Intro", "source": "docs/intro.md", "text": "Ragserver answers with citations."}]
-ANSWER_REFS = ("answer@v1", "answer@v2", "answer@v3", "answer@v4", "answer@v5")
+ANSWER_REFS = ("answer@v1", "answer@v2", "answer@v3", "answer@v4", "answer@v5", "answer@v6")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,22 @@ def test_answer_system_message_is_static(registry: PromptRegistry) -> None:
         assert first[0] == second[0]
 
 
+def test_answer_v6_asks_for_yes_or_no_only_when_told(registry: PromptRegistry) -> None:
+    """Asked of every question, "start with Yes or No" made the default model open "What happened in
+    1833?" with "Yes,"; the server says which questions are yes/no ones (`yes_no`)."""
+    template = registry.get("answer@v6")
+    assert template.declares("yes_no") and not registry.get("answer@v5").declares("yes_no")
+    told = template.render(sources=SOURCES, question="Does it cite?", yes_no=True)[-1]["content"]
+    assert told.endswith(
+        "cite the source numbers. Start your answer with Yes or No, then say why in one sentence."
+    )
+    for plain in (
+        template.render(sources=SOURCES, question="What does it do?", yes_no=False),
+        template.render(sources=SOURCES, question="What does it do?"),
+    ):
+        assert plain[-1]["content"].endswith("Answer in one or two sentences and cite the source numbers.")
+
+
 def test_empty_messages_are_dropped(tmp_path: Path) -> None:
     write_prompt(
         tmp_path,
@@ -209,7 +225,7 @@ def test_value_missing_a_field_names_the_prompt(registry: PromptRegistry) -> Non
 
 def test_pinned_default_answer_prompt_is_unchanged_by_new_versions(registry: PromptRegistry) -> None:
     """Adding a version changes what a bare "answer" resolves to, never a pinned ref."""
-    assert registry.get("answer").ref == "answer@v5"
+    assert registry.get("answer").ref == "answer@v6"
     assert "Sources:" in registry.get("answer@v1").render(sources=SOURCES, question="q")[-1]["content"]
 
 
