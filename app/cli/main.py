@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -117,27 +117,6 @@ def ingest(
             raise typer.Exit(code=1)
 
 
-def audit_cli(container: Any, action: str, store: str, object_id: str | None, detail: str, ok: bool) -> None:
-    """An audit entry for a write made from the command line (actor `cli`)."""
-    from app.auth.audit import AuditEntry
-    from ingest.vector_index import split_store_name
-
-    tenant, collection = split_store_name(store)
-    entry = AuditEntry(
-        tenant=tenant,
-        actor="cli",
-        action=action,
-        outcome="ok" if ok else "error",
-        collection=collection,
-        object_id=object_id,
-        detail=detail,
-    )
-    try:
-        container.audit.write(entry)
-    except Exception as exc:  # the write is done; a missing audit line must not fail the command
-        typer.echo(f"warning: the audit entry could not be written: {exc}", err=True)
-
-
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -204,14 +183,29 @@ def docs_delete(
     collection: CollectionOpt = None,
     tenant: TenantOpt = None,
 ) -> None:
-    """Delete documents and all their chunks."""
+    """Delete documents and all their chunks (through the service the API's DELETE uses: each one
+    audited as `document.delete`). Exit code 1 if any id was not found."""
+    from app.auth.principal import Principal
+    from app.services.document_service import DocumentNotFound
+    from ingest.vector_index import split_store_name
+
     with container_for(collection, must_exist=True, tenant=tenant) as (container, name):
-        serving = container.versions.serving(name)
-        existed = serving.pipeline.delete(serving.physical, document_ids)
-        ok = existed == len(document_ids)
-        audit_cli(container, "document.delete", name, ",".join(document_ids)[:500], f"deleted {existed}", ok)
-        typer.echo(json.dumps({"deleted": existed, "requested": len(document_ids)}))
-        if existed < len(document_ids):
+        owner, bare = split_store_name(name)
+        principal = Principal.operator(owner)
+
+        async def delete_all() -> list[str]:
+            missing = []
+            for document_id in document_ids:
+                try:
+                    await container.documents.delete_document(bare, document_id, principal=principal)
+                except DocumentNotFound:
+                    missing.append(document_id)
+            return missing
+
+        missing = asyncio.run(delete_all())
+        deleted = len(document_ids) - len(missing)
+        typer.echo(json.dumps({"deleted": deleted, "requested": len(document_ids), "not_found": missing}))
+        if missing:
             raise typer.Exit(code=1)
 
 

@@ -66,7 +66,19 @@ def test_cli_round_trip(run, tmp_path: Path) -> None:
     ]
     assert run("docs", "delete", remaining[0], "-c", "kb").exit_code == 0
     assert last_json(run("stats", "-c", "kb").stdout)["documents"] == 3
-    assert run("docs", "delete", "no-such-doc", "-c", "kb").exit_code == 1
+    partly = run("docs", "delete", remaining[1], "no-such-doc", "-c", "kb")
+    assert partly.exit_code == 1 and last_json(partly.stdout) == {
+        "deleted": 1,
+        "requested": 2,
+        "not_found": ["no-such-doc"],
+    }
+    # Through the service the API's DELETE uses: each document audited as it is there.
+    audited = [json.loads(line) for line in run("audit", "--action", "document.delete").stdout.splitlines()]
+    assert [(e["object_id"], e["outcome"], e["actor"], e["collection"]) for e in audited] == [
+        ("no-such-doc", "error", "cli", "kb"),
+        (remaining[1], "ok", "cli", "kb"),
+        (remaining[0], "ok", "cli", "kb"),
+    ]
 
 
 def test_cli_errors(run, tmp_path: Path) -> None:
