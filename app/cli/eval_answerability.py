@@ -29,6 +29,15 @@ def eval_answerability(
             "on hundreds of answerable questions, not on the set's few."
         ),
     ] = None,
+    max_answerable_abstained: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="The fit's allowance: the most answerable train questions (the set's and the drafted "
+            "pool's) it may abstain on; the undrafted pool's too, before generation.",
+        ),
+    ] = 0.10,
     pool_drafts: Annotated[
         int,
         typer.Option(
@@ -75,7 +84,7 @@ def eval_answerability(
         shipped = None
     summary: dict[str, Any] = {"rows": len(answered), "shipped": measure([*answered, *pooled], shipped)}
     if fit_model:
-        model = fit(answered, questions, pool=pooled)
+        model = fit(answered, questions, pool=pooled, max_answerable_abstained=max_answerable_abstained)
         (out / "answerability.json").write_text(json.dumps(model.to_dict(), indent=2) + "\n")
         summary["fitted"] = measure([*answered, *pooled], model)
         summary["fitted_thresholds"] = {"before": model.before.threshold, "after": model.after.threshold}

@@ -89,7 +89,7 @@ def fit(
     rows: Sequence[dict[str, Any]],
     set_path: Path,
     *,
-    max_answerable_abstained: float = 0.08,
+    max_answerable_abstained: float = 0.10,
     pool: Sequence[dict[str, Any]] = (),
 ) -> AnswerabilityModel:
     """A logistic regression per stage on the train split's evidence, the thresholds set on the same split
