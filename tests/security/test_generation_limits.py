@@ -168,6 +168,8 @@ def test_history_then_sources_give_way_to_the_context_window_never_system_or_que
         ]
         return approx_prompt_tokens(prompt.render(sources=given, history=history, question=question))
 
+    # About the prompt's budget: answered whatever the abstention model makes of these made-up sources.
+    monkeypatch.setattr(container.settings.answers, "abstain", False)
     # Room for every source and the last four turns: older history goes first.
     monkeypatch.setattr(container.llm, "context_window", need(ranked, history[-4:]) + 100)
     served.llm.enqueue_text(search)  # the condense step (a follow-up becomes a search query)
