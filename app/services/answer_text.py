@@ -133,6 +133,7 @@ def tidy(answer: str) -> str:
 # that ...?"); a question word ("Who", "When", "How") or anything else does not.
 _YES_NO_OPENERS = frozenset(
     "am is are was were do does did have has had can could will would shall should may might must".split()
+    + ["ca", "wo", "sha"]  # what "can't", "won't" and "shan't" leave without their "n't"
 )
 _FIRST_WORD = re.compile(r"[A-Za-z']+")
 
@@ -145,7 +146,7 @@ def is_yes_no_question(question: str) -> bool:
         return False
     word = first.group(0).lower()
     word = word.removesuffix("n't")  # "isn't" -> "is", "didn't" -> "did"
-    return word in _YES_NO_OPENERS or word in {"ca", "wo", "sha"}  # "can't", "won't", "shan't"
+    return word in _YES_NO_OPENERS
 
 
 def says_dont_know(answer: str) -> bool:
