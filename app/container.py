@@ -35,13 +35,16 @@ if TYPE_CHECKING:
     from app.jobs.queue import ArqJobQueue
     from app.jobs.runner import JobRunner
     from app.llm.base import LLM
+    from app.llm.registry import ModelRegistry
     from app.prompting import PromptRegistry
     from app.retrieval.bm25_feed import BM25Feed
     from app.retrieval.bm25_index import BM25Index
     from app.retrieval.retriever import Retriever
+    from app.services.answer_profiles import ProfileService
     from app.services.chat_service import ChatService
     from app.services.collection_versions import CollectionVersions
     from app.services.document_service import DocumentService
+    from app.services.experiments import ExperimentService
     from app.services.metrics import Metrics
     from app.services.online_judge import OnlineJudge
     from app.services.retrieval_service import RetrievalService
@@ -291,6 +294,45 @@ class Container:
         return build_llm(self.settings.llm, self.settings.models_dir)
 
     @cached_property
+    def models(self) -> ModelRegistry:
+        """Every LLM a request, profile or experiment arm may name; `llm` is its default model."""
+        from app.llm.registry import ModelRegistry, ModelStore
+
+        return ModelRegistry(
+            self.settings, lambda: ModelStore(self.database), lambda: self.llm, audit=lambda: self.audit
+        )
+
+    @cached_property
+    def profiles(self) -> ProfileService:
+        """Collections' answer profiles (prompt, model, retrieval settings)."""
+        from app.services.answer_profiles import ProfileService, ProfileStore
+
+        return ProfileService(
+            self.settings,
+            ProfileStore(self.database),
+            models=self.models,
+            prompts=self.prompts,
+            retrieval=self.retrieval,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def experiments(self) -> ExperimentService:
+        """A/B experiments: enrollment, reports, guardrails."""
+        from app.experiments.store import ExperimentStore
+        from app.services.experiments import ExperimentService
+
+        return ExperimentService(
+            self.settings,
+            ExperimentStore(self.database),
+            profiles=self.profiles,
+            traces=self.trace_store,
+            retrieval=self.retrieval,
+            metrics=self.metrics,
+            audit=self.audit,
+        )
+
+    @cached_property
     def prompts(self) -> PromptRegistry:
         from app.prompting import PromptRegistry
 
@@ -444,11 +486,13 @@ class Container:
 
         return ChatService(
             self.settings,
-            self.llm,
+            self.models,
             self.prompts,
             self.history,
             self.retrieval,
             self.metrics,
+            profiles=self.profiles,
+            experiments=self.experiments,
             rate_limits=self.rate_limits,
             audit=self.audit,
             traces=self.traces,
@@ -486,6 +530,10 @@ class Container:
             self.bm25_feed.stop()
         if self.built("job_queue") and self.job_queue is not None:
             await self.job_queue.aclose()
+        if self.built("experiments"):
+            await self.experiments.stop()
+        if self.built("models"):
+            await self.models.aclose()
         for name in ("history", "jobs", "llm"):
             if self.built(name) and name not in self._injected:
                 try:

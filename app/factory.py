@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             app.state.container = opened
             await opened.runner.start()
             await opened.traces.start()
+            await opened.experiments.start()
             log.info("ragserver ready (data dir %s)", opened.settings.data_dir)
             try:
                 yield
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestContext)
 
+    from app.api.admin.decisions import router as decisions_router
     from app.api.admin.router import router as admin_router
     from app.api.chat.router import router as chat_router
     from app.api.collections.router import router as collections_router
@@ -124,6 +126,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         retrieve_router,
         traces_router,
         admin_router,
+        decisions_router,
         ui_router,
     ):
         app.include_router(router)

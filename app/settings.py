@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
@@ -68,6 +68,8 @@ class ChromaSettings(BaseModel):
 
 
 class LLMSettings(BaseModel):
+    # The default model of the registry (app/llm/registry.py), which also holds the packaged local models
+    # and those in `models.extra` or registered through the admin API.
     # local: a GGUF model in process; openai: any OpenAI-compatible server (base_url); scripted: canned
     # answers in process, no model and no network (app/llm/scripted_provider.py), for tests and demos only.
     provider: Literal["local", "openai", "scripted"] = "local"
@@ -107,6 +109,57 @@ class LLMSettings(BaseModel):
     fallback_base_url: str | None = None
     fallback_api_key: str = "not-needed"
     fallback_model: str | None = None
+    # Its name in the model registry (None: "local-<local_model>" for a packaged local model, else `model`),
+    # its prices per 1,000 prompt / completion tokens (an answer's estimated cost; 0 for a local model)
+    # and license (None: the packaged model's, else "unknown").
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+    price_in: float = Field(0.0, ge=0.0)
+    price_out: float = Field(0.0, ge=0.0)
+    license: str | None = None
+
+
+class ModelEntry(BaseModel):
+    """One LLM endpoint of the model registry: in settings (`models.extra`) or registered by a tenant's
+    admin (`POST /v1/admin/models`, `ragserver models add`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+    # local: a packaged GGUF model (`model` is its name: qwen2.5-0.5b or smollm2); openai: any
+    # OpenAI-compatible server (vLLM, llama.cpp, Ollama, OpenAI, Gemini's OpenAI endpoint); scripted: canned
+    # answers (tests and demos).
+    provider: Literal["local", "openai", "scripted"]
+    base_url: str | None = Field(None, max_length=2000)
+    model: str | None = Field(None, max_length=200)  # the id the endpoint knows it by
+    # The name of an environment variable on the server holding the API key: keys never enter the database.
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    context_window: int = Field(8192, ge=256, le=10_000_000)
+    price_in: float = Field(0.0, ge=0.0, description="Price per 1,000 prompt tokens.")
+    price_out: float = Field(0.0, ge=0.0, description="Price per 1,000 completion tokens.")
+    license: str = Field("unknown", max_length=200)
+    fallback: str | None = Field(None, description="Another model's name, used when this one fails.")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> ModelEntry:
+        if self.provider == "openai":
+            if not self.base_url or not self.base_url.startswith(("http://", "https://")):
+                raise ValueError("an openai model needs base_url, an http:// or https:// URL")
+            if not self.model:
+                raise ValueError("an openai model needs model, the id its server knows it by")
+        if self.fallback == self.name:
+            raise ValueError("a model cannot be its own fallback")
+        return self
+
+
+class ModelsSettings(BaseModel):
+    """The model registry beyond the `llm` section (which is its default model)."""
+
+    # More models every tenant can use, e.g. RAGSERVER_MODELS__EXTRA='[{"name": "llama", "provider":
+    # "openai", "base_url": "http://gpu:8000/v1", "model": "meta-llama/Llama-3.1-8B-Instruct"}]'.
+    extra: list[ModelEntry] = Field(default_factory=list)
+    # Whether tenants' admins may register models through the API and CLI (their endpoints are called
+    # from this server: turn it off where admins must not point the server at arbitrary URLs).
+    allow_registration: bool = True
 
 
 class RedisSettings(BaseModel):
@@ -194,6 +247,20 @@ class CollectionSettings(BaseModel):
     # Directories a rebuild's embedding_model must lie under (None: <data_dir>/models only). Put tuned
     # models there; any other directory is allowed only by listing it (tenants' admins name these paths).
     model_roots: list[str] | None = None
+
+
+class ExperimentSettings(BaseModel):
+    """Answer profiles and A/B experiments (docs/EXPERIMENTS.md)."""
+
+    # How long a process keeps the profiles and running experiments it read before asking the database
+    # again: a change (a profile set, an experiment started, paused or stopped) reaches every replica
+    # within this.
+    refresh_s: float = Field(1.0, ge=0.0, le=60.0)
+    # How often each server checks the guardrails of the running experiments (0: only when a report is
+    # asked for). Any replica may stop an arm; stopping is idempotent.
+    guardrail_interval_s: float = Field(60.0, ge=0.0)
+    # An arm is not judged by its guardrails before it has this many units.
+    guardrail_min_units: int = Field(50, ge=2)
 
 
 class ServerSettings(BaseModel):
@@ -359,11 +426,13 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     chroma: ChromaSettings = ChromaSettings()
     llm: LLMSettings = LLMSettings()
+    models: ModelsSettings = ModelsSettings()
     history: HistorySettings = HistorySettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     collections: CollectionSettings = CollectionSettings()
     prompts: PromptSettings = PromptSettings()
     answers: AnswerSettings = AnswerSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()
     database: DatabaseSettings = DatabaseSettings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def make_pdf(path: Path, pages: list[str]) -> Path:
@@ -55,3 +56,34 @@ def make_corpus_folder(root: Path) -> dict[str, Path]:
     make_pdf(files["pdf"], ["Quarterly report.", "Revenue from solar panels grew by forty percent."])
     make_docx(files["docx"], "Chess", ["The Sicilian Defence is a chess opening beginning with 1.e4 c5."])
     return files
+
+
+def make_trace(response_id: str, **fields: Any) -> Any:
+    """A response `Trace` with plain defaults (an answered question in `kb`); `fields` replace them."""
+    from app.traces.store import Trace
+
+    values: dict[str, Any] = {
+        "response_id": response_id,
+        "created_at": 0.0,
+        "api": "chat",
+        "tenant": "default",
+        "key_id": None,
+        "collection": "kb",
+        "conversation_id": None,
+        "question": "q",
+        "history": [],
+        "search_query": "q",
+        "chunks": [],
+        "prompt": "answer@v1",
+        "model": "m",
+        "params": {},
+        "retrieval": {},
+        "answer": "a",
+        "citations": [],
+        "finish_reason": "stop",
+        "outcome": "answered",
+        "grounding": None,
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        "latency_ms": {"retrieve": 1.0, "ttft": None, "total": 100.0},
+    }
+    return Trace(**(values | fields))

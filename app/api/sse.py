@@ -28,6 +28,18 @@ T = TypeVar("T")
 SSEMessage = dict[str, str]
 # Every answer names its response (GET /v1/responses/{id}, feedback) in this header, streaming or not.
 RESPONSE_ID_HEADER = "X-Response-ID"
+# An answer enrolled in an A/B experiment names it and its arm here: "<experiment>/<arm>".
+ARM_HEADER = "X-RAGServer-Arm"
+
+
+def answer_headers(response_id: str | None, experiment: str | None, arm: str | None) -> dict[str, str]:
+    """The headers every answer carries: its response id, and its experiment arm when it has one."""
+    headers = {RESPONSE_ID_HEADER: response_id} if response_id else {}
+    if experiment and arm:
+        headers[ARM_HEADER] = f"{experiment}/{arm}"
+    return headers
+
+
 # Keep-alive comment lines on a quiet stream, so proxies do not time the connection out.
 PING_S = 15
 # "\n" line ends, as OpenAI clients expect (some split on blank lines "\n\n").
@@ -126,5 +138,10 @@ async def sse_response(
     """A streaming response for a chat stream, primed first (see `prime`): raises what the stream
     raises before its first event. `response_id` goes in the `X-Response-ID` header."""
     head, rest = await prime(events, request)
-    headers = {RESPONSE_ID_HEADER: response_id} if response_id else None
+    start = next((e for e in head if isinstance(e, StartEvent)), None)
+    headers = (
+        answer_headers(response_id, start.experiment, start.arm)
+        if start
+        else answer_headers(response_id, None, None)
+    )
     return EventSourceResponse(encode_stream(head, rest, encoder), ping=PING_S, sep=SEP, headers=headers)

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -156,3 +156,17 @@ class AuditLog:
                     )
                 )
             )
+
+
+def audited(
+    audit: AuditLog | None,
+    principal: Principal,
+    action: str,
+    *,
+    collection: str | None = None,
+    object_id: str | None = None,
+) -> AbstractAsyncContextManager[Any]:
+    """`audit.action(...)`, or nothing when a service was built without an audit log."""
+    if audit is None:
+        return nullcontext()
+    return audit.action(principal, action, collection=collection, object_id=object_id)

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from app.bench.stack import bench_corpus, bench_questions, ingest_subset, running, stack_env
+from app.bench.stack import Stack, bench_corpus, bench_questions, ingest_subset, running, stack_env
 from evals.stats import percentile
 
 
@@ -36,10 +36,15 @@ async def _fire(
     chat: bool,
     questions: list[str],
     headers: dict[str, str] | None = None,
+    mode: str = "hybrid",
     abstained: list[bool] | None = None,
+    enrolled: list[bool] | None = None,
 ) -> tuple[list[float], int]:
     """Streaming requests; returns the times to first token (ms) and the error count. `abstained`, when
-    given, gets for each timed request whether its answer abstained (ragserver's `done` event)."""
+    given, gets for each timed request whether its answer abstained (ragserver's `done` event).
+    `enrolled`, when given: every other request names its retrieval mode (the settings' own, so the same
+    work), which keeps it out of a running experiment; the list gets, for each timed request, whether it
+    was enrolled (its `X-RAGServer-Arm` header)."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -52,17 +57,21 @@ async def _fire(
         question = questions[i % len(questions)]
         if chat:
             path, body = "/v1/chat", {"message": question, "collection": "bench", "stream": True}
+            if enrolled is not None and i % 2:
+                body["mode"] = mode
         else:
             path = "/v1/chat/completions"
             body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": question}]}
         started = time.perf_counter()
         first: float | None = None
         withdrawn = False
+        arm = False
         try:
             async with client.stream("POST", url + path, json=body, timeout=60) as response:
                 if response.status_code != 200:
                     errors += 1
                     return
+                arm = "x-ragserver-arm" in response.headers
                 async for line in response.aiter_lines():
                     if first is None and _is_token(line, chat):
                         first = time.perf_counter()
@@ -74,6 +83,8 @@ async def _fire(
                 ttfts.append((first - started) * 1000)
                 if abstained is not None:
                     abstained.append(withdrawn)
+                if enrolled is not None:
+                    enrolled.append(arm)
         except httpx.HTTPError:
             errors += 1
 
@@ -96,6 +107,13 @@ def bench_serve(
     mode: Annotated[
         str | None, typer.Option(help="Retrieval mode for the server (default from settings).")
     ] = None,
+    experiment: Annotated[
+        bool,
+        typer.Option(
+            help="Run a 50/50 experiment on the bench collection (arms that change nothing) and send every "
+            "other request with its mode named (not enrolled): the TTFT of both, from the same run."
+        ),
+    ] = False,
 ) -> None:
     """Streaming /v1/chat TTFT and throughput against an instant scripted LLM. Last line: JSON."""
     corpus = bench_corpus(corpus)
@@ -104,6 +122,8 @@ def bench_serve(
         typer.echo(f"ingesting {docs} documents ...", err=True)
         ingest_subset(stack, corpus, docs)
         with running(stack):
+            if experiment:
+                _start_experiment(stack)
             warm = min(requests, max(20, concurrency))
             questions = bench_questions(corpus)
             asyncio.run(
@@ -114,6 +134,7 @@ def bench_serve(
             typer.echo(f"firing {requests} requests at concurrency {concurrency} ...", err=True)
             started = time.perf_counter()
             abstained: list[bool] = []
+            enrolled: list[bool] | None = [] if experiment else None
             ttfts, errors = asyncio.run(
                 _fire(
                     stack.url,
@@ -123,6 +144,8 @@ def bench_serve(
                     questions=questions,
                     headers=stack.headers,
                     abstained=abstained,
+                    enrolled=enrolled,
+                    mode=mode or "hybrid",
                 )
             )
             elapsed = time.perf_counter() - started
@@ -143,4 +166,23 @@ def bench_serve(
             [t for t, a in zip(ttfts, abstained, strict=True) if not a], 50, digits=2
         ),
     }
+    if enrolled is not None:
+        answered = [(t, e) for t, e, a in zip(ttfts, enrolled, abstained, strict=True) if not a]
+        result["enrolled"] = sum(enrolled)
+        result["ttft_enrolled_p50_ms"] = percentile([t for t, e in answered if e], 50, digits=2)
+        result["ttft_not_enrolled_p50_ms"] = percentile([t for t, e in answered if not e], 50, digits=2)
     typer.echo(json.dumps(result))
+
+
+def _start_experiment(stack: Stack) -> None:
+    """A running 50/50 experiment on the bench collection whose arms change nothing."""
+    import httpx
+
+    spec = {
+        "name": "bench",
+        "collections": ["bench"],
+        "arms": [{"name": "control", "weight": 50}, {"name": "same", "weight": 50}],
+    }
+    with httpx.Client(base_url=stack.url, headers=stack.headers, timeout=60) as client:
+        client.post("/v1/admin/experiments", json=spec, params={"replace": "true"}).raise_for_status()
+        client.post("/v1/admin/experiments/bench/start").raise_for_status()

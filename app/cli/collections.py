@@ -1,4 +1,5 @@
-"""`ragserver collections versions|rebuild|rollback|prune C`: blue/green collections.
+"""`ragserver collections versions|rebuild|rollback|prune C`: blue/green collections (and `profile C`, a
+collection's answer profile, in app/cli/decisions.py beside the experiments that write it).
 
 Given `--url`, the command asks that running server (its admin endpoints; `--api-key` or
 RAGSERVER_API_KEY when auth is on), which is the way while a server runs: two processes must not
@@ -8,44 +9,16 @@ write one embedded Chroma directory. Without it, the command works on the data d
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import TenantOpt, container_for, fail
+from app.cli.common import KeyOpt, TenantOpt, UrlOpt, call_server, container_for, fail
 
 collections_app = typer.Typer(
     help="Blue/green collections: versions, rebuild, rollback, prune.", no_args_is_help=True
 )
-
-UrlOpt = Annotated[
-    str | None,
-    typer.Option("--url", help="A running server (http://host:port); without it, the data dir directly."),
-]
-KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="Admin key for --url (default: RAGSERVER_API_KEY).")
-]
-
-
-def _call(url: str, api_key: str | None, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
-    key = api_key or os.environ.get("RAGSERVER_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=60)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
-    if response.status_code >= 400:
-        try:
-            error = response.json().get("error", {})
-            message = error.get("message") or response.text
-        except ValueError:
-            message = response.text
-        fail(f"{response.status_code}: {message}")
-    return response.json()
 
 
 def _show(collection: str, versions: list[dict[str, Any]]) -> None:
@@ -71,7 +44,7 @@ def versions(
 ) -> None:
     """The collection's versions (* serves). The last line is JSON."""
     if url:
-        data = _call(url, api_key, "GET", f"/v1/collections/{collection}/versions")
+        data = call_server(url, api_key, "GET", f"/v1/collections/{collection}/versions")
     else:
         with container_for(collection, must_exist=False, tenant=tenant) as (container, store):
             from ingest.vector_index import CollectionNotFound
@@ -118,12 +91,12 @@ def rebuild(
         "chunk_overlap": chunk_overlap,
     }
     if url:
-        started = _call(url, api_key, "POST", f"/v1/collections/{collection}/rebuild", body)
+        started = call_server(url, api_key, "POST", f"/v1/collections/{collection}/rebuild", body)
         typer.echo(f"rebuilding {collection} into {started['label']}", err=True)
         row = started
         while wait and row["state"] == "building":
             time.sleep(1.0)
-            data = _call(url, api_key, "GET", f"/v1/collections/{collection}/versions")
+            data = call_server(url, api_key, "GET", f"/v1/collections/{collection}/versions")
             row = next(v for v in data["versions"] if v["version"] == started["version"])
         if row["state"] == "failed":
             fail(f"rebuild into {row['label']} failed: {row.get('error')}")
@@ -162,7 +135,7 @@ def rollback(
 ) -> None:
     """Serve the previous version again (or version --to)."""
     if url:
-        row = _call(url, api_key, "POST", f"/v1/collections/{collection}/rollback", {"version": to})
+        row = call_server(url, api_key, "POST", f"/v1/collections/{collection}/rollback", {"version": to})
     else:
         from app.services.collection_versions import VersionConflict
         from ingest.vector_index import CollectionNotFound
@@ -190,7 +163,7 @@ def prune(
     """Drop the versions that do not serve the collection (but the newest --keep)."""
     if url:
         body = {"keep": keep, "abandoned": abandoned}
-        data = _call(url, api_key, "POST", f"/v1/collections/{collection}/prune", body)
+        data = call_server(url, api_key, "POST", f"/v1/collections/{collection}/prune", body)
     else:
         with container_for(collection, tenant=tenant) as (container, store):
             data = {

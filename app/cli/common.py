@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
@@ -19,6 +20,51 @@ TenantOpt = Annotated[
     str | None,
     typer.Option("--tenant", help="Whose collection (default: the default tenant, as with auth off)."),
 ]
+
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="A running server (http://host:port); without it, the data dir directly."),
+]
+KeyOpt = Annotated[
+    str | None, typer.Option("--api-key", help="Admin key for --url (default: RAGSERVER_API_KEY).")
+]
+
+
+def call_server(
+    url: str,
+    api_key: str | None,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    content: str | None = None,
+    content_type: str | None = None,
+) -> Any:
+    """Call a running server's API as the `--api-key` (or RAGSERVER_API_KEY) caller; its JSON answer,
+    or the command fails with the server's error."""
+    import httpx
+
+    key = api_key or os.environ.get("RAGSERVER_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    try:
+        response = httpx.request(
+            method, url.rstrip("/") + path, json=body, content=content, headers=headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}")
+    if response.status_code >= 400:
+        try:
+            error = response.json().get("error", {})
+            message = error.get("message") or response.text
+        except ValueError:
+            message = response.text
+        fail(f"{response.status_code}: {message}")
+    if "json" not in response.headers.get("content-type", ""):
+        return response.text
+    return response.json()
 
 
 def trace_scope(

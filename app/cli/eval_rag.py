@@ -68,6 +68,18 @@ def rag(
     temperature: Annotated[
         float | None, typer.Option(min=0.0, max=2.0, help="Default from settings.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="A model of the registry (`ragserver models list`; default: the default)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Answer-profile key=value over the settings (prompt, model, mode, top_k, fusion, rrf_k, "
+            "dense_weight, bm25_weight, candidates), as an experiment arm's overrides. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run each question through the chat pipeline (retrieval, prompt, generation) and score it: retrieval
     hit rate / MRR, answer vs references (ragas non-LLM metrics, semantic similarity), and with a judge
@@ -89,6 +101,17 @@ def rag(
         fail(f"unknown mode {mode!r}; use {', '.join(MODES)}")
     if bool(judge_url) != bool(judge_model):
         fail("--judge-url and --judge-model go together")
+    from app.services.answer_profiles import FUSION_FIELDS, parse_assignments, parse_profile
+    from app.services.errors import InvalidInput
+
+    try:
+        overrides = parse_profile(
+            {k: v for k, v in parse_assignments(set_ or []).items() if v is not None}, what="--set"
+        )
+    except InvalidInput as exc:
+        fail(str(exc))
+    prompt, top_k, mode = prompt or overrides.prompt, top_k or overrides.top_k, mode or overrides.mode
+    model = model or overrides.model
     try:
         picked = load_questions(questions, limit)
     except DatasetError as exc:
@@ -127,8 +150,16 @@ def rag(
             if judge_url and judge_model
             else None
         )
+        if model is not None:
+            from app.llm.registry import ModelNotFound
+
+            try:
+                asyncio.run(container.models.get("default", model))
+            except ModelNotFound as exc:
+                fail(str(exc))
         retrieval = settings.retrieval.model_dump()
         retrieval.update(mode=mode or settings.retrieval.mode, top_k=top_k or settings.retrieval.top_k)
+        retrieval.update(overrides.model_dump(include=set(FUSION_FIELDS), exclude_none=True))
         run_info: dict[str, Any] = {
             "name": out.name,
             "questions_path": str(questions.resolve()),
@@ -140,6 +171,8 @@ def rag(
                 "base_url": settings.llm.base_url,
             },
             "retrieval": retrieval,
+            "model": model,
+            "overrides": overrides.model_dump(include=set(FUSION_FIELDS), exclude_none=True),
             "max_tokens": max_tokens or settings.llm.max_tokens,
             "temperature": settings.llm.temperature if temperature is None else temperature,
             "judge": judge.describe() if judge else None,

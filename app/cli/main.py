@@ -22,6 +22,7 @@ from app.bench.serve import bench_serve
 from app.cli.collections import collections_app
 from app.cli.common import CollectionOpt, TenantOpt, container_for, fail, parse_json_option
 from app.cli.db import db_app
+from app.cli.decisions import experiments_app, models_app
 from app.cli.dev import dev_app
 from app.cli.eval_answerability import eval_answerability
 from app.cli.eval_rag import compare as eval_compare
@@ -46,6 +47,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(collections_app, name="collections")
+app.add_typer(models_app, name="models")
+app.add_typer(experiments_app, name="experiments")
 tune_app = typer.Typer(
     help="Tune the embedder and retrieval settings on your own data.", no_args_is_help=True
 )

@@ -143,8 +143,14 @@ responses = sa.Table(
     sa.Column("total_ms", sa.Double),
     sa.Column("experiment", sa.Text),
     sa.Column("judge_json", sa.Text),
+    # The experiment's arm, the unit it was assigned by (a conversation or key id), and the answer's
+    # estimated cost from its model's prices (0 for a local model; NULL before issue 24).
+    sa.Column("arm", sa.Text),
+    sa.Column("unit", sa.Text),
+    sa.Column("cost", sa.Double),
     sa.Index("responses_by_time", "created_at"),
     sa.Index("responses_by_collection", "collection", "created_at"),
+    sa.Index("responses_by_experiment", "experiment", "created_at"),
 )
 
 # One feedback per (response, caller): sending again replaces it.
@@ -202,4 +208,41 @@ collection_aliases = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("previous", sa.Integer),
     sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# -- the decision end of the loop (issue 24) ----------------------------------------------------------
+
+# LLM endpoints a tenant's admin registered (those in the settings are every tenant's and not stored).
+llm_models = sa.Table(
+    "llm_models",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# A collection's answer defaults (prompt, model, retrieval settings), by store name (tenant-qualified).
+answer_profiles = sa.Table(
+    "answer_profiles",
+    metadata,
+    sa.Column("collection", sa.Text, primary_key=True),
+    sa.Column("profile_json", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# A/B experiments as data: the spec (arms, weights, overrides, metrics), its status and what happened.
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # draft | running | paused | stopped
+    sa.Column("stopped_arms_json", sa.Text, nullable=False),  # {"arm": {"at": ..., "reason": ...}}
+    sa.Column("log_json", sa.Text, nullable=False),  # [{"at": ..., "event": ..., ...}]
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double),
 )

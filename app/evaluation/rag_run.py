@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
+from app.services.answer_profiles import AnswerProfile
 from app.services.chat_types import ChatQuery, ChatResult
 from evals.datasets import EvalQuestion
 from evals.rag_eval import run_rag_eval
@@ -31,12 +32,15 @@ async def run_chat_eval(
     """Answer every question not yet in `out_dir` through `chat` the way `run_info` says (collection,
     prompt, retrieval mode and top_k, max_tokens, temperature) and score it; returns the run's summary."""
     retrieval = run_info["retrieval"]
+    overrides = AnswerProfile(**run_info["overrides"]) if run_info.get("overrides") else None
 
     async def answer(q: EvalQuestion) -> ChatResult:
         query = ChatQuery(
             message=q.question,
             collection=run_info["collection"],
             prompt=run_info["prompt"],
+            model=run_info.get("model"),
+            overrides=overrides,
             top_k=retrieval.get("top_k"),
             mode=retrieval.get("mode"),
             remember=False,

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import time
 import uuid
@@ -66,6 +67,7 @@ from app.services.chat_types import (
     ResolvedChatQuery,
     StartEvent,
     TokenEvent,
+    new_response_id,
 )
 from app.services.errors import Unavailable
 from app.services.followups import deterministic_rewrite, usable_rewrite
@@ -87,6 +89,9 @@ from ingest.errors import DomainError
 if TYPE_CHECKING:
     from app.auth.audit import AuditLog
     from app.auth.rate_limits import RateLimits
+    from app.llm.registry import ModelRegistry, RegisteredModel
+    from app.services.answer_profiles import ProfileService
+    from app.services.experiments import Enrollment, ExperimentService
     from app.services.traces import TraceService
 
 log = logging.getLogger(__name__)
@@ -97,10 +102,6 @@ T = TypeVar("T")
 CONDENSE_MAX_TOKENS = 64
 # What a client is told to wait when the history store is down.
 HISTORY_RETRY_AFTER_S = 5
-
-
-def new_response_id() -> str:
-    return f"resp_{uuid.uuid4().hex}"
 
 
 def within_scope(turns: list[Turn], principal: Principal) -> bool:
@@ -119,7 +120,22 @@ class ConversationNotFound(DomainError, LookupError):
 
 
 @dataclass
+class _Plan:
+    """A request once admitted: its query with every default filled in, the model that answers it, and
+    its experiment arm."""
+
+    query: ResolvedChatQuery
+    model: RegisteredModel
+    llm: LLM
+    conversation_id: str  # the request's, or the new conversation's
+    enrollment: Enrollment | None = None
+    # Why a request over a collection under experiment was not enrolled (it named its own prompt, ...).
+    not_enrolled: str | None = None
+
+
+@dataclass
 class _Prepared:
+    plan: _Plan
     query: ResolvedChatQuery
     conversation_id: str
     history_key: str  # where the conversation is stored (`Principal.conversation_key`)
@@ -139,6 +155,16 @@ class _Prepared:
     unanswerable: dict[str, Any] | None = None
 
 
+def conversation_unit(history: list[dict[str, str]], message: str, principal: Principal) -> str:
+    """The experiment unit of a stateless conversation (the OpenAI-compatible APIs send the history with
+    each request, and no id): its first user message (`message` on the first turn), with the caller's
+    tenant. Every turn of that conversation gets the same arm; two conversations opening with the same
+    words share one."""
+    first = next((m.get("content", "") for m in history if m.get("role") == "user"), message)
+    digest = hashlib.sha256(f"{principal.tenant}\x00{first}".encode()).hexdigest()[:32]
+    return f"stateless:{digest}"
+
+
 def trim_transcript(answer: str) -> str:
     """The answer without a transcript the model went on to write ("User: ...", "Question: ...")."""
     match = NEXT_TURN.search(answer)
@@ -151,12 +177,14 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
-        llm: LLM,
+        models: ModelRegistry,
         prompts: PromptRegistry,
         history: HistoryStore,
         retrieval: RetrievalService,
         metrics: Metrics,
         *,
+        profiles: ProfileService,
+        experiments: ExperimentService,
         rate_limits: RateLimits | None = None,
         audit: AuditLog | None = None,
         traces: TraceService | None = None,
@@ -165,7 +193,9 @@ class ChatService:
         self.traces = traces
         self.rate_limits = rate_limits
         self.audit = audit
-        self.llm = llm
+        self.models = models
+        self.profiles = profiles
+        self.experiments = experiments
         self.prompts = prompts
         self.history = history
         self.retrieval = retrieval
@@ -182,15 +212,15 @@ class ChatService:
         RateLimited past the key's tokens a minute, Unavailable when every generation slot is taken,
         RequestTimedOut past the deadline."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
-        resolved = await self._admit(query, principal)
+        plan = await self._admit(query, principal)
         try:
-            prepared, text, model, usage, finish = await deadline.run(self._generate(resolved, principal))
+            prepared, text, model, usage, finish = await deadline.run(self._generate(plan, principal))
         except RequestTimedOut:
             self._timed_out(deadline)
-            self._failed(resolved)
+            await self._failed(plan, principal, api)
             raise
         except Exception:
-            self._failed(resolved)
+            await self._failed(plan, principal, api)
             raise
         result = self._result(prepared, text, model, usage, finish, response_id)
         await self._spend(principal, usage)
@@ -208,18 +238,24 @@ class ChatService:
         The deadline bounds each step, not the time the consumer takes between events; closing the
         stream early (a client gone) stops the generation and saves nothing."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
-        resolved = await self._admit(query, principal)
+        plan = await self._admit(query, principal)
         response_id = response_id or new_response_id()
         ttft_ms: float | None = None
+        enrolled = plan.enrollment
         try:
             await deadline.run(self.limiter.acquire(principal.tenant))
             try:
-                prepared = await deadline.run(self._prepare(resolved, principal))
-                yield StartEvent(response_id, prepared.conversation_id)
+                prepared = await deadline.run(self._prepare(plan, principal))
+                yield StartEvent(
+                    response_id,
+                    prepared.conversation_id,
+                    experiment=enrolled.experiment if enrolled else None,
+                    arm=enrolled.arm if enrolled else None,
+                )
                 parts: list[str] = []
                 finish: str | None = None
                 usage = Usage(prompt_tokens=0, completion_tokens=0)
-                model = self.llm.model_name
+                model = plan.llm.model_name
                 if self._abstain_before(prepared):  # nothing drafted, so nothing streamed is withdrawn
                     ttft_ms = (time.perf_counter() - prepared.started) * 1000
                     yield TokenEvent(ABSTAINED)
@@ -237,10 +273,10 @@ class ChatService:
                 self.limiter.release(principal.tenant)
         except RequestTimedOut:
             self._timed_out(deadline)
-            self._failed(resolved)
+            await self._failed(plan, principal, api)
             raise
         except Exception:
-            self._failed(resolved)
+            await self._failed(plan, principal, api)
             raise
         result = self._result(prepared, "".join(parts), model, usage, finish, response_id)
         await self._spend(principal, usage)
@@ -257,11 +293,12 @@ class ChatService:
         (model, usage, finish_reason) tuple."""
         finish: str | None = None
         usage = Usage(prompt_tokens=0, completion_tokens=0)
-        model = self.llm.model_name
+        llm = prepared.plan.llm
+        model = llm.model_name
         shown = AnswerFilter([s.n for s in prepared.sources])
         started = time.perf_counter()
         span = self._llm_span(prepared)
-        deltas = self.llm.stream(
+        deltas = llm.stream(
             prepared.messages, max_tokens=prepared.query.max_tokens, temperature=prepared.query.temperature
         )
         try:
@@ -316,16 +353,32 @@ class ChatService:
 
     def _llm_span(self, prepared: _Prepared) -> Any:
         """The `chat <model>` span of the answer's LLM call (ended by the caller)."""
-        s = self.settings.llm
-        model = self.llm.model_name
+        model = prepared.plan.llm.model_name
         attributes = llm_request_attributes(
-            "chat", s.provider, model, prepared.query.max_tokens, prepared.query.temperature
+            "chat",
+            prepared.plan.model.entry.provider,
+            model,
+            prepared.query.max_tokens,
+            prepared.query.temperature,
         )
         return tracer().start_span(f"chat {model}", attributes=attributes)
 
-    def _failed(self, query: ResolvedChatQuery) -> None:
-        if self.traces is not None:
-            self.traces.answer_failed(query.prompt, self.llm.model_name)
+    async def _failed(self, plan: _Plan, principal: Principal, api: str) -> None:
+        """Count a failed answer; an enrolled one is also traced (its arm's error rate needs it)."""
+        if self.traces is None:
+            return
+        self.traces.answer_failed(plan.query.prompt, plan.llm.model_name)
+        if plan.enrollment is not None:
+            await self.traces.record_failure(
+                principal=principal,
+                api=api,
+                store_name=principal.collection(plan.query.collection),
+                question=plan.query.message,
+                prompt=plan.query.prompt,
+                model=plan.model.name,
+                conversation_id=plan.conversation_id,
+                enrollment=plan.enrollment,
+            )
 
     async def _trace(
         self,
@@ -341,6 +394,14 @@ class ChatService:
             return
         from app.services.traces import Timings
 
+        plan = prepared.plan
+        params: dict[str, Any] = {
+            "max_tokens": prepared.query.max_tokens,
+            "temperature": prepared.query.temperature,
+            "model": plan.model.name,  # the registry's name (`result.model`: what the endpoint answered as)
+        }
+        if plan.not_enrolled:
+            params["experiment"] = {"enrolled": False, "reason": plan.not_enrolled}
         await self.traces.record(
             result,
             principal=principal,
@@ -348,8 +409,10 @@ class ChatService:
             store_name=prepared.store,
             question=prepared.query.message,
             history=prepared.history or [],
-            params={"max_tokens": prepared.query.max_tokens, "temperature": prepared.query.temperature},
+            params=params,
             timings=Timings(prepared.retrieve_ms, ttft_ms, result.latency_ms),
+            unit=plan.enrollment.unit if plan.enrollment else None,
+            cost=plan.model.cost(Usage(result.usage["prompt_tokens"], result.usage["completion_tokens"])),
         )
 
     async def get_conversation(self, conversation_id: str, *, principal: Principal) -> list[Turn]:
@@ -377,8 +440,9 @@ class ChatService:
 
     # -- limits ----------------------------------------------------------------------------------
 
-    async def _admit(self, query: ChatQuery, principal: Principal) -> ResolvedChatQuery:
-        """The query with its defaults, once it is within the limits (checked before any work)."""
+    async def _admit(self, query: ChatQuery, principal: Principal) -> _Plan:
+        """The request's plan (its defaults, its model, its experiment arm), once it is within the limits
+        (checked before any work)."""
         limits = self.settings.limits
         check_size(query.message, limits.max_question_chars, "question")
         check_filters(query.filters, limits)
@@ -386,7 +450,22 @@ class ChatService:
             raise OverLimit(
                 f"max_tokens {query.max_tokens} is over this server's limit of {limits.max_tokens}"
             )
-        resolved = query.resolve(self.settings)
+        collection = query.collection or self.settings.server.default_collection
+        profile = await self.profiles.for_store(principal.collection(collection))
+        conversation_id = query.conversation_id or uuid.uuid4().hex
+        unit = conversation_id
+        if query.history is not None and not query.conversation_id:
+            unit = conversation_unit(query.history, query.message, principal)
+        if query.overrides is not None:
+            profile = query.overrides.over(profile)
+        # A request naming its own prompt, model or mode is not enrolled: it asked for something specific.
+        named = [f for f in ("prompt", "model", "mode", "overrides") if getattr(query, f)]
+        enrollment = None
+        if not named:
+            enrollment = await self.experiments.enroll(principal, collection, conversation=unit)
+            if enrollment is not None:
+                profile = enrollment.overrides.over(profile)
+        resolved = query.resolve(self.settings, profile)
         if resolved.max_tokens > limits.max_tokens:  # a default (llm.max_tokens) above the cap
             resolved = dataclasses.replace(resolved, max_tokens=limits.max_tokens)
         if resolved.history is not None:  # a stateless caller's history: its newest turns at most
@@ -394,7 +473,18 @@ class ChatService:
             resolved = dataclasses.replace(resolved, history=newest)
         if self.rate_limits is not None:
             await self.rate_limits.check_tokens(principal)
-        return resolved
+        model = await self.models.get(principal.tenant, resolved.model)
+        not_enrolled = None
+        if named and await self.experiments.enroll(principal, collection, conversation=unit, count=False):
+            not_enrolled = f"the request named its own {', '.join(named)}"
+        return _Plan(
+            query=resolved,
+            model=model,
+            llm=await self.models.llm(principal.tenant, model),
+            conversation_id=conversation_id,
+            enrollment=enrollment,
+            not_enrolled=not_enrolled,
+        )
 
     async def _spend(self, principal: Principal, usage: Usage) -> None:
         if self.rate_limits is not None:
@@ -407,17 +497,17 @@ class ChatService:
     # -- the pipeline ----------------------------------------------------------------------------
 
     async def _generate(
-        self, query: ResolvedChatQuery, principal: Principal
+        self, plan: _Plan, principal: Principal
     ) -> tuple[_Prepared, str, str, Usage, str | None]:
         """Prepare and generate under one generation slot."""
         async with self.limiter.slot(principal.tenant):
-            prepared = await self._prepare(query, principal)
+            prepared = await self._prepare(plan, principal)
             if self._abstain_before(prepared):
-                return prepared, "", self.llm.model_name, Usage(prompt_tokens=0, completion_tokens=0), "stop"
+                return prepared, "", plan.llm.model_name, Usage(prompt_tokens=0, completion_tokens=0), "stop"
             started = time.perf_counter()
             span = self._llm_span(prepared)
             try:
-                completion = await self.llm.complete(
+                completion = await plan.llm.complete(
                     prepared.messages,
                     max_tokens=prepared.query.max_tokens,
                     temperature=prepared.query.temperature,
@@ -430,12 +520,13 @@ class ChatService:
             self.metrics.llm_latency.observe(time.perf_counter() - started)
         return prepared, completion.text, completion.model, completion.usage, completion.finish_reason
 
-    async def _prepare(self, query: ResolvedChatQuery, principal: Principal) -> _Prepared:
+    async def _prepare(self, plan: _Plan, principal: Principal) -> _Prepared:
         started = time.perf_counter()
+        query, llm = plan.query, plan.llm
         answer_prompt = self.prompts.get(query.prompt)
         # The store name of the caller's collection: the principal decides, not the client.
         store = await self.retrieval.resolve_collection(query.collection, principal=principal)
-        conversation_id = query.conversation_id or uuid.uuid4().hex
+        conversation_id = plan.conversation_id
         if query.history is not None:
             past = [Turn(role=m["role"], content=m["content"], created_at=0.0) for m in query.history]
         elif query.conversation_id:
@@ -460,21 +551,31 @@ class ChatService:
             )
 
         if history:  # a question with no room to be answered is refused before the condense call
-            await self._fit(render, [], [], query.max_tokens)
-            search_query = await self._condense(query.message, history)
+            await self._fit(llm, render, [], [], query.max_tokens)
+            search_query = await self._condense(llm, plan.model, query.message, history)
         else:
             search_query = query.message
         top_k = query.top_k
         retrieve_started = time.perf_counter()
         retrieved = await self.retrieval.retrieve(
-            store, search_query, top_k=top_k, mode=query.mode, filters=query.filters
+            store, search_query, top_k=top_k, mode=query.mode, filters=query.filters, fusion=query.fusion
         )
         hits = retrieved.hits
         retrieve_ms = (time.perf_counter() - retrieve_started) * 1000
         sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
         # History gives way first, then the lowest-ranked sources; never the system message or question.
-        fitted = await self._fit(render, history, sources, query.max_tokens)
+        fitted = await self._fit(llm, render, history, sources, query.max_tokens)
+        retrieval: dict[str, Any] = {
+            "mode": query.mode,
+            "top_k": top_k,
+            "filters": query.filters or {},
+            "query": search_query,
+            "collection_version": retrieved.version,
+        }
+        if query.fusion:
+            retrieval["fusion"] = query.fusion
         return _Prepared(
+            plan=plan,
             query=query,
             conversation_id=conversation_id,
             history_key=principal.conversation_key(conversation_id),
@@ -483,13 +584,7 @@ class ChatService:
             sources=fitted.sources,
             messages=fitted.messages,
             prompt_ref=answer_prompt.ref,
-            retrieval={
-                "mode": query.mode,
-                "top_k": top_k,
-                "filters": query.filters or {},
-                "query": search_query,
-                "collection_version": retrieved.version,
-            },
+            retrieval=retrieval,
             started=started,
             store=store,
             history=history,
@@ -498,6 +593,7 @@ class ChatService:
 
     async def _fit(
         self,
+        llm: LLM,
         render: Callable[[History, list[Citation]], Messages],
         history: History,
         sources: list[Citation],
@@ -505,29 +601,30 @@ class ChatService:
     ) -> FittedPrompt[Citation]:
         """`render`'s prompt fitted to the model's context window minus `max_tokens` (off the event loop
         when the model counts with its tokenizer, as the local one does)."""
-        budget = context_window_of(self.llm, self.settings.llm.context_window) - max_tokens
-        count = prompt_token_counter(self.llm)
+        budget = context_window_of(llm, self.settings.llm.context_window) - max_tokens
+        count = prompt_token_counter(llm)
         fit = functools.partial(
             fit_prompt, render, count, history, sources, budget, source_text=lambda s: s.text
         )
         # A word-count estimate costs less than the hop to a worker thread and back.
         return fit() if count is approx_prompt_tokens else await asyncio.to_thread(fit)
 
-    async def _condense(self, question: str, history: list[dict[str, str]]) -> str:
+    async def _condense(
+        self, llm: LLM, model: RegisteredModel, question: str, history: list[dict[str, str]]
+    ) -> str:
         """A standalone search query from a follow-up and the conversation so far."""
         prompt = self.prompts.get(self.settings.prompts.condense)
         fitted = await self._fit(
+            llm,
             lambda h, _: prompt.render(**neutral_inputs(history=h, question=question)),
             history,
             [],
             CONDENSE_MAX_TOKENS,
         )
-        model = self.llm.model_name
-        attributes = llm_request_attributes(
-            "chat", self.settings.llm.provider, model, CONDENSE_MAX_TOKENS, 0.0
-        )
-        with tracer().start_as_current_span(f"condense {model}", attributes=attributes) as span:
-            completion = await self.llm.complete(fitted.messages, max_tokens=CONDENSE_MAX_TOKENS)
+        name = llm.model_name
+        attributes = llm_request_attributes("chat", model.entry.provider, name, CONDENSE_MAX_TOKENS, 0.0)
+        with tracer().start_as_current_span(f"condense {name}", attributes=attributes) as span:
+            completion = await llm.complete(fitted.messages, max_tokens=CONDENSE_MAX_TOKENS)
             span.set_attributes(
                 llm_response_attributes(completion.model, completion.finish_reason, completion.usage)
             )
@@ -604,6 +701,8 @@ class ChatService:
             grounding=checked.to_dict(),
             collection=prepared.collection,
             collection_version=str(prepared.retrieval.get("collection_version", "v1")),
+            experiment=prepared.plan.enrollment.experiment if prepared.plan.enrollment else None,
+            arm=prepared.plan.enrollment.arm if prepared.plan.enrollment else None,
             retrieval=prepared.retrieval,
             query=prepared.search_query,
             contexts=prepared.sources,

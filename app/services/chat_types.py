@@ -7,14 +7,20 @@ the eval harness can use them without the web layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import uuid
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
+    from app.services.answer_profiles import AnswerProfile
     from app.settings import Settings
     from ingest.types import ScoredChunk
+
+
+def new_response_id() -> str:
+    return f"resp_{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -25,6 +31,8 @@ class ChatQuery:
     conversation_id: str | None = None
     collection: str | None = None
     prompt: str | None = None
+    # A model of the registry by name (None: the collection's profile, else the default model).
+    model: str | None = None
     filters: dict[str, Any] | None = None
     top_k: int | None = None
     mode: str | None = None
@@ -33,18 +41,27 @@ class ChatQuery:
     remember: bool = True
     max_tokens: int | None = None
     temperature: float | None = None
+    # Answer-profile fields to use over the collection's profile (an experiment arm replayed offline by
+    # `ragserver experiments replay`); a request carrying them is not enrolled in an experiment.
+    overrides: AnswerProfile | None = None
 
-    def resolve(self, settings: Settings) -> ResolvedChatQuery:
-        """This query with every default filled in from `settings`: the one place chat defaults live."""
+    def resolve(self, settings: Settings, profile: AnswerProfile | None = None) -> ResolvedChatQuery:
+        """This query with every default filled in: the one place chat defaults live. The request's own
+        fields win, then `profile` (the collection's answer profile, an experiment arm's overrides on top),
+        then `settings`."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        given = profile.values() if profile is not None else {}
         # Names: an empty string means the default too. Numbers: only None does (temperature 0 is valid).
+        top_k = given.get("top_k", settings.retrieval.top_k)
         values.update(
             collection=self.collection or settings.server.default_collection,
-            prompt=self.prompt or settings.prompts.answer,
-            mode=self.mode or settings.retrieval.mode,
-            top_k=settings.retrieval.top_k if self.top_k is None else self.top_k,
+            prompt=self.prompt or given.get("prompt") or settings.prompts.answer,
+            model=self.model or given.get("model"),
+            mode=self.mode or given.get("mode") or settings.retrieval.mode,
+            top_k=top_k if self.top_k is None else self.top_k,
             max_tokens=settings.llm.max_tokens if self.max_tokens is None else self.max_tokens,
             temperature=settings.llm.temperature if self.temperature is None else self.temperature,
+            fusion=profile.fusion_changes() if profile is not None else {},
         )
         return ResolvedChatQuery(**values)
 
@@ -59,6 +76,8 @@ class ResolvedChatQuery(ChatQuery):
     mode: str
     max_tokens: int
     temperature: float
+    # The retriever's fusion settings a profile changes (FusionConfig field -> value).
+    fusion: dict[str, Any] = field(default_factory=dict)
 
 
 class Citation(BaseModel):
@@ -125,6 +144,10 @@ class ChatResult(BaseModel):
         "v1", description='The version of the collection that answered ("v1", "v2", ...; blue/green).'
     )
     retrieval: dict[str, Any] = Field(description="Retrieval settings used, and the search query.")
+    experiment: str | None = Field(
+        None, description="The A/B experiment this answer was enrolled in (None: none)."
+    )
+    arm: str | None = Field(None, description="The experiment's arm that answered.")
     history_saved: bool = Field(
         False,
         description="Whether the question and answer were stored in the conversation's history (false "
@@ -140,10 +163,13 @@ class ChatResult(BaseModel):
 
 @dataclass(frozen=True)
 class StartEvent:
-    """The first event of a stream, before any token: the ids a client can use at once."""
+    """The first event of a stream, before any token: the ids a client can use at once, and the
+    experiment arm the request was enrolled in."""
 
     response_id: str
     conversation_id: str
+    experiment: str | None = None
+    arm: str | None = None
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,18 @@ class Metrics:
             "Age of the last BM25 change-feed entry this process applied, when it applied it",
             registry=r,
         )
+        self.experiment_assignments = Counter(
+            "ragserver_experiment_assignments_total",
+            "Chat requests enrolled in an experiment, by experiment and arm",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self.experiment_arms_stopped = Counter(
+            "ragserver_experiment_arms_stopped_total",
+            "Experiment arms stopped by a guardrail (their traffic goes to control)",
+            ["experiment", "arm"],
+            registry=r,
+        )
         self.condense = Counter(
             "ragserver_condense_total",
             "Follow-up search queries: the model's rewrite, or the deterministic fallback",

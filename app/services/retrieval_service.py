@@ -70,9 +70,11 @@ class RetrievalService:
         top_k: int,
         mode: str | None = None,
         filters: dict[str, Any] | None = None,
+        fusion: dict[str, Any] | None = None,
     ) -> Retrieved:
         """The top_k chunks of the collection's serving version (resolved once: every hit comes from
-        the one physical collection, even while a rebuild switches the alias)."""
+        the one physical collection, even while a rebuild switches the alias). `fusion`: FusionConfig
+        fields a collection's answer profile (or an experiment arm) changes."""
         check_filters(filters, self.settings.limits)  # before the store sees it (400 past a limit)
         mode = self.resolve_mode(mode)
         started = time.perf_counter()
@@ -86,7 +88,8 @@ class RetrievalService:
             # The worker thread runs in this context, so the embedding span nests under this one.
             context = contextvars.copy_context()
             hits, serving = await loop.run_in_executor(
-                self._pool, lambda: context.run(self._retrieve, collection, query, top_k, mode, filters)
+                self._pool,
+                lambda: context.run(self._retrieve, collection, query, top_k, mode, filters, fusion or {}),
             )
             span.set_attribute("ragserver.hits", len(hits))
             span.set_attribute("ragserver.collection_version", serving.label)
@@ -94,10 +97,17 @@ class RetrievalService:
         return Retrieved(hits, serving.label, serving.physical)
 
     def _retrieve(
-        self, collection: str, query: str, top_k: int, mode: str, filters: dict[str, Any] | None
+        self,
+        collection: str,
+        query: str,
+        top_k: int,
+        mode: str,
+        filters: dict[str, Any] | None,
+        fusion: dict[str, Any],
     ) -> tuple[list[ScoredChunk], Serving]:
         serving = self.versions.serving(collection)
-        hits = serving.retriever.retrieve(serving.physical, query, top_k=top_k, mode=mode, filters=filters)
+        retriever = serving.retriever.with_fusion(**fusion) if fusion else serving.retriever
+        hits = retriever.retrieve(serving.physical, query, top_k=top_k, mode=mode, filters=filters)
         return hits, serving
 
     def close(self) -> None:

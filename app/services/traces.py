@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.auth.principal import Principal
 from app.services.answer_text import is_refusal
-from app.services.chat_types import ChatResult, Citation
+from app.services.chat_types import ChatResult, Citation, new_response_id
 from app.services.errors import InvalidInput
 from app.services.metrics import Metrics
 from app.settings import Settings
@@ -23,6 +23,7 @@ from app.traces.store import EVENT_TYPES, RATINGS, Feedback, Trace, TraceStore
 from ingest.errors import DomainError
 
 if TYPE_CHECKING:
+    from app.services.experiments import Enrollment
     from app.services.online_judge import OnlineJudge
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,11 @@ class TraceService:
         history: list[dict[str, str]],
         params: dict[str, Any],
         timings: Timings,
+        unit: str | None = None,
+        cost: float | None = None,
     ) -> None:
-        """Store how `result` was made and count it; never raises."""
+        """Store how `result` was made and count it; never raises. `unit`: what an experiment assigned
+        its arm by; `cost`: its estimated price."""
         outcome = outcome_of(result)
         labels = {"prompt": result.prompt, "model": result.model}
         self.metrics.answers.labels(outcome=outcome, **labels).inc()
@@ -112,18 +116,69 @@ class TraceService:
             grounding=(result.grounding or {}).get("score"),
             usage={k: int(v) for k, v in result.usage.items()},
             latency_ms={"retrieve": timings.retrieve_ms, "ttft": timings.ttft_ms, "total": timings.total_ms},
+            experiment=result.experiment,
+            arm=result.arm,
+            unit=unit,
+            cost=round(cost, 8) if cost is not None else None,
         )
+        await self._store(trace)
+
+    async def _store(self, trace: Trace) -> None:
         try:
             await self.store.record(trace)
         except Exception:  # the answer is already made: losing its trace must not lose the answer
             self.metrics.trace_failures.inc()
-            log.exception("response %s: its trace could not be stored", result.response_id)
+            log.exception("response %s: its trace could not be stored", trace.response_id)
             return
-        if self.judge is not None:
+        if self.judge is not None and trace.outcome != "error":
             self.judge.maybe_score(trace)
 
     def answer_failed(self, prompt: str, model: str) -> None:
         self.metrics.answers.labels(outcome="error", prompt=prompt, model=model).inc()
+
+    async def record_failure(
+        self,
+        *,
+        principal: Principal,
+        api: str,
+        store_name: str,
+        question: str,
+        prompt: str,
+        model: str,
+        conversation_id: str,
+        enrollment: Enrollment,
+    ) -> None:
+        """Store an `error` trace for a request that an experiment enrolled and that failed (its arm's
+        error rate counts it); never raises."""
+        trace = Trace(
+            response_id=new_response_id(),
+            created_at=time.time(),
+            api=api,
+            tenant=principal.tenant,
+            key_id=principal.key_id,
+            collection=store_name,
+            conversation_id=conversation_id,
+            question=question,
+            history=[],
+            search_query="",
+            chunks=[],
+            prompt=prompt,
+            model=model,
+            params={"model": model},
+            retrieval={},
+            answer="",
+            citations=[],
+            finish_reason=None,
+            outcome="error",
+            grounding=None,
+            usage={},
+            latency_ms={},
+            experiment=enrollment.experiment,
+            arm=enrollment.arm,
+            unit=enrollment.unit,
+            cost=0.0,
+        )
+        await self._store(trace)
 
     # -- reading and feedback --------------------------------------------------------------------
 

@@ -85,7 +85,10 @@ class Trace:
     grounding: float | None
     usage: dict[str, int]
     latency_ms: dict[str, float | None]  # retrieve, ttft, total
-    experiment: str | None = None  # room for an experiment arm
+    experiment: str | None = None  # the experiment that assigned the answer an arm (issue 24)
+    arm: str | None = None
+    unit: str | None = None  # what it was assigned by: a conversation id, or a key id
+    cost: float | None = None  # estimated from the model's prices (0 for a local model)
     judge: dict[str, float] | None = None  # online judge scores, when sampled
     feedback: list[Feedback] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)  # engagement counts by type
@@ -128,8 +131,11 @@ class TraceStore(Protocol):
         collections: list[str] | None = None,
         rating: str | None = None,
         limit: int = 1000,
+        tenant: str | None = None,
+        experiment: str | None = None,
     ) -> list[Trace]:
-        """Traces newest first: created since `since`, in `collections`, with a feedback of `rating`."""
+        """Traces newest first: created since `since`, in `collections`, with a feedback of `rating`,
+        of `tenant`, assigned an arm by `experiment`."""
         ...
 
     async def delete_older_than(self, created_before: float) -> int:
@@ -184,6 +190,9 @@ class SQLTraceStore:
             "ttft_ms": trace.latency_ms.get("ttft"),
             "total_ms": trace.latency_ms.get("total"),
             "experiment": trace.experiment,
+            "arm": trace.arm,
+            "unit": trace.unit,
+            "cost": trace.cost,
             "judge_json": _dumps(trace.judge) if trace.judge is not None else None,
         }
         await self._run(lambda conn: conn.execute(sa.insert(responses_t), row))
@@ -249,8 +258,14 @@ class SQLTraceStore:
         collections: list[str] | None = None,
         rating: str | None = None,
         limit: int = 1000,
+        tenant: str | None = None,
+        experiment: str | None = None,
     ) -> list[Trace]:
         where: list[Any] = []
+        if tenant is not None:
+            where.append(responses_t.c.tenant == tenant)
+        if experiment is not None:
+            where.append(responses_t.c.experiment == experiment)
         if since is not None:
             where.append(responses_t.c.created_at >= since)
         if collections is not None:
@@ -352,6 +367,9 @@ def _trace(r: Any, feedback: list[Feedback], events: dict[str, int]) -> Trace:
         usage={"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens},
         latency_ms={"retrieve": r.retrieve_ms, "ttft": r.ttft_ms, "total": r.total_ms},
         experiment=r.experiment,
+        arm=r.arm,
+        unit=r.unit,
+        cost=r.cost,
         judge=json.loads(r.judge_json) if r.judge_json else None,
         feedback=feedback,
         events=events,

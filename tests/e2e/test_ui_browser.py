@@ -33,7 +33,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def server(
+    tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder
+) -> Iterator[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
     from app.container import Container
     from app.factory import create_app
     from app.settings import Settings
@@ -47,6 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) -
         )
         container = Container(settings, embedder=embedder, query_embedder=query_embedder)
         _, key = container.keys.create(tenant="acme", name="ui", role="writer")
+        _, admin = container.keys.create(tenant="acme", name="ui-admin", role="admin")
         with live_server(create_app(container=container), free_port()) as url:
             headers = {"Authorization": f"Bearer {key}"}
             r = httpx.post(
@@ -63,10 +66,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) -
 
                 time.sleep(0.1)
             assert job["status"] == "succeeded", job
-            yield url, key
+            yield url, key, admin
 
 
-def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str], tmp_path: Path) -> None:
+def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str, str], tmp_path: Path) -> None:
     try:
         from playwright import sync_api
     except ImportError:  # a dev extra: `make install` has it
@@ -74,7 +77,7 @@ def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str], tmp_pa
     require_service("Playwright", sync_api is not None, "pip install -e '.[dev]'")
     assert sync_api is not None
     expect = sync_api.expect
-    url, key = server
+    url, key, _ = server
     headers = {"Authorization": f"Bearer {key}"}
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
@@ -146,3 +149,34 @@ def test_ask_rate_review_and_export_in_a_browser(server: tuple[str, str], tmp_pa
     assert rows[0]["question"] == "Where is Etna?"
     assert rows[0]["references"] == ["On the east coast of Sicily, near Catania."]
     assert rows[0]["collection"] == "volcanoes"
+
+
+def test_the_review_page_lists_experiments_and_downloads_their_report(
+    server: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """An admin key sees the tenant's experiments on the review page; a report downloads as one page."""
+    from playwright import sync_api
+
+    url, _, admin = server
+    headers = {"Authorization": f"Bearer {admin}"}
+    spec = {"name": "ui-exp", "collections": ["volcanoes"], "arms": [{"name": "control", "weight": 1},
+            {"name": "v4", "weight": 1, "overrides": {"prompt": "answer@v4"}}]}  # fmt: skip
+    assert httpx.post(f"{url}/v1/admin/experiments", json=spec, headers=headers).status_code == 201
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium(), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.on("dialog", lambda dialog: dialog.accept(admin))
+            page.goto(f"{url}/ui/review")
+            link = page.wait_for_selector("#experiment-list a", timeout=20000)
+            assert link.inner_text() == "ui-exp: report (download)"
+            with page.expect_download() as download:
+                link.click()
+            saved = tmp_path / "report.html"
+            download.value.save_as(saved)
+        finally:
+            browser.close()
+    report = saved.read_text()
+    assert "Experiment <code>ui-exp</code>" in report and "Sample ratio" in report

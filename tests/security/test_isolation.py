@@ -36,6 +36,16 @@ pytestmark = pytest.mark.integration
 A_POLICY = b"Travel policy of Alpha Corp. The daily per-diem allowance is 65 EUR. ALPHA-SECRET-7731."
 B_POLICY = b"Travel policy of Beta Ltd. The daily per-diem allowance is 90 EUR. BETA-SECRET-4410."
 A_MARKERS = ("ALPHA-SECRET-7731", "Alpha Corp")
+# Tenant A's registered model and experiment (on its hr, whose answer profile A sets too).
+A_MODEL = {"name": "alpha-private-llm", "provider": "scripted", "model": "alpha-private-llm"}
+A_EXPERIMENT = {
+    "name": "alpha-secret-experiment",
+    "collections": ["hr"],
+    "arms": [
+        {"name": "control", "weight": 1},
+        {"name": "v4", "weight": 1, "overrides": {"prompt": "answer@v4"}},
+    ],
+}
 
 
 @dataclass
@@ -116,6 +126,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) ->
                 job = _wait(client, r.json()["job_id"], made[f"{tenant}-reader"])
                 assert job["status"] == "succeeded", job
                 docs[tenant] = (r.json()["documents"][0]["document_id"], r.json()["job_id"])
+            a_admin = made["alpha-admin"].headers
+            assert client.post("/v1/admin/models", json=A_MODEL, headers=a_admin).status_code == 201
+            profile = {"top_k": 4, "fusion": "rrf"}
+            assert (
+                client.patch("/v1/admin/collections/hr/profile", json=profile, headers=a_admin).status_code
+                == 200
+            )
+            assert client.post("/v1/admin/experiments", json=A_EXPERIMENT, headers=a_admin).status_code == 201
             chat = client.post(
                 "/v1/chat",
                 json={"message": "What is the per-diem?", "collection": "hr"},
@@ -213,6 +231,22 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
         # B's own figures; server-wide /metrics is the operator's (metrics token), no key opens it.
         ("GET", "/v1/admin/metrics"): Call("admin", 200),
         ("GET", "/metrics"): Call("admin", 403),
+        # The decision loop: B's own model list, profile and experiments (none of A's); A's model and
+        # experiment by name name nothing in tenant B.
+        ("GET", "/v1/admin/models"): Call("admin", 200),
+        ("POST", "/v1/admin/models"): Call("admin", 201, json={"name": "beta-llm", "provider": "scripted"}),
+        ("DELETE", "/v1/admin/models/{name}"): Call("admin", 404),
+        ("GET", "/v1/admin/collections/{collection}/profile"): Call("admin", 200),
+        ("PUT", "/v1/admin/collections/{collection}/profile"): Call("admin", 200, json={"top_k": 3}),
+        ("PATCH", "/v1/admin/collections/{collection}/profile"): Call("admin", 200, json={"mode": "dense"}),
+        ("GET", "/v1/admin/experiments"): Call("admin", 200),
+        ("POST", "/v1/admin/experiments"): Call(
+            "admin", 201, json={**A_EXPERIMENT, "name": "beta-experiment"}, params={"replace": "true"}
+        ),
+        ("GET", "/v1/admin/experiments/{name}"): Call("admin", 404),
+        ("GET", "/v1/admin/experiments/{name}/report"): Call("admin", 404),
+        ("POST", "/v1/admin/experiments/{name}/conclude"): Call("admin", 404, json={"arm": "v4"}),
+        ("POST", "/v1/admin/experiments/{name}/{action}"): Call("admin", 404),
     }
 
 
@@ -234,6 +268,8 @@ def request(w: World, method: str, path: str, call: Call, headers: dict[str, str
         "conversation_id": w.a_conversation,
         "key_id": w.keys["alpha-reader"].id,
         "response_id": w.a_response,
+        "name": A_EXPERIMENT["name"] if "experiments" in path else A_MODEL["name"],
+        "action": "start",
     }
     url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
     if call.upload:

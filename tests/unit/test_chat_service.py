@@ -277,7 +277,9 @@ async def test_every_answer_is_traced_with_how_it_was_made(container: Container,
         (i, c.chunk_id) for i, c in enumerate(result.contexts, start=1)
     ]
     assert [c["chunk_id"] for c in trace.citations] == [c.chunk_id for c in result.citations]
-    assert trace.params == {"max_tokens": 64, "temperature": 0.0}
+    # The model's registry name (`trace.model`: what the endpoint answered as), and its estimated cost.
+    assert trace.params == {"max_tokens": 64, "temperature": 0.0, "model": "scripted-model"}
+    assert (trace.cost, trace.experiment, trace.arm) == (0.0, None, None)
     assert trace.usage == {k: result.usage[k] for k in ("prompt_tokens", "completion_tokens")}
     with pytest.raises(TraceNotFound):
         await container.traces.get(result.response_id, principal=OTHER_TENANT)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from app.services.monitor_report import build_summary, write_report
 from app.traces.store import Feedback, Trace
+from tests.samples import make_trace
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -20,31 +21,17 @@ def trace(
     rating: str | None = None,
     outcome: str = "answered",
 ) -> Trace:
-    return Trace(
-        response_id=f"resp_{i}",
+    return make_trace(
+        f"resp_{i}",
         created_at=at,
-        api="chat",
-        tenant="default",
-        key_id=None,
-        collection="kb",
-        conversation_id=None,
         question=f"q{i}",
-        history=[],
         search_query=f"q{i}",
         chunks=[
             {"rank": 1, "score": top, "document_id": "d"},
             {"rank": 2, "score": top - 0.1, "document_id": "e"},
         ],
         prompt=prompt,
-        model="m",
-        params={},
-        retrieval={},
-        answer="a",
-        citations=[],
-        finish_reason="stop",
         outcome=outcome,
-        grounding=None,
-        usage={"prompt_tokens": 1, "completion_tokens": 1},
         latency_ms={"retrieve": 1.0, "ttft": None, "total": 100.0 + i},
         feedback=[Feedback(caller="x", rating=rating)] if rating else [],
         judge={"faithfulness": 0.5} if i % 2 else None,

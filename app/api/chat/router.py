@@ -8,7 +8,7 @@ from app.api.chat.schemas import ChatRequest, ConversationOut, TurnOut
 from app.api.deps import ChatServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.guards import Reader
-from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
+from app.api.sse import SSEEncoder, SSEMessage, answer_headers, sse_message, sse_response
 from app.services.chat_service import new_response_id
 from app.services.chat_types import (
     ChatEvent,
@@ -30,6 +30,7 @@ def to_query(body: ChatRequest) -> ChatQuery:
         conversation_id=body.conversation_id,
         collection=body.collection,
         prompt=body.prompt,
+        model=body.model,
         filters=body.filters,
         top_k=body.top_k,
         mode=body.mode,
@@ -47,10 +48,11 @@ class ChatEvents(SSEEncoder):
     def encode(self, event: ChatEvent) -> list[SSEMessage]:
         """One named event per chat event."""
         match event:
-            case StartEvent(response_id, conversation_id):
-                return [
-                    sse_message({"response_id": response_id, "conversation_id": conversation_id}, "start")
-                ]
+            case StartEvent(response_id, conversation_id, experiment, arm):
+                ids: dict[str, str | None] = {"response_id": response_id, "conversation_id": conversation_id}
+                if experiment:
+                    ids |= {"experiment": experiment, "arm": arm}
+                return [sse_message(ids, "start")]
             case TokenEvent(text):
                 return [sse_message({"text": text}, "token")]
             case CitationsEvent(citations):
@@ -75,7 +77,7 @@ async def chat(  # type: ignore[no-untyped-def]
         events = service.stream(query, principal=principal, response_id=rid, api="chat")
         return await sse_response(events, ChatEvents(), request, response_id=rid)
     result = await unless_disconnected(request, service.chat(query, principal=principal, response_id=rid))
-    response.headers[RESPONSE_ID_HEADER] = rid
+    response.headers.update(answer_headers(rid, result.experiment, result.arm))
     return result
 
 

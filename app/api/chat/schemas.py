@@ -14,7 +14,14 @@ class ChatRequest(BaseModel):
     conversation_id: str | None = Field(None, description="Continue this conversation (server-side history).")
     collection: str | None = Field(None, description="Collection to answer from (default from settings).")
     stream: bool = Field(False, description="Answer as Server-Sent Events: token..., citations, done.")
-    prompt: str | None = Field(None, description='Prompt template "name@version" (default from settings).')
+    prompt: str | None = Field(
+        None,
+        description='Prompt template "name@version" (default: the collection\'s profile, else settings).',
+    )
+    model: str | None = Field(
+        None,
+        description="A model of the registry by name (default: the collection's profile, else the default).",
+    )
     filters: dict[str, Any] | None = Field(None, description="Metadata filters for retrieval.")
     top_k: int | None = Field(None, ge=1, le=50, description="How many chunks to give the model.")
     mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="Retrieval mode.")

@@ -24,7 +24,7 @@ from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
 from app.api.guards import Reader
 from app.api.openai.router import _DEFAULT_MODELS, sources_text, url_annotations
-from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
+from app.api.sse import SSEEncoder, SSEMessage, answer_headers, sse_message, sse_response
 from app.services.chat_service import new_response_id
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, DoneEvent, TokenEvent
 
@@ -160,6 +160,8 @@ class ResponseShape:
                 "prompt": result.prompt,
                 "model": result.model,
                 "abstained": result.abstained,
+                "experiment": result.experiment,
+                "arm": result.arm,
             }
         return out
 
@@ -247,7 +249,8 @@ async def create_response(  # type: ignore[no-untyped-def]
         asked = service.chat(query, principal=principal, response_id=rid, api="responses")
         result = await unless_disconnected(request, asked)
         text = result.answer + (sources_text(result.citations) if inline else "")
-        return JSONResponse(completed(shape, result, text, base_url), headers={RESPONSE_ID_HEADER: rid})
+        headers = answer_headers(rid, result.experiment, result.arm)
+        return JSONResponse(completed(shape, result, text, base_url), headers=headers)
     events = ResponseEvents(shape, inline, base_url)
     stream = service.stream(query, principal=principal, response_id=rid, api="responses")
     return await sse_response(stream, events, request, response_id=rid)

@@ -24,7 +24,7 @@ from app.api.deps import ChatServiceDep, RetrievalServiceDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError
 from app.api.guards import Reader
-from app.api.sse import RESPONSE_ID_HEADER, SSEEncoder, SSEMessage, sse_message, sse_response
+from app.api.sse import SSEEncoder, SSEMessage, answer_headers, sse_message, sse_response
 from app.services.chat_service import new_response_id
 from app.services.chat_types import ChatEvent, ChatQuery, ChatResult, Citation, DoneEvent, TokenEvent
 
@@ -142,6 +142,8 @@ def _extras(result: ChatResult) -> dict[str, Any]:
             "prompt": result.prompt,
             "model": result.model,
             "abstained": result.abstained,
+            "experiment": result.experiment,
+            "arm": result.arm,
         },
     }
 
@@ -231,7 +233,10 @@ async def chat_completions(  # type: ignore[no-untyped-def]
             "usage": result.usage,
             **_extras(result),
         }
-        headers = {CITATIONS_HEADER: citations_header(result.citations), RESPONSE_ID_HEADER: rid}
+        headers = {
+            CITATIONS_HEADER: citations_header(result.citations),
+            **answer_headers(rid, result.experiment, result.arm),
+        }
         return JSONResponse(answer, headers=headers)
     query = _query(body)
     chunks = CompletionChunks(
@@ -367,7 +372,7 @@ async def completions(  # type: ignore[no-untyped-def]
             "usage": result.usage,
             **_extras(result),
         }
-        return JSONResponse(answer, headers={RESPONSE_ID_HEADER: rid})
+        return JSONResponse(answer, headers=answer_headers(rid, result.experiment, result.arm))
     chunks = TextCompletionChunks(
         id=f"cmpl-{rid.removeprefix('resp_')}",
         created=created,

@@ -177,12 +177,41 @@ async function exportSet() {
   } catch (e) { fail(e.message); }
 }
 
+// -- experiments (admin keys only: others do not see the list) ----------------------------------------
+async function loadExperiments() {
+  let found;
+  try { found = await (await api("/v1/admin/experiments")).json(); } catch (e) { return; }  // not an admin key
+  const list = $("experiment-list"); list.innerHTML = "";
+  for (const x of found.experiments) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = "#"; link.textContent = x.name + ": report (download)";
+    link.addEventListener("click", (event) => { event.preventDefault(); openReport(x.name); });
+    item.appendChild(link);
+    item.appendChild(document.createTextNode(" (" + x.status + ", " + x.collections.join(", ") + ")"));
+    list.appendChild(item);
+  }
+  $("experiments").hidden = found.experiments.length === 0;
+}
+
+async function openReport(name) {
+  // Downloaded, not opened here: the page needs the key to fetch it, and the UI's CSP (no inline style)
+  // would carry over to a page opened from it. The file is self-contained.
+  try {
+    const page = await (await api("/v1/admin/experiments/" + encodeURIComponent(name) + "/report?format=html")).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([page], {type: "text/html"})); link.download = name + "-report.html";
+    document.body.appendChild(link); link.click(); link.remove();
+  } catch (e) { fail(e.message); }
+}
+
 // -- wiring -----------------------------------------------------------------------------------------
 $("set-key").addEventListener("click", askKey);
 showKey();
 if (page === "review") {
   $("review-view").hidden = false;
   loadCollections($("review-collection")).then(loadReview);
+  loadExperiments();
   $("review-collection").addEventListener("change", loadReview);
   $("review-refresh").addEventListener("click", loadReview);
   $("review-save").addEventListener("click", saveReview);
