@@ -230,6 +230,20 @@ async def test_an_experiment_enrolls_conversations_sticks_and_shows_its_arm(cont
     assert (await ask(container, "Where is Mount Etna?", collection="exp")).arm is not None
 
 
+async def test_a_restarted_server_gives_every_conversation_the_same_arm(container: Container) -> None:
+    """Another process on the same database (a restart, a replica): nothing is stored per unit, the
+    arm is the hash's."""
+    units = [f"conversation-{i}" for i in range(40)]
+    before = [await container.experiments.enroll(ANONYMOUS, "exp", conversation=u) for u in units]
+    fresh = Container(container.settings)
+    try:
+        after = [await fresh.experiments.enroll(ANONYMOUS, "exp", conversation=u) for u in units]
+    finally:
+        await fresh.aclose()
+    assert [e.arm for e in after if e] == [e.arm for e in before if e] and len(after) == 40
+    assert {e.arm for e in before if e} == {"control", "v4"}
+
+
 async def test_a_second_experiment_cannot_run_on_the_same_collection(container: Container) -> None:
     await container.experiments.create(ANONYMOUS, parse_spec({**SPEC, "name": "rival"}))
     with pytest.raises(ExperimentConflict, match="unit-exp"):
@@ -307,3 +321,17 @@ def _trace(rid: str, at: float, arm: str, unit: str, failed: bool) -> Trace:
         unit=unit,
         cost=0.0,
     )
+
+
+async def test_registration_can_be_turned_off(container: Container) -> None:
+    from app.llm.registry import ModelRegistry, RegistrationDisabled
+    from ingest.errors import describe
+
+    settings = container.settings.model_copy(
+        update={"models": container.settings.models.model_copy(update={"allow_registration": False})}
+    )
+    registry = ModelRegistry(settings, lambda: None, lambda: container.llm)  # type: ignore[arg-type,return-value]
+    with pytest.raises(RegistrationDisabled) as refused:
+        await registry.add(ANONYMOUS, ModelEntry(name="z", provider="scripted"))
+    public = describe(refused.value)
+    assert public is not None and (public.status, public.code) == (403, "model_registration_disabled")
