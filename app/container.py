@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from app.services.metrics import Metrics
     from app.services.online_judge import OnlineJudge
     from app.services.retrieval_service import RetrievalService
+    from app.services.routing import RoutingService
     from app.services.traces import TraceService
     from app.storage import UploadStorage
     from app.traces.store import TraceStore
@@ -333,6 +334,29 @@ class Container:
         )
 
     @cached_property
+    def routing(self) -> RoutingService:
+        """Collections' routing chains (rules, curated answers, model policy) and curated answers."""
+        from app.routing.store import ChainStore, CuratedStore
+        from app.services.routing import RoutingService
+
+        def documents(store: str, ids: list[str]) -> dict[str, str]:
+            serving = self.versions.serving(store)
+            return {d: r.content_hash for d, r in self.store.get_documents(serving.physical, ids).items()}
+
+        return RoutingService(
+            self.settings,
+            ChainStore(self.database),
+            CuratedStore(self.database),
+            self.metrics,
+            embed=lambda texts: self.query_embedder.embed(texts),
+            documents=documents,
+            retrieval=self.retrieval,
+            models=self.models,
+            profiles=self.profiles,
+            audit=self.audit,
+        )
+
+    @cached_property
     def prompts(self) -> PromptRegistry:
         from app.prompting import PromptRegistry
 
@@ -384,7 +408,13 @@ class Container:
     def traces(self) -> TraceService:
         from app.services.traces import TraceService
 
-        return TraceService(self.settings, self.trace_store, self.metrics, judge=self.online_judge)
+        return TraceService(
+            self.settings,
+            self.trace_store,
+            self.metrics,
+            judge=self.online_judge,
+            on_feedback=lambda trace, feedback: self.routing.candidate_from_feedback(trace, feedback),
+        )
 
     @cached_property
     def online_judge(self) -> OnlineJudge | None:
@@ -493,6 +523,7 @@ class Container:
             self.metrics,
             profiles=self.profiles,
             experiments=self.experiments,
+            routing=self.routing,
             rate_limits=self.rate_limits,
             audit=self.audit,
             traces=self.traces,

@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
 
     from app.api.admin.decisions import router as decisions_router
     from app.api.admin.router import router as admin_router
+    from app.api.admin.routing import router as routing_router
     from app.api.chat.router import router as chat_router
     from app.api.collections.router import router as collections_router
     from app.api.documents.router import router as documents_router
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         traces_router,
         admin_router,
         decisions_router,
+        routing_router,
         ui_router,
     ):
         app.include_router(router)

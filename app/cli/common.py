@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from app.container import Container, open_container_sync
 from app.settings import Settings
+
+T = TypeVar("T")
 
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection name (default from settings).")
@@ -130,3 +133,24 @@ def container_for(
             ]
             fail(f"collection {name!r} not found (collections: {', '.join(mine) or 'none'})")
         yield container, store
+
+
+def run_local(tenant: str | None, work: Callable[[Container, Any], Coroutine[Any, Any, T]]) -> T:
+    """Run `work(container, principal)` on the data dir as the operator of `tenant`; a refused request
+    fails the command with the error a client would get."""
+    from app.auth.principal import Principal
+    from ingest.errors import DomainError, describe
+    from ingest.vector_index import DEFAULT_TENANT
+
+    with open_container_sync(Settings()) as container:
+        principal = Principal.operator(tenant or DEFAULT_TENANT)
+        try:
+            return asyncio.run(work(container, principal))
+        except DomainError as exc:
+            public = describe(exc)
+            fail(f"{public.status} {public.code}: {exc}" if public else str(exc))
+
+
+def emit_json(data: Any) -> None:
+    """Print `data` as the command's last line of JSON."""
+    typer.echo(json.dumps(data, default=str))

@@ -8,19 +8,15 @@ as the operator of `--tenant`. Every command's last line is JSON.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from app.cli.collections import collections_app
-from app.cli.common import KeyOpt, TenantOpt, UrlOpt, call_server, fail
+from app.cli.common import KeyOpt, TenantOpt, UrlOpt, call_server, emit_json, fail, run_local
 from app.container import Container
-
-T = TypeVar("T")
 
 models_app = typer.Typer(help="The model registry: LLM endpoints a profile or experiment may name.")
 experiments_app = typer.Typer(
@@ -28,28 +24,6 @@ experiments_app = typer.Typer(
 )
 
 NameArg = Annotated[str, typer.Argument(help="Experiment name.")]
-
-
-def _local(tenant: str | None, work: Callable[[Container, Any], Coroutine[Any, Any, T]]) -> T:
-    """Run `work(container, principal)` on the data dir as the operator of `tenant`; a refused request
-    fails the command with the error a client would get."""
-    from app.auth.principal import Principal
-    from app.container import open_container_sync
-    from app.settings import Settings
-    from ingest.errors import DomainError, describe
-    from ingest.vector_index import DEFAULT_TENANT
-
-    with open_container_sync(Settings()) as container:
-        principal = Principal.operator(tenant or DEFAULT_TENANT)
-        try:
-            return asyncio.run(work(container, principal))
-        except DomainError as exc:
-            public = describe(exc)
-            fail(f"{public.status} {public.code}: {exc}" if public else str(exc))
-
-
-def _emit(data: Any) -> None:
-    typer.echo(json.dumps(data, default=str))
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -68,7 +42,7 @@ def models_list(url: UrlOpt = None, api_key: KeyOpt = None, tenant: TenantOpt = 
                 "models": [m.to_dict() for m in await c.models.list(p.tenant)],
             }
 
-        data = _local(tenant, listed)
+        data = run_local(tenant, listed)
     for m in data["models"]:
         mark = "*" if m["default"] else " "
         price = f"{m['price_in']}/{m['price_out']} per 1k"
@@ -77,7 +51,7 @@ def models_list(url: UrlOpt = None, api_key: KeyOpt = None, tenant: TenantOpt = 
             f"{price:18} {m['license']}",
             err=True,
         )
-    _emit(data)
+    emit_json(data)
 
 
 @models_app.command("add")
@@ -130,8 +104,8 @@ def models_add(
         async def add(c: Container, p: Any) -> dict[str, Any]:
             return (await c.models.add(p, entry, replace=replace)).to_dict()
 
-        data = _local(tenant, add)
-    _emit(data)
+        data = run_local(tenant, add)
+    emit_json(data)
 
 
 @models_app.command("remove")
@@ -150,8 +124,8 @@ def models_remove(
             await c.models.remove(p, name)
             return {"name": name, "removed": True}
 
-        data = _local(tenant, remove)
-    _emit(data)
+        data = run_local(tenant, remove)
+    emit_json(data)
 
 
 # -- answer profiles ---------------------------------------------------------------------------
@@ -194,11 +168,11 @@ def profile(
                 return await c.profiles.set(p, collection, values, replace=replace)
             return await c.profiles.get(p, collection)
 
-        data = _local(tenant, work)
+        data = run_local(tenant, work)
     for key, value in data["effective"].items():
         mark = "*" if key in data["profile"] else " "
         typer.echo(f"{mark} {key:14} {value}", err=True)
-    _emit(data)
+    emit_json(data)
 
 
 # -- experiments -------------------------------------------------------------------------------
@@ -231,8 +205,8 @@ def create(
         async def work(c: Container, p: Any) -> dict[str, Any]:
             return (await c.experiments.create(p, spec, replace=replace)).to_dict()
 
-        data = _local(tenant, work)
-    _emit(data)
+        data = run_local(tenant, work)
+    emit_json(data)
 
 
 def _status(action: str, name: str, url: str | None, api_key: str | None, tenant: str | None) -> None:
@@ -243,9 +217,9 @@ def _status(action: str, name: str, url: str | None, api_key: str | None, tenant
         async def work(c: Container, p: Any) -> dict[str, Any]:
             return (await c.experiments.change_status(p, name, action)).to_dict()
 
-        data = _local(tenant, work)
+        data = run_local(tenant, work)
     typer.echo(f"{name}: {data['status']}", err=True)
-    _emit(data)
+    emit_json(data)
 
 
 @experiments_app.command("start")
@@ -276,10 +250,10 @@ def list_(url: UrlOpt = None, api_key: KeyOpt = None, tenant: TenantOpt = None) 
         async def work(c: Container, p: Any) -> dict[str, Any]:
             return {"experiments": [e.to_dict() for e in await c.experiments.list_all(p)]}
 
-        data = _local(tenant, work)
+        data = run_local(tenant, work)
     for e in data["experiments"]:
         typer.echo(f"{e['name']:32} {e['status']:8} {', '.join(e['collections'])}", err=True)
-    _emit(data)
+    emit_json(data)
 
 
 @experiments_app.command("report")
@@ -303,7 +277,7 @@ def report(
         async def work(c: Container, p: Any) -> dict[str, Any]:
             return await c.experiments.report(p, name)
 
-        data = _local(tenant, work)
+        data = run_local(tenant, work)
     control = data["control"]
     for arm, row in data["arms"].items():
         primary = f"{data['primary_metric']} {row.get(data['primary_metric'])}"
@@ -323,7 +297,7 @@ def report(
         (out / "report.html").write_text(render_report(data), encoding="utf-8")
         typer.echo(f"wrote {out / 'report.html'}", err=True)
     summary = {k: v for k, v in data.items() if k != "over_time"}
-    _emit(summary)
+    emit_json(summary)
 
 
 @experiments_app.command("conclude")
@@ -342,8 +316,8 @@ def conclude(
         async def work(c: Container, p: Any) -> dict[str, Any]:
             return await c.experiments.conclude(p, name, arm)
 
-        data = _local(tenant, work)
-    _emit(data)
+        data = run_local(tenant, work)
+    emit_json(data)
 
 
 @experiments_app.command("replay")
@@ -381,7 +355,7 @@ def replay(
         async def work(c: Container, p: Any) -> ExperimentSpec:
             return (await c.experiments.get(p, name)).spec
 
-        spec = _local(tenant, work)
+        spec = run_local(tenant, work)
     out = out or Path("runs") / f"replay-{spec.name}"
     runs = {}
     for arm in spec.arms:
@@ -409,7 +383,7 @@ def replay(
             m["metric"]: {k: m["delta"][k] for k in ("mean", "ci_low", "ci_high", "n")}
             for m in compared["metrics"]
         }
-    _emit(
+    emit_json(
         {
             "experiment": spec.name,
             "control": control,

@@ -76,8 +76,9 @@ def rag(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Answer-profile key=value over the settings (prompt, model, mode, top_k, fusion, rrf_k, "
-            "dense_weight, bm25_weight, candidates), as an experiment arm's overrides. Repeatable.",
+            help="Answer-profile key=value over the collection's profile (prompt, model, mode, top_k, "
+            "fusion, rrf_k, dense_weight, bm25_weight, candidates), as an experiment arm's overrides. "
+            "Repeatable.",
         ),
     ] = None,
 ) -> None:
@@ -110,8 +111,6 @@ def rag(
         )
     except InvalidInput as exc:
         fail(str(exc))
-    prompt, top_k, mode = prompt or overrides.prompt, top_k or overrides.top_k, mode or overrides.mode
-    model = model or overrides.model
     try:
         picked = load_questions(questions, limit)
     except DatasetError as exc:
@@ -140,6 +139,10 @@ def rag(
             )
 
         settings = container.settings
+        # What answers the collection when it serves: its profile, --set over it, the options over both.
+        overrides = overrides.over(container.profiles.store.get(name))
+        prompt, top_k, mode = prompt or overrides.prompt, top_k or overrides.top_k, mode or overrides.mode
+        model = model or overrides.model
         try:
             prompt_ref = container.prompts.get(prompt or settings.prompts.answer).ref
         except PromptError as exc:

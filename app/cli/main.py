@@ -31,6 +31,7 @@ from app.cli.eval_retrieval import retrieval
 from app.cli.feedback import feedback_app
 from app.cli.keys import audit, keys_app
 from app.cli.monitor import monitor_app
+from app.cli.routes import routes_app
 from app.cli.tune_embedder import split_qrels, tune_embedder
 from app.cli.tune_retrieval import tune_retrieval
 
@@ -49,6 +50,7 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(collections_app, name="collections")
 app.add_typer(models_app, name="models")
 app.add_typer(experiments_app, name="experiments")
+app.add_typer(routes_app, name="routes")
 tune_app = typer.Typer(
     help="Tune the embedder and retrieval settings on your own data.", no_args_is_help=True
 )

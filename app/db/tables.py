@@ -246,3 +246,36 @@ experiments = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("started_at", sa.Double),
 )
+
+# -- holistic answering (issue 25) --------------------------------------------------------------------
+
+# A collection's routing chain (rules, curated answers, the LLM's model policy), by store name.
+routing_chains = sa.Table(
+    "routing_chains",
+    metadata,
+    sa.Column("collection", sa.Text, primary_key=True),
+    sa.Column("chain_json", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# Curated question/answer pairs: a reviewed correction becomes a `candidate`; an admin approves it; one whose
+# cited documents changed since approval (documents_json: id -> content hash then) turns `stale`.
+curated_answers = sa.Table(
+    "curated_answers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("collection", sa.Text, nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("citations_json", sa.Text, nullable=False),
+    sa.Column("documents_json", sa.Text, nullable=False),
+    sa.Column("embedding_json", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),  # candidate | approved | stale | rejected
+    sa.Column("source_response_id", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("approved_by", sa.Text),
+    sa.Index("curated_answers_by_collection", "collection", "status"),
+    sa.Index("curated_answers_by_source", "source_response_id"),
+)

@@ -20,6 +20,7 @@ import numpy as np
 from app.experiments.spec import METRICS, ExperimentSpec
 from app.experiments.stats import ArmSample, compare, guardrail_breached, quantile_breached, srm_check
 from app.experiments.store import Experiment
+from app.services.monitor_report import answered_by
 from app.traces.store import Trace
 
 NO_ANSWER = ("abstained", "refused")
@@ -104,6 +105,10 @@ class _Arm:
             "answers": sum(u.answers for u in units),
             "requests": sum(u.requests for u in units),
         }
+        answered = [t for t in self.traces if t.outcome != "error"]
+        if answered:  # the share each routing stage answered (llm, rule, curated, refused)
+            kinds = [answered_by(t) for t in answered]
+            out["answered_by"] = {k: round(kinds.count(k) / len(kinds), 4) for k in sorted(set(kinds))}
         latencies = _latencies(self.traces)
         for metric in METRICS:
             if metric in QUANTILES:

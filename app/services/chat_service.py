@@ -39,6 +39,7 @@ from app.llm.base import (
     prompt_token_counter,
 )
 from app.prompting import PromptRegistry, neutral_inputs
+from app.services.answer_profiles import AnswerProfile
 from app.services.answer_text import (
     ABSTAINED,
     AnswerFilter,
@@ -92,6 +93,7 @@ if TYPE_CHECKING:
     from app.llm.registry import ModelRegistry, RegisteredModel
     from app.services.answer_profiles import ProfileService
     from app.services.experiments import Enrollment, ExperimentService
+    from app.services.routing import Routed, RoutingService
     from app.services.traces import TraceService
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,10 @@ class _Plan:
     enrollment: Enrollment | None = None
     # Why a request over a collection under experiment was not enrolled (it named its own prompt, ...).
     not_enrolled: str | None = None
+    # What the request named itself (prompt, model, mode): a routing policy does not override those.
+    named: tuple[str, ...] = ()
+    # The collection's routing chain's decisions (None: no chain ran).
+    routed: Routed | None = None
 
 
 @dataclass
@@ -185,6 +191,7 @@ class ChatService:
         *,
         profiles: ProfileService,
         experiments: ExperimentService,
+        routing: RoutingService | None = None,
         rate_limits: RateLimits | None = None,
         audit: AuditLog | None = None,
         traces: TraceService | None = None,
@@ -196,6 +203,7 @@ class ChatService:
         self.models = models
         self.profiles = profiles
         self.experiments = experiments
+        self.routing = routing
         self.prompts = prompts
         self.history = history
         self.retrieval = retrieval
@@ -212,16 +220,21 @@ class ChatService:
         RateLimited past the key's tokens a minute, Unavailable when every generation slot is taken,
         RequestTimedOut past the deadline."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
-        plan = await self._admit(query, principal)
-        try:
-            prepared, text, model, usage, finish = await deadline.run(self._generate(plan, principal))
-        except RequestTimedOut:
-            self._timed_out(deadline)
-            await self._failed(plan, principal, api)
-            raise
-        except Exception:
-            await self._failed(plan, principal, api)
-            raise
+        plan = await self._route(query, await self._admit(query, principal), principal)
+        finish: str | None
+        if plan.routed is not None and plan.routed.final:
+            prepared = self._routed(plan, principal)
+            text, model, usage, finish = plan.routed.answer or "", "none", Usage(0, 0), "stop"
+        else:
+            try:
+                prepared, text, model, usage, finish = await deadline.run(self._generate(plan, principal))
+            except RequestTimedOut:
+                self._timed_out(deadline)
+                await self._failed(plan, principal, api)
+                raise
+            except Exception:
+                await self._failed(plan, principal, api)
+                raise
         result = self._result(prepared, text, model, usage, finish, response_id)
         await self._spend(principal, usage)
         result.history_saved = await self._remember(prepared, result)
@@ -238,10 +251,29 @@ class ChatService:
         The deadline bounds each step, not the time the consumer takes between events; closing the
         stream early (a client gone) stops the generation and saves nothing."""
         deadline = Deadline(self.settings.limits.request_timeout_s)
-        plan = await self._admit(query, principal)
+        plan = await self._route(query, await self._admit(query, principal), principal)
         response_id = response_id or new_response_id()
         ttft_ms: float | None = None
         enrolled = plan.enrollment
+        if plan.routed is not None and plan.routed.final:  # a rule or a curated answer: no LLM
+            prepared = self._routed(plan, principal)
+            yield StartEvent(
+                response_id,
+                prepared.conversation_id,
+                experiment=enrolled.experiment if enrolled else None,
+                arm=enrolled.arm if enrolled else None,
+            )
+            yield TokenEvent(plan.routed.answer or "")
+            ttft_ms = (time.perf_counter() - prepared.started) * 1000
+            result = self._result(
+                prepared, plan.routed.answer or "", "none", Usage(0, 0), "stop", response_id
+            )
+            result.history_saved = await self._remember(prepared, result)
+            self._log_answer(result)
+            await self._trace(result, prepared, principal, api, ttft_ms=ttft_ms)
+            yield CitationsEvent(result.citations)
+            yield DoneEvent(result)
+            return
         try:
             await deadline.run(self.limiter.acquire(principal.tenant))
             try:
@@ -402,6 +434,8 @@ class ChatService:
         }
         if plan.not_enrolled:
             params["experiment"] = {"enrolled": False, "reason": plan.not_enrolled}
+        if plan.routed is not None:
+            params["routing"] = {"answered_by": result.answered_by, "route": result.route}
         await self.traces.record(
             result,
             principal=principal,
@@ -484,6 +518,48 @@ class ChatService:
             conversation_id=conversation_id,
             enrollment=enrollment,
             not_enrolled=not_enrolled,
+            named=tuple(named),
+        )
+
+    async def _route(self, query: ChatQuery, plan: _Plan, principal: Principal) -> _Plan:
+        """The collection's routing chain before retrieval: a final answer (a rule's, a curated one), or
+        the plan again for what a rule steered to (another collection, profile or model; such a request
+        is not enrolled in an experiment), with the LLM stage's model policy."""
+        if self.routing is None:
+            return plan
+        routed = await self.routing.route(principal.collection(plan.query.collection), plan.query.message)
+        steered = routed.collection or routed.profile or routed.model
+        if steered and not routed.final:
+            overrides = routed.profile or AnswerProfile()
+            if routed.model:
+                overrides = AnswerProfile(model=routed.model).over(overrides)
+            changed = dataclasses.replace(
+                query,
+                collection=routed.collection or query.collection,
+                overrides=overrides.over(query.overrides) if query.overrides else overrides,
+            )
+            plan = await self._admit(changed, principal)
+        plan.routed = routed if routed.decisions else None
+        return plan
+
+    def _routed(self, plan: _Plan, principal: Principal) -> _Prepared:
+        """What a final routing decision answers with, in the shape of a prepared request (no sources
+        retrieved, no prompt rendered)."""
+        routed = plan.routed
+        assert routed is not None
+        return _Prepared(
+            plan=plan,
+            query=plan.query,
+            conversation_id=plan.conversation_id,
+            history_key=principal.conversation_key(plan.conversation_id),
+            collection=plan.query.collection,
+            search_query=plan.query.message,
+            sources=[],
+            messages=[],
+            prompt_ref=f"{routed.answered_by}:{routed.route}",
+            retrieval={"routing": routed.decisions},
+            started=time.perf_counter(),
+            store=principal.collection(plan.query.collection),
         )
 
     async def _spend(self, principal: Principal, usage: Usage) -> None:
@@ -563,6 +639,8 @@ class ChatService:
         hits = retrieved.hits
         retrieve_ms = (time.perf_counter() - retrieve_started) * 1000
         sources = [Citation.from_hit(i, hit) for i, hit in enumerate(hits, start=1)]
+        if plan.routed is not None and plan.routed.policy is not None and "model" not in plan.named:
+            llm = await self._apply_model_policy(plan, principal, max((h.score for h in hits), default=None))
         # History gives way first, then the lowest-ranked sources; never the system message or question.
         fitted = await self._fit(llm, render, history, sources, query.max_tokens)
         retrieval: dict[str, Any] = {
@@ -590,6 +668,23 @@ class ChatService:
             history=history,
             retrieve_ms=retrieve_ms,
         )
+
+    async def _apply_model_policy(self, plan: _Plan, principal: Principal, top_score: float | None) -> LLM:
+        """The model the chain's policy picks now that the top score is known (the plan's model when it
+        names none); the plan's model stands behind it if it fails."""
+        routed = plan.routed
+        assert routed is not None and self.routing is not None
+        name, why = self.routing.pick_model(routed.policy, plan.query.message, top_score)
+        decision: dict[str, Any] = {"stage": "llm", "id": "model_policy", "why": why, "top_score": top_score}
+        if name is not None and name != plan.model.name:
+            from app.llm.fallback import FallbackLLM
+
+            picked = await self.models.get(principal.tenant, name)
+            plan.llm = FallbackLLM(await self.models.llm(principal.tenant, picked), plan.llm)
+            plan.model = picked
+        decision["model"] = plan.model.name
+        routed.decisions.append(decision)
+        return plan.llm
 
     async def _fit(
         self,
@@ -649,6 +744,52 @@ class ChatService:
         finish: str | None = None,
         response_id: str | None = None,
     ) -> ChatResult:
+        routed = prepared.plan.routed
+        if routed is not None and routed.final:  # a rule's or a curated answer, as written
+            answer, citations, abstained = routed.answer or "", routed.citations, False
+        else:
+            answer, citations, abstained = self._drafted(prepared, answer)
+        checked = grounding(answer, citations)
+        if checked.score is not None:
+            self.metrics.grounding.observe(checked.score)
+            self.metrics.unsupported_facts.inc(len(checked.unsupported))
+        if finish == "length":
+            self.metrics.capped_answers.inc()
+        usage_dict = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }
+        self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
+        if routed is not None:
+            prepared.retrieval["routing"] = routed.decisions
+        return ChatResult(
+            conversation_id=prepared.conversation_id,
+            response_id=response_id or new_response_id(),
+            answer=answer,
+            citations=citations,
+            prompt=prepared.prompt_ref,
+            model=model,
+            usage=usage_dict,
+            finish_reason="length" if finish == "length" else "stop",
+            abstained=abstained,
+            grounding=checked.to_dict(),
+            collection=prepared.collection,
+            collection_version=str(prepared.retrieval.get("collection_version", "v1")),
+            experiment=prepared.plan.enrollment.experiment if prepared.plan.enrollment else None,
+            arm=prepared.plan.enrollment.arm if prepared.plan.enrollment else None,
+            answered_by=routed.answered_by if routed is not None and routed.final else "llm",
+            route=routed.route if routed is not None else None,
+            retrieval=prepared.retrieval,
+            query=prepared.search_query,
+            contexts=prepared.sources,
+            latency_ms=(time.perf_counter() - prepared.started) * 1000,
+        )
+
+    def _drafted(self, prepared: _Prepared, answer: str) -> tuple[str, list[Citation], bool]:
+        """The model's draft as the answer: prompt echoes filtered, citations chosen, and abstained when
+        the sources hold no answer (then "The documents don't say." and no citations)."""
         sources = prepared.sources
         answer, shown = filtered(trim_transcript(answer), [s.n for s in sources])
         answer = tidy(answer)
@@ -675,39 +816,7 @@ class ChatService:
         if abstained:
             # Nothing the sources hold: say so, cite nothing (a "maybe" source would lend it authority).
             answer, citations = ABSTAINED, []
-        checked = grounding(answer, citations)
-        if checked.score is not None:
-            self.metrics.grounding.observe(checked.score)
-            self.metrics.unsupported_facts.inc(len(checked.unsupported))
-        if finish == "length":
-            self.metrics.capped_answers.inc()
-        usage_dict = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }
-        self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
-        self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
-        return ChatResult(
-            conversation_id=prepared.conversation_id,
-            response_id=response_id or new_response_id(),
-            answer=answer,
-            citations=citations,
-            prompt=prepared.prompt_ref,
-            model=model,
-            usage=usage_dict,
-            finish_reason="length" if finish == "length" else "stop",
-            abstained=abstained,
-            grounding=checked.to_dict(),
-            collection=prepared.collection,
-            collection_version=str(prepared.retrieval.get("collection_version", "v1")),
-            experiment=prepared.plan.enrollment.experiment if prepared.plan.enrollment else None,
-            arm=prepared.plan.enrollment.arm if prepared.plan.enrollment else None,
-            retrieval=prepared.retrieval,
-            query=prepared.search_query,
-            contexts=prepared.sources,
-            latency_ms=(time.perf_counter() - prepared.started) * 1000,
-        )
+        return answer, citations, abstained
 
     def _log_answer(self, result: ChatResult) -> None:
         log.info(

@@ -148,6 +148,12 @@ class ChatResult(BaseModel):
         None, description="The A/B experiment this answer was enrolled in (None: none)."
     )
     arm: str | None = Field(None, description="The experiment's arm that answered.")
+    answered_by: str = Field(
+        "llm",
+        description='Who answered: "llm" (retrieval and the model), "rule" (a canned answer of the '
+        'collection\'s routing chain), "curated" (an approved answer), or "refused" (a rule refused).',
+    )
+    route: str | None = Field(None, description="The routing chain's stage that decided (a rule id, ...).")
     history_saved: bool = Field(
         False,
         description="Whether the question and answer were stored in the conversation's history (false "

@@ -147,6 +147,19 @@ class Metrics:
             ["experiment", "arm"],
             registry=r,
         )
+        self.route_decisions = Counter(
+            "ragserver_route_decisions_total",
+            "Chat requests by the routing chain stage that decided them (rule, curated, llm) and its id",
+            ["stage", "route"],
+            registry=r,
+        )
+        self.route_stage_seconds = Histogram(
+            "ragserver_route_stage_seconds",
+            "Time one routing stage took",
+            ["stage"],
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=r,
+        )
         self.condense = Counter(
             "ragserver_condense_total",
             "Follow-up search queries: the model's rewrite, or the deterministic fallback",

@@ -35,6 +35,11 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+def answered_by(trace: Trace) -> str:
+    """Who answered a traced request: `llm`, or the routing stage (`rule`, `curated`, `refused`)."""
+    return str((trace.params.get("routing") or {}).get("answered_by") or "llm")
+
+
 def figures(traces: Sequence[Trace]) -> dict[str, Any]:
     """The figures of a group of traces."""
     total = [t.latency_ms.get("total") for t in traces if t.latency_ms.get("total") is not None]
@@ -98,6 +103,8 @@ def build_summary(
         "collection": defaultdict(list),
         "prompt": defaultdict(list),
         "model": defaultdict(list),
+        # Who answered: the LLM, or a stage of the routing chain (rule, curated, refused).
+        "answered_by": defaultdict(list),
     }
     for t in traces:
         splits["collection"][
@@ -105,6 +112,7 @@ def build_summary(
         ].append(t)
         splits["prompt"][t.prompt].append(t)
         splits["model"][t.model].append(t)
+        splits["answered_by"][answered_by(t)].append(t)
     middle = start + (now - start) / 2
     first = [max(c["score"] for c in t.chunks) for t in traces if t.chunks and t.created_at < middle]
     second = [max(c["score"] for c in t.chunks) for t in traces if t.chunks and t.created_at >= middle]

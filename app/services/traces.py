@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ def outcome_of(result: ChatResult) -> str:
     `error` is recorded by `answer_failed`."""
     if result.abstained:
         return "abstained"
-    return "refused" if is_refusal(result.answer) else "answered"
+    return "refused" if result.answered_by == "refused" or is_refusal(result.answer) else "answered"
 
 
 @dataclass
@@ -60,12 +61,20 @@ class Timings:
 
 class TraceService:
     def __init__(
-        self, settings: Settings, store: TraceStore, metrics: Metrics, *, judge: OnlineJudge | None = None
+        self,
+        settings: Settings,
+        store: TraceStore,
+        metrics: Metrics,
+        *,
+        judge: OnlineJudge | None = None,
+        on_feedback: Callable[[Trace, Feedback], Awaitable[None]] | None = None,
     ):
         self.settings = settings
         self.store = store
         self.metrics = metrics
         self.judge = judge
+        # Told of every feedback stored (the routing chain turns reviewed corrections into candidates).
+        self.on_feedback = on_feedback
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- recording -----------------------------------------------------------------------------
@@ -194,6 +203,8 @@ class TraceService:
         given = _feedback(body, caller_of(principal))
         stored = await self.store.put_feedback(trace.response_id, given)
         self.metrics.feedback.labels(rating=stored.rating or "none").inc()
+        if self.on_feedback is not None:
+            await self.on_feedback(trace, stored)
         return stored
 
     async def event(self, response_id: str, kind: str, citation: int | None, *, principal: Principal) -> None:

@@ -106,3 +106,11 @@ def test_models_profile_experiment_and_replay(run: Any, tmp_path: Path) -> None:
     assert run("experiments", "conclude", "replayed", "--arm", "v4")["experiment"]["status"] == "stopped"
     shown = run("collections", "profile", "kb")
     assert shown["profile"] == {"prompt": "answer@v4", "top_k": 2, "fusion": "rrf"}
+    # An eval over the collection now measures what serves it: the profile, unless told otherwise.
+    run("eval", "rag", "--questions", str(questions), "-c", "kb", "--out", "after", "--set", "top_k=3")
+    after = json.loads((tmp_path / "after" / "run.json").read_text())
+    assert (after["prompt"], after["retrieval"]["top_k"], after["retrieval"]["fusion"]) == (
+        "answer@v4",
+        3,
+        "rrf",
+    )

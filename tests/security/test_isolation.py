@@ -69,6 +69,7 @@ class World:
     a_job: str
     a_conversation: str
     a_response: str
+    a_curated: str
     log_lines: list[str]
     data_dir: Path
 
@@ -134,6 +135,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) ->
                 == 200
             )
             assert client.post("/v1/admin/experiments", json=A_EXPERIMENT, headers=a_admin).status_code == 201
+            curated = {"question": "What is Alpha's per-diem?", "answer": "ALPHA-SECRET-7731 65 EUR."}
+            made_curated = client.post("/v1/admin/collections/hr/curated", json=curated, headers=a_admin)
+            assert made_curated.status_code == 201, made_curated.text
             chat = client.post(
                 "/v1/chat",
                 json={"message": "What is the per-diem?", "collection": "hr"},
@@ -150,6 +154,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, embedder, query_embedder) ->
                 a_job=docs["alpha"][1],
                 a_conversation=chat.json()["conversation_id"],
                 a_response=chat.json()["response_id"],
+                a_curated=made_curated.json()["id"],
                 log_lines=lines,
                 data_dir=root / "data",
             )
@@ -247,6 +252,19 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
         ("GET", "/v1/admin/experiments/{name}/report"): Call("admin", 404),
         ("POST", "/v1/admin/experiments/{name}/conclude"): Call("admin", 404, json={"arm": "v4"}),
         ("POST", "/v1/admin/experiments/{name}/{action}"): Call("admin", 404),
+        # Routing: B's own hr's chain and curated answers; A's curated answer by id is not B's.
+        ("GET", "/v1/admin/collections/{collection}/routes"): Call("admin", 200),
+        ("PUT", "/v1/admin/collections/{collection}/routes"): Call(
+            "admin",
+            200,
+            json={"stages": [{"type": "rule", "id": "b-hi", "keywords": ["hiya"], "answer": "Hi."}]},
+        ),
+        ("DELETE", "/v1/admin/collections/{collection}/routes"): Call("admin", 200),
+        ("GET", "/v1/admin/collections/{collection}/curated"): Call("admin", 200),
+        ("POST", "/v1/admin/collections/{collection}/curated"): Call(
+            "admin", 201, json={"question": "Where is Beta's office?", "answer": "Floor 2."}
+        ),
+        ("POST", "/v1/admin/collections/{collection}/curated/{item_id}/{action}"): Call("admin", 404),
     }
 
 
@@ -269,7 +287,8 @@ def request(w: World, method: str, path: str, call: Call, headers: dict[str, str
         "key_id": w.keys["alpha-reader"].id,
         "response_id": w.a_response,
         "name": A_EXPERIMENT["name"] if "experiments" in path else A_MODEL["name"],
-        "action": "start",
+        "action": "approve" if "curated" in path else "start",
+        "item_id": w.a_curated,
     }
     url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
     if call.upload:

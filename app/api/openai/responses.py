@@ -162,6 +162,8 @@ class ResponseShape:
                 "abstained": result.abstained,
                 "experiment": result.experiment,
                 "arm": result.arm,
+                "answered_by": result.answered_by,
+                "route": result.route,
             }
         return out
 

@@ -144,6 +144,8 @@ def _extras(result: ChatResult) -> dict[str, Any]:
             "abstained": result.abstained,
             "experiment": result.experiment,
             "arm": result.arm,
+            "answered_by": result.answered_by,
+            "route": result.route,
         },
     }
 

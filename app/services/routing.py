@@ -1,0 +1,336 @@
+"""Holistic answering: a collection's routing chain in front of retrieval and the LLM (docs/ROUTING.md).
+
+Stages in order: **rules** (RE2 patterns or keywords -> a canned answer, a refusal, or another collection,
+answer profile or model for the rest), **curated answers** (a question close enough to an approved one gets
+its stored answer and citations, with no retrieval and no LLM; one whose cited documents changed since
+approval is not served and turns `stale`), then **the LLM** over retrieval, its model picked by the
+chain's model policy once the retrieval top score is known. Every stage's decision goes on the trace.
+
+Curated answers come from the feedback loop: a `reviewed` feedback with a correction becomes a candidate;
+an admin approves it (`ragserver routes curated approve`), which embeds its question and records the
+content hash of every document it cites.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.auth.audit import audited
+from app.auth.principal import Principal
+from app.routing.chain import CuratedStage, LLMStage, ModelPolicy, RoutingChain, RuleStage
+from app.routing.store import ChainStore, CuratedAnswer, CuratedStore
+from app.services.answer_profiles import AnswerProfile
+from app.services.chat_types import Citation
+from app.services.errors import InvalidInput
+from app.services.metrics import Metrics
+from app.settings import Settings
+from ingest.errors import DomainError
+
+if TYPE_CHECKING:
+    from app.auth.audit import AuditLog
+    from app.llm.registry import ModelRegistry
+    from app.services.answer_profiles import ProfileService
+    from app.services.retrieval_service import RetrievalService
+    from app.traces.store import Feedback, Trace
+
+log = logging.getLogger(__name__)
+
+# The cosine similarity (all-MiniLM-L6-v2) above which a question gets a curated answer when the chain
+# says `threshold: auto`: the smallest with precision >= 0.98 on the train split of
+# evals/data/routing/paraphrases.jsonl (`python -m evals.routing_threshold`, docs/BENCHMARKS.md "Routing").
+# It is high on purpose: questions about one entity that differ by one word ("When was Lincoln born?" /
+# "When did Lincoln die?") score up to 0.98, so below it a curated answer would be served to a question
+# it does not answer. It serves repeats and near-repeats; set a lower number in the chain only for
+# curated questions that do not come in such pairs (the handbook half of the set: precision 1.0 at 0.79).
+FITTED_THRESHOLD = 0.983
+MAX_CURATED = 10_000
+
+
+class CuratedNotFound(DomainError, LookupError):
+    kind, code = "not_found", "curated_answer_not_found"
+
+
+@dataclass
+class Routed:
+    """What the chain decided before retrieval: a final answer, or what the LLM stage should use."""
+
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    answer: str | None = None  # set: the chain answered (or refused) without the LLM
+    answered_by: str = "llm"  # rule | curated | refused | llm
+    route: str | None = None
+    citations: list[Citation] = field(default_factory=list)
+    collection: str | None = None
+    profile: AnswerProfile | None = None
+    model: str | None = None
+    policy: ModelPolicy | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.answer is not None
+
+
+class RoutingService:
+    def __init__(
+        self,
+        settings: Settings,
+        chains: ChainStore,
+        curated: CuratedStore,
+        metrics: Metrics,
+        *,
+        embed: Callable[[list[str]], np.ndarray],
+        documents: Callable[[str, list[str]], dict[str, str]],
+        retrieval: RetrievalService,
+        models: ModelRegistry,
+        profiles: ProfileService,
+        audit: AuditLog | None = None,
+    ):
+        self.settings = settings
+        self.chains = chains
+        self.curated = curated
+        self.metrics = metrics
+        self.embed = embed
+        self.documents = documents  # (store, document ids) -> their content hashes now
+        self.retrieval = retrieval
+        self.models = models
+        self.profiles = profiles
+        self.audit = audit
+        self._chains: dict[str, tuple[float, RoutingChain | None]] = {}
+        self._approved: dict[str, tuple[float, list[CuratedAnswer], np.ndarray | None]] = {}
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def chain_for(self, store: str) -> RoutingChain | None:
+        """The chain of store `store`, as this process last read it (at most `refresh_s` old)."""
+        cached = self._chains.get(store)
+        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
+            return cached[1]
+        chain = await asyncio.to_thread(self.chains.get, store)
+        self._chains[store] = (time.monotonic(), chain)
+        return chain
+
+    async def route(self, store: str, question: str) -> Routed:
+        """Run the stages before retrieval (rules, curated answers) for `question` over store `store`."""
+        routed = Routed()
+        chain = await self.chain_for(store)
+        if chain is None:
+            return routed
+        for stage in chain.stages:
+            started = time.perf_counter()
+            if isinstance(stage, RuleStage):
+                done = self._rule(stage, question, routed)
+            elif isinstance(stage, CuratedStage):
+                done = await self._curated(stage, store, question, routed)
+            else:
+                routed.policy = stage.model_policy
+                routed.decisions.append({"stage": "llm", "id": stage.id, "outcome": "answering"})
+                done = True
+            kind = stage.type
+            self.metrics.route_stage_seconds.labels(stage=kind).observe(time.perf_counter() - started)
+            if done:
+                break
+        last = routed.decisions[-1] if routed.decisions else None
+        if last is not None:
+            self.metrics.route_decisions.labels(stage=last["stage"], route=last["id"]).inc()
+        return routed
+
+    def _rule(self, stage: RuleStage, question: str, routed: Routed) -> bool:
+        if not stage.matches(question):
+            return False
+        decision: dict[str, Any] = {"stage": "rule", "id": stage.id}
+        if stage.answer is not None or stage.refuse is not None:
+            refused = stage.refuse is not None
+            routed.answer = stage.refuse if refused else stage.answer
+            routed.answered_by = "refused" if refused else "rule"
+            routed.route = stage.id
+            routed.decisions.append({**decision, "outcome": "refused" if refused else "answered"})
+            return True
+        steer = {"collection": stage.collection, "profile": stage.profile, "model": stage.model}
+        routed.collection = stage.collection or routed.collection
+        routed.profile = (
+            stage.profile.over(routed.profile or AnswerProfile()) if stage.profile else routed.profile
+        )
+        routed.model = stage.model or routed.model
+        routed.route = stage.id
+        shown = {k: (v.values() if isinstance(v, AnswerProfile) else v) for k, v in steer.items() if v}
+        routed.decisions.append({**decision, "outcome": "steered", **shown})
+        return False
+
+    async def _curated(self, stage: CuratedStage, store: str, question: str, routed: Routed) -> bool:
+        approved, matrix = await self._approved_for(store)
+        threshold = FITTED_THRESHOLD if stage.threshold == "auto" else float(stage.threshold)
+        decision: dict[str, Any] = {"stage": "curated", "id": stage.id, "threshold": threshold}
+        if matrix is None:
+            routed.decisions.append({**decision, "outcome": "handed_on", "reason": "no approved answers"})
+            return False
+        vector = (await asyncio.to_thread(self.embed, [question]))[0]
+        scores = matrix @ vector
+        for index in np.argsort(-scores):
+            score = float(scores[index])
+            if score < threshold:
+                break
+            item = approved[int(index)]
+            if not await self._still_fresh(item, store):
+                continue
+            routed.answer, routed.answered_by, routed.route = item.answer, "curated", item.id
+            routed.citations = [Citation(**c) for c in item.citations]
+            routed.decisions.append(
+                {**decision, "outcome": "answered", "curated_id": item.id, "score": round(score, 4)}
+            )
+            return True
+        best = round(float(scores.max()), 4)
+        routed.decisions.append({**decision, "outcome": "handed_on", "best_score": best})
+        return False
+
+    async def _still_fresh(self, item: CuratedAnswer, store: str) -> bool:
+        """Whether every document `item` cites is as it was at approval (a stale one is flagged)."""
+        if not item.documents:
+            return True
+        now = await asyncio.to_thread(self.documents, store, list(item.documents))
+        changed = sorted(d for d, digest in item.documents.items() if now.get(d) != digest)
+        if not changed:
+            return True
+        item.status, item.note = "stale", f"cited documents changed since approval: {', '.join(changed)}"
+        await asyncio.to_thread(self.curated.save, item)
+        self._approved.pop(store, None)
+        log.info("curated answer %s is stale (%s); not served", item.id, item.note)
+        return False
+
+    async def _approved_for(self, store: str) -> tuple[list[CuratedAnswer], np.ndarray | None]:
+        cached = self._approved.get(store)
+        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
+            return cached[1], cached[2]
+        items = [
+            c for c in await asyncio.to_thread(self.curated.in_collection, store, "approved") if c.embedding
+        ]
+        matrix = np.asarray([c.embedding for c in items], dtype=np.float32) if items else None
+        self._approved[store] = (time.monotonic(), items, matrix)
+        return items, matrix
+
+    def pick_model(
+        self, policy: ModelPolicy | None, question: str, top_score: float | None
+    ) -> tuple[str | None, str]:
+        """The model the policy names for this question and retrieval top score, and why."""
+        if policy is None:
+            return None, "no model policy"
+        for i, when in enumerate(policy.when):
+            if when.holds(question, top_score):
+                return when.model, f"when[{i}] held (top score {top_score})"
+        return policy.default, "default"
+
+    # -- admin: chains -------------------------------------------------------------------------
+
+    async def set_chain(
+        self, principal: Principal, collection: str, chain: RoutingChain | None
+    ) -> dict[str, Any]:
+        """Set (None: remove) the collection's chain, after checking every name it uses exists."""
+        store = await self.retrieval.resolve_collection(collection, principal=principal)
+        async with audited(self.audit, principal, "routes.set", collection=collection, object_id=collection):
+            if chain is not None:
+                await self._check(principal, chain)
+            await asyncio.to_thread(self.chains.put, store, chain)
+            self._chains.pop(store, None)
+        return self._shown(collection, chain)
+
+    async def show(self, principal: Principal, collection: str) -> dict[str, Any]:
+        store = await self.retrieval.resolve_collection(collection, principal=principal)
+        return self._shown(collection, await asyncio.to_thread(self.chains.get, store))
+
+    async def _check(self, principal: Principal, chain: RoutingChain) -> None:
+        for stage in chain.stages:
+            if isinstance(stage, RuleStage):
+                if stage.collection:
+                    await self.retrieval.resolve_collection(stage.collection, principal=principal)
+                if stage.model:
+                    await self.models.get(principal.tenant, stage.model)
+                if stage.profile:
+                    await self.profiles.check(principal, stage.profile, what=f"rule {stage.id}")
+            elif isinstance(stage, LLMStage) and stage.model_policy is not None:
+                policy = stage.model_policy
+                for name in [policy.default, *(w.model for w in policy.when)]:
+                    if name is not None:
+                        await self.models.get(principal.tenant, name)
+
+    @staticmethod
+    def _shown(collection: str, chain: RoutingChain | None) -> dict[str, Any]:
+        return {
+            "collection": collection,
+            "chain": chain.model_dump(mode="json", exclude_none=True) if chain else None,
+        }
+
+    # -- curated answers -----------------------------------------------------------------------
+
+    async def candidate_from_feedback(self, trace: Trace, feedback: Feedback) -> None:
+        """A reviewed correction becomes (or updates) a candidate curated answer; never raises."""
+        if not (feedback.reviewed and feedback.correction):
+            return
+        try:
+            texts = {c["chunk_id"]: c.get("text", "") for c in trace.chunks}
+            citations = [{**c, "text": texts.get(c.get("chunk_id"), "")} for c in trace.citations]
+            item = await asyncio.to_thread(self.curated.by_source, trace.response_id) or CuratedAnswer(
+                collection=trace.collection, question=trace.question, answer=""
+            )
+            if item.status == "approved":
+                return  # an approved answer changes only through its review
+            item.answer, item.citations, item.source_response_id = (
+                feedback.correction,
+                citations,
+                trace.response_id,
+            )
+            item.status = "candidate"
+            await asyncio.to_thread(self.curated.save, item)
+        except Exception:  # the feedback is stored already: a candidate lost is logged, not an error
+            log.exception("curated candidate from response %s failed", trace.response_id)
+
+    async def list_curated(
+        self, principal: Principal, collection: str, status: str | None
+    ) -> list[CuratedAnswer]:
+        store = await self.retrieval.resolve_collection(collection, principal=principal)
+        return await asyncio.to_thread(self.curated.in_collection, store, status)
+
+    async def add_curated(
+        self, principal: Principal, collection: str, question: Any, answer: Any
+    ) -> CuratedAnswer:
+        """A curated answer written by an admin (a candidate until approved)."""
+        store = await self.retrieval.resolve_collection(collection, principal=principal)
+        for name, text in (("question", question), ("answer", answer)):
+            if not isinstance(text, str) or not text.strip() or len(text) > 8000:
+                raise InvalidInput(
+                    f"{name}: a non-empty text of at most 8000 characters", code="invalid_curated"
+                )
+        if len(await asyncio.to_thread(self.curated.in_collection, store, None)) >= MAX_CURATED:
+            raise InvalidInput(
+                f"a collection holds at most {MAX_CURATED} curated answers", code="invalid_curated"
+            )
+        item = CuratedAnswer(collection=store, question=question.strip(), answer=answer.strip())
+        async with audited(self.audit, principal, "curated.add", collection=collection, object_id=item.id):
+            await asyncio.to_thread(self.curated.save, item)
+        return item
+
+    async def review(self, principal: Principal, collection: str, item_id: str, action: str) -> CuratedAnswer:
+        """approve (embed its question, record its documents' hashes: served from now on) or reject."""
+        store = await self.retrieval.resolve_collection(collection, principal=principal)
+        async with audited(
+            self.audit, principal, f"curated.{action}", collection=collection, object_id=item_id
+        ):
+            item = await asyncio.to_thread(self.curated.get, item_id)
+            if item is None or item.collection != store:
+                raise CuratedNotFound(f"curated answer {item_id!r} not found")
+            if action == "approve":
+                item.embedding = [float(x) for x in (await asyncio.to_thread(self.embed, [item.question]))[0]]
+                ids = sorted({c["document_id"] for c in item.citations if c.get("document_id")})
+                item.documents = await asyncio.to_thread(self.documents, store, ids) if ids else {}
+                item.status, item.note, item.approved_by = "approved", None, principal.actor
+            elif action == "reject":
+                item.status = "rejected"
+            else:
+                raise InvalidInput("the action is approve or reject", code="invalid_action")
+            await asyncio.to_thread(self.curated.save, item)
+        self._approved.pop(store, None)
+        return item
