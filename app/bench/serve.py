@@ -108,12 +108,13 @@ def bench_serve(
         str | None, typer.Option(help="Retrieval mode for the server (default from settings).")
     ] = None,
     routes: Annotated[
-        bool,
+        str | None,
         typer.Option(
-            help="Put a routing chain on the bench collection whose rule answers every question: the "
-            "latency of an answer that needs neither retrieval nor the LLM."
+            help="A routing chain on the bench collection that answers every question without retrieval or "
+            "the LLM: `rule` (one rule matching everything) or `curated` (each question approved as a "
+            "curated answer first)."
         ),
-    ] = False,
+    ] = None,
     experiment: Annotated[
         bool,
         typer.Option(
@@ -131,8 +132,8 @@ def bench_serve(
         with running(stack):
             if experiment:
                 _start_experiment(stack)
-            if routes:
-                _set_rule(stack)
+            if routes is not None:
+                _set_routes(stack, routes, bench_questions(corpus)[:requests])
             warm = min(requests, max(20, concurrency))
             questions = bench_questions(corpus)
             asyncio.run(
@@ -184,15 +185,25 @@ def bench_serve(
     typer.echo(json.dumps(result))
 
 
-def _set_rule(stack: Stack) -> None:
-    """A routing chain on the bench collection whose one rule answers every question."""
+def _set_routes(stack: Stack, kind: str, questions: list[str]) -> None:
+    """A routing chain on the bench collection that answers every question: one rule, or a curated
+    answer per question (added and approved through the admin API)."""
     import httpx
 
-    chain = {
-        "stages": [{"type": "rule", "id": "everything", "pattern": ".", "answer": "Answered by a rule."}]
-    }
+    if kind not in ("rule", "curated"):
+        raise typer.BadParameter("--routes is rule or curated")
+    base = "/v1/admin/collections/bench"
     with httpx.Client(base_url=stack.url, headers=stack.headers, timeout=60) as client:
-        client.put("/v1/admin/collections/bench/routes", json=chain).raise_for_status()
+        if kind == "rule":
+            stage = {"type": "rule", "id": "everything", "pattern": ".", "answer": "Answered by a rule."}
+        else:
+            typer.echo(f"approving {len(questions)} curated answers ...", err=True)
+            for question in questions:
+                made = client.post(f"{base}/curated", json={"question": question, "answer": "Curated."})
+                made.raise_for_status()
+                client.post(f"{base}/curated/{made.json()['id']}/approve").raise_for_status()
+            stage = {"type": "curated", "threshold": "auto"}
+        client.put(f"{base}/routes", json={"stages": [stage]}).raise_for_status()
 
 
 def _start_experiment(stack: Stack) -> None:
