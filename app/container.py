@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.settings import Settings
@@ -271,12 +272,19 @@ class Container:
         with self._versions_lock:
             return self._version_pipelines.setdefault((key, size, overlap), built)
 
+    @property
+    def model_roots(self) -> list[Path]:
+        """Where model directories a tenant's admin names may lie (`collections.model_roots`)."""
+        from app.services.model_paths import resolve_roots
+
+        roots = self.settings.collections.model_roots
+        return resolve_roots([self.settings.data_dir / "models"] if roots is None else roots)
+
     @cached_property
     def versions(self) -> CollectionVersions:
         """Blue/green collections: aliases to versions, rebuilds, rollbacks, prunes."""
         from app.services.collection_versions import CollectionVersions, VersionRegistry
 
-        roots = self.settings.collections.model_roots
         return CollectionVersions(
             self.store,
             VersionRegistry(self.database),
@@ -284,7 +292,7 @@ class Container:
             self.retriever_for,
             alias_ttl_s=self.settings.collections.alias_ttl_s,
             on_drop=self.bm25.drop,
-            model_roots=[self.settings.data_dir / "models"] if roots is None else roots,
+            model_roots=self.model_roots,
             load_model=self.embedder_for,
         )
 
@@ -349,7 +357,9 @@ class Container:
             CuratedStore(self.database),
             self.metrics,
             embed=lambda texts: self.query_embedder.embed(texts),
+            embedder_id=lambda: self.query_embedder.model_id,
             documents=documents,
+            model_roots=self.model_roots,
             retrieval=self.retrieval,
             models=self.models,
             profiles=self.profiles,

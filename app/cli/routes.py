@@ -171,3 +171,107 @@ def curated_reject(
 ) -> None:
     """Reject a candidate (or withdraw an approved answer)."""
     _review("reject", collection, item_id, url, api_key, tenant)
+
+
+def _print_report(title: str, found: dict[str, Any]) -> None:
+    typer.echo(title, err=True)
+    typer.echo(f"  {'label':24}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}", err=True)
+    for label, row in found["per_class"].items():
+        typer.echo(
+            f"  {label:24}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['f1']:>8.3f}{row['support']:>9}",
+            err=True,
+        )
+    typer.echo(f"  macro-F1 {found['macro_f1']:.3f}  accuracy {found['accuracy']:.3f}", err=True)
+
+
+def _labelled(path: Path) -> tuple[list[str], list[str], str]:
+    from app.routing.classifier import read_labels
+
+    try:
+        return read_labels(path)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+
+
+@routes_app.command("train")
+def train_classifier(
+    labels: Annotated[Path, typer.Option(help='Labelled questions: JSON lines {"text": ..., "label": ...}.')],
+    out: Annotated[
+        Path, typer.Option(help="Where to write the model and its card (under the data dir's models).")
+    ],
+    seed: Annotated[int, typer.Option(help="The split's and the fit's seed.")] = 0,
+    test_share: Annotated[float, typer.Option(min=0.05, max=0.9, help="Held out for the card.")] = 0.3,
+    min_precision: Annotated[
+        float, typer.Option(min=0.5, max=1.0, help="Each class's confidence threshold is fitted to this.")
+    ] = 0.95,
+) -> None:
+    """Train a question classifier (logistic regression on this server's query embeddings) for a routing
+    chain's classifier stage. Writes classifier.json and card.json (data hash, counts, held-out per-class
+    precision / recall / F1, confusion matrix, fitted thresholds). The last line is JSON."""
+    from app.container import open_container_sync
+    from app.routing.classifier import train
+    from app.settings import Settings
+
+    texts, names, digest = _labelled(labels)
+    with open_container_sync(Settings()) as container:
+        embedder = container.query_embedder
+        typer.echo(f"embedding {len(texts)} questions with {embedder.model_id} ...", err=True)
+        try:
+            model = train(
+                texts,
+                names,
+                embedder.embed,
+                embedder=embedder.model_id,
+                data_hash=digest,
+                seed=seed,
+                test_share=test_share,
+                min_precision=min_precision,
+            )
+        except ValueError as exc:
+            fail(str(exc))
+        roots = container.model_roots
+    model.save(out)
+    if not any(out.resolve().is_relative_to(root) for root in roots):
+        typer.echo(
+            f"note: {out} is outside collections.model_roots; a chain can only use it from there", err=True
+        )
+    held_out = model.card["held_out_report"]
+    _print_report(f"held out ({model.card['held_out']} questions):", held_out)
+    thresholded = model.card["held_out_report_thresholded"]
+    typer.echo(
+        f"  with the fitted thresholds {model.thresholds}: macro-F1 {thresholded['macro_f1']:.3f}, "
+        f"{thresholded['handed_on']} handed on",
+        err=True,
+    )
+    emit_json({**held_out, "thresholded": thresholded, "thresholds": model.thresholds, "out": str(out)})
+
+
+@routes_app.command("eval")
+def eval_classifier(
+    model: Annotated[Path, typer.Option(help="A directory written by `routes train`.")],
+    labels: Annotated[Path, typer.Option(help='Labelled questions: JSON lines {"text": ..., "label": ...}.')],
+) -> None:
+    """A trained classifier on any labelled file: per-class precision / recall / F1, macro-F1, accuracy,
+    confusion matrix, without and with its thresholds. The last line is JSON."""
+    import numpy as np
+
+    from app.container import open_container_sync
+    from app.routing.classifier import RouteClassifier, evaluate
+    from app.settings import Settings
+
+    try:
+        classifier = RouteClassifier.load(model)
+    except (OSError, ValueError, KeyError) as exc:
+        fail(f"{model}: not a classifier written by `routes train` ({exc})")
+    texts, names, _ = _labelled(labels)
+    with open_container_sync(Settings()) as container:
+        embedder = container.query_embedder
+        if embedder.model_id != classifier.embedder:
+            fail(
+                f"{model} was trained on {classifier.embedder!r}; "
+                f"this server embeds with {embedder.model_id!r}"
+            )
+        vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    found = evaluate(classifier, names, vectors)
+    _print_report(f"{labels} ({len(texts)} questions):", found)
+    emit_json(found)

@@ -51,7 +51,26 @@ class _Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RuleStage(_Stage):
+class RouteAction(_Stage):
+    """What a stage does with a question it decides: a canned `answer`, a refusal (`refuse`, its
+    reason), or any of `collection`, `profile`, `model` for the stages after it."""
+
+    answer: str | None = Field(None, max_length=MAX_TEXT)
+    refuse: str | None = Field(None, max_length=MAX_TEXT)
+    collection: str | None = Field(None, max_length=200)
+    profile: AnswerProfile | None = None
+    model: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RouteAction:
+        terminal = [a for a in (self.answer, self.refuse) if a is not None]
+        steering = [a for a in (self.collection, self.profile, self.model) if a is not None]
+        if len(terminal) > 1 or (terminal and steering) or not (terminal or steering):
+            raise ValueError("give one action: answer, refuse, or any of collection / profile / model")
+        return self
+
+
+class RuleStage(RouteAction):
     """A regex or keyword match -> a canned answer, a refusal, or what the next stages use."""
 
     type: Literal["rule"]
@@ -60,24 +79,13 @@ class RuleStage(_Stage):
     keywords: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
         None, max_length=MAX_KEYWORDS
     )
-    answer: str | None = Field(None, max_length=MAX_TEXT)
-    refuse: str | None = Field(None, max_length=MAX_TEXT)
-    collection: str | None = Field(None, max_length=200)
-    profile: AnswerProfile | None = None
-    model: str | None = Field(None, max_length=64)
 
     @model_validator(mode="after")
-    def _one_match_one_action(self) -> RuleStage:
+    def _one_match(self) -> RuleStage:
         if (self.pattern is None) == (self.keywords is None):
             raise ValueError(f"rule {self.id}: give one of pattern or keywords")
         if self.pattern is not None:
             compile_pattern(self.pattern)
-        terminal = [a for a in (self.answer, self.refuse) if a is not None]
-        steering = [a for a in (self.collection, self.profile, self.model) if a is not None]
-        if len(terminal) > 1 or (terminal and steering) or not (terminal or steering):
-            raise ValueError(
-                f"rule {self.id}: give one action: answer, refuse, or any of collection / profile / model"
-            )
         return self
 
     @cached_property
@@ -103,6 +111,24 @@ class CuratedStage(_Stage):
     def _range(self) -> CuratedStage:
         if self.threshold != "auto" and not 0.0 < float(self.threshold) <= 1.0:
             raise ValueError("curated threshold is auto or a cosine similarity in (0, 1]")
+        return self
+
+
+class ClassifierStage(_Stage):
+    """A trained classifier (`ragserver routes train`): a confident prediction of a label in `routes`
+    acts; a label without a route, or a prediction under its confidence threshold, hands on."""
+
+    type: Literal["classifier"]
+    id: str = Field("classifier", pattern=ID)
+    model: str = Field(max_length=4096, description="The model directory, under collections.model_roots.")
+    routes: dict[str, RouteAction] = Field(default_factory=dict, max_length=100)
+    # "auto": each class's threshold fitted at training (its card); a number: one threshold for all.
+    min_confidence: float | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _range(self) -> ClassifierStage:
+        if self.min_confidence != "auto" and not 0.0 <= float(self.min_confidence) <= 1.0:
+            raise ValueError("min_confidence is auto or a probability in [0, 1]")
         return self
 
 
@@ -157,7 +183,7 @@ class LLMStage(_Stage):
     model_policy: ModelPolicy | None = None
 
 
-Stage = Annotated[RuleStage | CuratedStage | LLMStage, Field(discriminator="type")]
+Stage = Annotated[RuleStage | CuratedStage | ClassifierStage | LLMStage, Field(discriminator="type")]
 
 
 class RoutingChain(_Stage):

@@ -41,16 +41,21 @@ def resolve_roots(roots: Sequence[str | Path]) -> list[Path]:
 
 
 def check_model_dir(
-    model_path: str, roots: Sequence[Path], load: Callable[[str], object] | None = None
+    model_path: str,
+    roots: Sequence[Path],
+    load: Callable[[str], object] | None = None,
+    *,
+    files: Sequence[str] = MODEL_FILES,
+    refused: Callable[[], Exception] = ModelNotAllowed,
 ) -> None:
-    """Refuse `model_path` (ModelNotAllowed) unless it resolves to a directory under one of `roots`
-    (resolved) holding a model, and `load` (when given) loads it. The path is resolved and compared
-    with the roots before anything else reads it."""
+    """Refuse `model_path` (`refused()`, ModelNotAllowed by default) unless it resolves to a directory
+    under one of `roots` (resolved) holding one of `files`, and `load` (when given) loads it. The path is
+    resolved and compared with the roots before anything else reads it."""
     try:
         resolved = Path(model_path).resolve()
         if not any(resolved.is_relative_to(root) for root in roots):
             reason = "outside collections.model_roots"
-        elif not any((resolved / name).is_file() for name in MODEL_FILES):
+        elif not any((resolved / name).is_file() for name in files):
             reason = "not a model directory"
         else:
             reason = ""
@@ -63,5 +68,5 @@ def check_model_dir(
         except Exception as exc:
             reason = f"the model does not load: {exc!r}"
     if reason:
-        log.warning("rebuild refused embedding_model %r: %s", model_path, reason)
-        raise ModelNotAllowed()
+        log.warning("refused model path %r: %s", model_path, reason)
+        raise refused()

@@ -18,13 +18,23 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.auth.audit import audited
 from app.auth.principal import Principal
-from app.routing.chain import CuratedStage, LLMStage, ModelPolicy, RoutingChain, RuleStage
+from app.routing.chain import (
+    ClassifierStage,
+    CuratedStage,
+    LLMStage,
+    ModelPolicy,
+    RouteAction,
+    RoutingChain,
+    RuleStage,
+)
+from app.routing.classifier import RouteClassifier
 from app.routing.store import ChainStore, CuratedAnswer, CuratedStore
 from app.services.answer_profiles import AnswerProfile
 from app.services.chat_types import Citation
@@ -57,6 +67,18 @@ class CuratedNotFound(DomainError, LookupError):
     kind, code = "not_found", "curated_answer_not_found"
 
 
+class ClassifierNotAllowed(InvalidInput):
+    """The same 400 for every classifier path that is not a trained model under the model roots."""
+
+    code = "invalid_classifier"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a classifier's model must be a directory written by `ragserver routes train` under "
+            "collections.model_roots (by default the models folder of the server's data dir)"
+        )
+
+
 @dataclass
 class Routed:
     """What the chain decided before retrieval: a final answer, or what the LLM stage should use."""
@@ -85,7 +107,9 @@ class RoutingService:
         metrics: Metrics,
         *,
         embed: Callable[[list[str]], np.ndarray],
+        embedder_id: Callable[[], str],
         documents: Callable[[str, list[str]], dict[str, str]],
+        model_roots: list[Path],
         retrieval: RetrievalService,
         models: ModelRegistry,
         profiles: ProfileService,
@@ -96,13 +120,16 @@ class RoutingService:
         self.curated = curated
         self.metrics = metrics
         self.embed = embed
+        self.embedder_id = embedder_id  # the model id of `embed`'s embedder: classifiers must match it
         self.documents = documents  # (store, document ids) -> their content hashes now
+        self.model_roots = model_roots
         self.retrieval = retrieval
         self.models = models
         self.profiles = profiles
         self.audit = audit
         self._chains: dict[str, tuple[float, RoutingChain | None]] = {}
         self._approved: dict[str, tuple[float, list[CuratedAnswer], np.ndarray | None]] = {}
+        self._classifiers: dict[tuple[str, float], RouteClassifier] = {}
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -127,6 +154,8 @@ class RoutingService:
                 done = self._rule(stage, question, routed)
             elif isinstance(stage, CuratedStage):
                 done = await self._curated(stage, store, question, routed)
+            elif isinstance(stage, ClassifierStage):
+                done = await self._classify(stage, question, routed)
             else:
                 routed.policy = stage.model_policy
                 routed.decisions.append({"stage": "llm", "id": stage.id, "outcome": "answering"})
@@ -143,21 +172,26 @@ class RoutingService:
     def _rule(self, stage: RuleStage, question: str, routed: Routed) -> bool:
         if not stage.matches(question):
             return False
-        decision: dict[str, Any] = {"stage": "rule", "id": stage.id}
-        if stage.answer is not None or stage.refuse is not None:
-            refused = stage.refuse is not None
-            routed.answer = stage.refuse if refused else stage.answer
-            routed.answered_by = "refused" if refused else "rule"
-            routed.route = stage.id
+        return self._act(stage, {"stage": "rule", "id": stage.id}, "rule", stage.id, routed)
+
+    @staticmethod
+    def _act(action: RouteAction, decision: dict[str, Any], kind: str, route: str, routed: Routed) -> bool:
+        """Apply a stage's action: True when it answered or refused (the chain ends)."""
+        if action.answer is not None or action.refuse is not None:
+            refused = action.refuse is not None
+            routed.answer = action.refuse if refused else action.answer
+            routed.answered_by = "refused" if refused else kind
+            routed.route = route
             routed.decisions.append({**decision, "outcome": "refused" if refused else "answered"})
             return True
+        stage = action
         steer = {"collection": stage.collection, "profile": stage.profile, "model": stage.model}
         routed.collection = stage.collection or routed.collection
         routed.profile = (
             stage.profile.over(routed.profile or AnswerProfile()) if stage.profile else routed.profile
         )
         routed.model = stage.model or routed.model
-        routed.route = stage.id
+        routed.route = route
         shown = {k: (v.values() if isinstance(v, AnswerProfile) else v) for k, v in steer.items() if v}
         routed.decisions.append({**decision, "outcome": "steered", **shown})
         return False
@@ -187,6 +221,39 @@ class RoutingService:
         best = round(float(scores.max()), 4)
         routed.decisions.append({**decision, "outcome": "handed_on", "best_score": best})
         return False
+
+    async def _classify(self, stage: ClassifierStage, question: str, routed: Routed) -> bool:
+        model = await asyncio.to_thread(self.classifier, stage.model)
+        vector = await asyncio.to_thread(self.embed, [question])
+        label, confidence, confident = model.predict(np.asarray(vector, dtype=np.float32))[0]
+        if stage.min_confidence != "auto":
+            confident = confidence >= float(stage.min_confidence)
+        threshold = model.thresholds.get(label) if stage.min_confidence == "auto" else stage.min_confidence
+        decision: dict[str, Any] = {
+            "stage": "classifier",
+            "id": stage.id,
+            "label": label,
+            "confidence": round(confidence, 4),
+            "threshold": threshold,
+        }
+        action = stage.routes.get(label)
+        if not confident or action is None:
+            reason = "low confidence" if not confident else "no route for the label"
+            routed.decisions.append({**decision, "outcome": "handed_on", "reason": reason})
+            return False
+        return self._act(action, decision, "classifier", f"{stage.id}:{label}", routed)
+
+    def classifier(self, directory: str) -> RouteClassifier:
+        """The classifier in `directory` (under collections.model_roots), loaded once per version."""
+        from app.routing.classifier import MODEL_FILE
+        from app.services.model_paths import check_model_dir
+
+        check_model_dir(directory, self.model_roots, files=(MODEL_FILE,), refused=ClassifierNotAllowed)
+        key = (str(Path(directory).resolve()), (Path(directory) / MODEL_FILE).stat().st_mtime)
+        found = self._classifiers.get(key)
+        if found is None:
+            found = self._classifiers[key] = RouteClassifier.load(directory)
+        return found
 
     async def _still_fresh(self, item: CuratedAnswer, store: str) -> bool:
         """Whether every document `item` cites is as it was at approval (a stale one is flagged)."""
@@ -251,6 +318,26 @@ class RoutingService:
                     await self.models.get(principal.tenant, stage.model)
                 if stage.profile:
                     await self.profiles.check(principal, stage.profile, what=f"rule {stage.id}")
+            elif isinstance(stage, ClassifierStage):
+                model = await asyncio.to_thread(self.classifier, stage.model)
+                if model.embedder != self.embedder_id():
+                    raise InvalidInput(
+                        f"classifier {stage.id} was trained on the embedder {model.embedder!r}; this server "
+                        f"embeds questions with {self.embedder_id()!r}",
+                        code="invalid_classifier",
+                    )
+                unknown = sorted(set(stage.routes) - set(model.classes))
+                if unknown:
+                    raise InvalidInput(
+                        f"classifier {stage.id} has no label {', '.join(unknown)} (labels: "
+                        f"{', '.join(model.classes)})",
+                        code="invalid_classifier",
+                    )
+                for action in stage.routes.values():
+                    if action.collection:
+                        await self.retrieval.resolve_collection(action.collection, principal=principal)
+                    if action.model:
+                        await self.models.get(principal.tenant, action.model)
             elif isinstance(stage, LLMStage) and stage.model_policy is not None:
                 policy = stage.model_policy
                 for name in [policy.default, *(w.model for w in policy.when)]:
