@@ -275,3 +275,111 @@ def eval_classifier(
     found = evaluate(classifier, names, vectors)
     _print_report(f"{labels} ({len(texts)} questions):", found)
     emit_json(found)
+
+
+@routes_app.command("replay")
+def replay(
+    collection: CollectionArg,
+    questions: Annotated[
+        Path, typer.Option(help="Questions .jsonl: a feedback export (`answer_given` kept), CMU QA, ...")
+    ],
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write one JSON line per question here.")] = None,
+    tenant: TenantOpt = None,
+) -> None:
+    """Which stage of the collection's chain would answer each question (on this data dir, no LLM call),
+    the answers that would change, and the tokens and estimated cost saved (each question the chain
+    answers saves the collection's mean LLM answer: its recent traces' tokens at its model's prices).
+    The last line is JSON."""
+
+    rows = _questions(questions, limit)
+
+    async def work(c: Container, p: Any) -> dict[str, Any]:
+        from app.llm.base import Usage
+
+        store = await c.retrieval.resolve_collection(collection, principal=p)
+        if await c.routing.chain_for(store) is None:
+            fail(f"collection {collection!r} has no routing chain (`ragserver routes set`)")
+        recent = [
+            t for t in await c.trace_store.search(collections=[store], limit=1000) if t.outcome != "error"
+        ]
+        llm_answers = [
+            t for t in recent if (t.params.get("routing") or {}).get("answered_by", "llm") == "llm"
+        ]
+        prompt = sum(t.usage.get("prompt_tokens", 0) for t in llm_answers) / max(1, len(llm_answers))
+        completion = sum(t.usage.get("completion_tokens", 0) for t in llm_answers) / max(1, len(llm_answers))
+        profile = await c.profiles.for_store(store)
+        model = await c.models.get(p.tenant, profile.model)
+        per_answer_cost = model.cost(Usage(round(prompt), round(completion)))
+        decided = []
+        for row in rows:
+            routed = await c.routing.route(store, row["question"])
+            by = routed.answered_by if routed.final else "llm"
+            given = row.get("answer_given")
+            decided.append(
+                {
+                    "question": row["question"],
+                    "answered_by": by,
+                    "route": routed.route if routed.final else None,
+                    "answer": routed.answer if routed.final else None,
+                    "changes": bool(routed.final and given is not None and given != routed.answer),
+                    "decisions": routed.decisions,
+                }
+            )
+        saved = sum(1 for d in decided if d["answered_by"] != "llm")
+        kinds = [d["answered_by"] for d in decided]
+        return {
+            "collection": collection,
+            "questions": len(decided),
+            "stage_shares": {k: round(kinds.count(k) / len(kinds), 4) for k in sorted(set(kinds))},
+            "answers_changed": sum(1 for d in decided if d["changes"]),
+            "llm_answers_saved": saved,
+            "tokens_per_llm_answer": {
+                "prompt": round(prompt, 1),
+                "completion": round(completion, 1),
+                "from_traces": len(llm_answers),
+            },  # fmt: skip
+            "tokens_saved": round(saved * (prompt + completion)),
+            "model": model.name,
+            "estimated_cost_saved": round(saved * per_answer_cost, 6),
+            "rows": decided,
+        }
+
+    summary = run_local(tenant, work)
+    if out is not None:
+        with out.open("w", encoding="utf-8") as handle:
+            for row in summary["rows"]:
+                handle.write(json.dumps(row) + "\n")
+    for row in summary["rows"]:
+        if row["answered_by"] != "llm":
+            mark = "*" if row["changes"] else " "
+            typer.echo(
+                f"{mark} {row['answered_by']:10} {row['route'] or '':24} {row['question'][:70]}", err=True
+            )
+    typer.echo(
+        f"{summary['questions']} questions: {summary['stage_shares']}; {summary['llm_answers_saved']} LLM "
+        f"answers saved (~{summary['tokens_saved']} tokens, {summary['estimated_cost_saved']} at "
+        f"{summary['model']}'s prices); {summary['answers_changed']} answers would change (*)",
+        err=True,
+    )
+    emit_json({k: v for k, v in summary.items() if k != "rows"})
+
+
+def _questions(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    """The rows of a questions file that have a question (JSON lines)."""
+    rows: list[dict[str, Any]] = []
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+                fail(f"{path}:{number}: a row needs a `question`")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: {exc}")
+    if not rows:
+        fail(f"{path} has no questions")
+    return rows
