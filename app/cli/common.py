@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -149,6 +150,17 @@ def run_local(tenant: str | None, work: Callable[[Container, Any], Coroutine[Any
         except DomainError as exc:
             public = describe(exc)
             fail(f"{public.status} {public.code}: {exc}" if public else str(exc))
+
+
+def parse_file(path: Path, parse: Callable[[str], T]) -> tuple[str, T]:
+    """A spec file's text and what `parse` makes of it; a spec it refuses fails the command."""
+    from app.services.errors import InvalidInput
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        return text, parse(text)
+    except InvalidInput as exc:
+        fail(str(exc))
 
 
 def emit_json(data: Any) -> None:

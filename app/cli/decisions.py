@@ -15,7 +15,16 @@ from typing import Annotated, Any
 import typer
 
 from app.cli.collections import collections_app
-from app.cli.common import KeyOpt, TenantOpt, UrlOpt, call_server, emit_json, fail, run_local
+from app.cli.common import (
+    KeyOpt,
+    TenantOpt,
+    UrlOpt,
+    call_server,
+    emit_json,
+    fail,
+    parse_file,
+    run_local,
+)
 from app.container import Container
 
 models_app = typer.Typer(help="The model registry: LLM endpoints a profile or experiment may name.")
@@ -190,13 +199,8 @@ def create(
 ) -> None:
     """Create a draft experiment from its YAML file (start it with `start NAME`)."""
     from app.experiments.spec import parse_spec
-    from app.services.errors import InvalidInput
 
-    text = file.read_text(encoding="utf-8")
-    try:
-        spec = parse_spec(text)
-    except InvalidInput as exc:
-        fail(str(exc))
+    text, spec = parse_file(file, parse_spec)
     if url:
         path = f"/v1/admin/experiments?replace={str(replace).lower()}"
         data = call_server(url, api_key, "POST", path, content=text, content_type="application/yaml")

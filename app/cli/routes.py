@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import KeyOpt, TenantOpt, UrlOpt, call_server, emit_json, fail, run_local
+from app.cli.common import KeyOpt, TenantOpt, UrlOpt, call_server, emit_json, fail, parse_file, run_local
 from app.container import Container
 
 routes_app = typer.Typer(help="Routing chains (rules, curated answers, model policy).", no_args_is_help=True)
@@ -35,13 +35,8 @@ def set_(
 ) -> None:
     """Replace the collection's routing chain (every replica uses it within experiments.refresh_s)."""
     from app.routing.chain import parse_chain
-    from app.services.errors import InvalidInput
 
-    text = file.read_text(encoding="utf-8")
-    try:
-        chain = parse_chain(text)
-    except InvalidInput as exc:
-        fail(str(exc))
+    text, chain = parse_file(file, parse_chain)
     if url:
         path = f"/v1/admin/collections/{collection}/routes"
         data = call_server(url, api_key, "PUT", path, content=text, content_type="application/yaml")

@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
-
-from app.cli.main import app
 
 pytestmark = pytest.mark.integration
 
@@ -25,19 +22,8 @@ stages:
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    monkeypatch.setenv("RAGSERVER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("RAGSERVER_LLM__PROVIDER", "scripted")
-    monkeypatch.setenv("RAGSERVER_EMBEDDING__PROVIDER", "hashing")
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Any:
-        result = runner.invoke(app, list(args))
-        assert result.exit_code == code, result.output
-        return json.loads(result.stdout.strip().splitlines()[-1]) if code == 0 else result.output
-
-    return invoke
+def run(fake_cli: Any) -> Any:
+    return fake_cli
 
 
 def test_chain_curated_train_eval_replay(run: Any, tmp_path: Path) -> None:

@@ -87,6 +87,13 @@ def scripted_llm(container: Container) -> ScriptedLLM:
     return llm
 
 
+def fresh_llm(container: Container) -> ScriptedLLM:
+    """The container's ScriptedLLM with no request recorded yet."""
+    scripted = scripted_llm(container)
+    scripted.requests.clear()
+    return scripted
+
+
 async def ingest(
     container: Container,
     collection: str,

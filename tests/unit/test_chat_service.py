@@ -32,7 +32,7 @@ from app.services.traces import TraceNotFound
 from ingest.errors import describe
 from ingest.filters import FilterError
 from ingest.vector_index import CollectionNotFound
-from tests.unit.fakes import ANONYMOUS, answerability_model, fake_container, ingest, scripted_llm
+from tests.unit.fakes import ANONYMOUS, answerability_model, fake_container, fresh_llm, ingest, scripted_llm
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="module")]
 
@@ -57,9 +57,7 @@ async def container(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[C
 @pytest.fixture
 def llm(container: Container) -> ScriptedLLM:
     """The container's ScriptedLLM with no request recorded yet."""
-    scripted = scripted_llm(container)
-    scripted.requests.clear()
-    return scripted
+    return fresh_llm(container)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from app.services.errors import InvalidInput
 from app.services.routing import FITTED_THRESHOLD
 from app.settings import ModelEntry
 from ingest.vector_index import CollectionNotFound
-from tests.unit.fakes import ANONYMOUS, fake_container, ingest, scripted_llm
+from tests.unit.fakes import ANONYMOUS, fake_container, fresh_llm, ingest
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="module")]
 
@@ -54,9 +54,8 @@ async def container(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[C
 
 @pytest.fixture
 def llm(container: Container) -> ScriptedLLM:
-    scripted = scripted_llm(container)
-    scripted.requests.clear()
-    return scripted
+    """The container's ScriptedLLM with no request recorded yet."""
+    return fresh_llm(container)
 
 
 async def ask(
