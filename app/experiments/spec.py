@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.services.answer_profiles import AnswerProfile
-from app.services.errors import InvalidInput
+from app.services.errors import InvalidInput, parse_model
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 STATUSES = ("draft", "running", "paused", "stopped")
@@ -123,20 +123,10 @@ class ExperimentSpec(BaseModel):
 
 def parse_spec(data: Any) -> ExperimentSpec:
     """An `ExperimentSpec` from a dict or YAML/JSON text: InvalidInput (400) naming the bad field."""
-    if isinstance(data, str | bytes):
-        try:
-            data = yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"experiment file is not YAML: {exc}", code="invalid_experiment") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput(
-            "an experiment is a mapping (name, collections, arms, ...)", code="invalid_experiment"
-        )
-    try:
-        return ExperimentSpec.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(
-            f"experiment: {where + ': ' if where else ''}{first['msg']}", code="invalid_experiment"
-        ) from exc
+    return parse_model(
+        data,
+        ExperimentSpec,
+        what="experiment",
+        shape="a mapping (name, collections, arms, ...)",
+        code="invalid_experiment",
+    )

@@ -20,10 +20,10 @@ from typing import Annotated, Any, Literal
 
 import re2
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.services.answer_profiles import AnswerProfile
-from app.services.errors import InvalidInput
+from app.services.errors import parse_model
 
 ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_STAGES = 200
@@ -210,19 +210,6 @@ class RoutingChain(_Stage):
 
 def parse_chain(data: Any) -> RoutingChain:
     """A `RoutingChain` from a dict or YAML/JSON text: InvalidInput (400) naming what is wrong."""
-    if isinstance(data, str | bytes):
-        try:
-            data = yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"routing chain is not YAML: {exc}", code="invalid_routes") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("a routing chain is a mapping with `stages`", code="invalid_routes")
-    try:
-        return RoutingChain.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = str(first.get("ctx", {}).get("error") or first["msg"])
-        raise InvalidInput(
-            f"routing chain: {where + ': ' if where else ''}{message}", code="invalid_routes"
-        ) from exc
+    return parse_model(
+        data, RoutingChain, what="routing chain", shape="a mapping with `stages`", code="invalid_routes"
+    )

@@ -3,7 +3,14 @@ its kind (`ingest.errors.STATUS` maps kinds to HTTP statuses) and a stable `code
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
 from ingest.errors import DomainError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceError(DomainError):
@@ -67,3 +74,22 @@ class RateLimited(ServiceError):
     def __init__(self, message: str, *, retry_after_s: int, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after_s = max(1, retry_after_s)
+
+
+def parse_model(data: Any, model: type[M], *, what: str, shape: str, code: str) -> M:
+    """`model` from a dict or YAML/JSON text (an admin's spec file or body): InvalidInput (400, `code`)
+    naming the first bad field, or saying that `what` is not YAML or not `shape`."""
+    if isinstance(data, str | bytes):
+        try:
+            data = yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"{what} is not YAML: {exc}", code=code) from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{what} is {shape}", code=code)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first.get("ctx", {}).get("error") or first["msg"])
+        raise InvalidInput(f"{what}: {where + ': ' if where else ''}{message}", code=code) from exc
