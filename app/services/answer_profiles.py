@@ -54,6 +54,9 @@ class AnswerProfile(BaseModel):
     dense_weight: float | None = Field(None, ge=0.0)
     bm25_weight: float | None = Field(None, ge=0.0)
     candidates: int | None = Field(None, ge=1, le=1000)
+    # Whether the collection's routing chain runs (False: every question goes to retrieval and the LLM):
+    # an experiment arm with `routing: false` measures what the chain is worth.
+    routing: bool | None = None
 
     def values(self) -> dict[str, Any]:
         """The fields this profile sets."""
@@ -104,6 +107,7 @@ def effective(settings: Settings, profile: AnswerProfile, default_model: str) ->
         "dense_weight": r.dense_weight,
         "bm25_weight": r.bm25_weight,
         "candidates": r.candidates,
+        "routing": True,
     }
     return {**defaults, **profile.values()}
 

@@ -137,6 +137,8 @@ class _Plan:
     named: tuple[str, ...] = ()
     # The collection's routing chain's decisions (None: no chain ran).
     routed: Routed | None = None
+    # False when the profile (or an experiment arm) turns the routing chain off.
+    routing: bool = True
 
 
 @dataclass
@@ -519,13 +521,14 @@ class ChatService:
             enrollment=enrollment,
             not_enrolled=not_enrolled,
             named=tuple(named),
+            routing=profile.routing is not False,
         )
 
     async def _route(self, query: ChatQuery, plan: _Plan, principal: Principal) -> _Plan:
         """The collection's routing chain before retrieval: a final answer (a rule's, a curated one), or
         the plan again for what a rule steered to (another collection, profile or model; such a request
         is not enrolled in an experiment), with the LLM stage's model policy."""
-        if self.routing is None:
+        if self.routing is None or not plan.routing:
             return plan
         routed = await self.routing.route(principal.collection(plan.query.collection), plan.query.message)
         steered = routed.collection or routed.profile or routed.model

@@ -271,3 +271,34 @@ async def test_a_chain_set_through_another_process_is_used_within_refresh(contai
 
 async def test_the_fitted_threshold_is_a_cosine_similarity() -> None:
     assert 0.5 < FITTED_THRESHOLD < 1.0
+
+
+async def test_routing_on_or_off_is_a_profile_field_an_experiment_can_compare(container: Container) -> None:
+    from app.experiments.spec import parse_spec
+
+    await container.profiles.set(ANONYMOUS, "handbook", {"routing": False})
+    assert (await ask(container, "Hello there")).answered_by == "llm"
+    await container.profiles.set(ANONYMOUS, "handbook", {"routing": None})
+    assert (await ask(container, "Hello there")).answered_by == "rule"
+    spec = {
+        "name": "routing-on-off",
+        "collections": ["handbook"],
+        "arms": [
+            {"name": "control", "weight": 1},
+            {"name": "off", "weight": 1, "overrides": {"routing": False}},
+        ],
+    }
+    await container.experiments.create(ANONYMOUS, parse_spec(spec))
+    await container.experiments.change_status(ANONYMOUS, "routing-on-off", "start")
+    try:
+        seen = set()
+        for i in range(12):
+            result = await ask(container, f"Hello there ({i})")
+            assert result.answered_by == ("rule" if result.arm == "control" else "llm")
+            seen.add(result.arm)
+        assert seen == {"control", "off"}
+        report = await container.experiments.report(ANONYMOUS, "routing-on-off")
+        assert report["arms"]["control"]["answered_by"] == {"rule": 1.0}
+        assert report["arms"]["off"]["answered_by"] == {"llm": 1.0}
+    finally:
+        await container.experiments.change_status(ANONYMOUS, "routing-on-off", "stop")
