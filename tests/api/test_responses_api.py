@@ -223,7 +223,8 @@ def test_monitor_report(kb: TestClient, tmp_path: Path, monkeypatch: pytest.Monk
     assert summary["overall"]["answers"] == 3
     assert summary["overall"]["thumbs_up_rate"] == pytest.approx(1 / 3, abs=1e-3)
     assert summary["overall"]["feedback_rate"] == 1.0
-    assert set(summary["by"]) == {"collection", "prompt", "model"} and "kb" in summary["by"]["collection"]
+    assert set(summary["by"]) == {"collection", "prompt", "model", "answered_by"}
+    assert "kb" in summary["by"]["collection"] and summary["by"]["answered_by"]["llm"]["answers"] == 3
     assert summary["over_time"] and summary["top_score_drift"]["second_half_n"] == 3
     html = (tmp_path / "monitor" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "http" not in html.split("<body", 1)[1].replace(

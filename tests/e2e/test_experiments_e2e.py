@@ -3,7 +3,7 @@ processes sharing one database and one Redis (history there), with the scripted 
 a second model, a 50/50 experiment whose arm changes prompt and model, traffic through all four answer
 APIs across both replicas (a conversation keeps its arm on either), feedback and citation clicks, the
 report (JSON and the HTML page), conclude, and the winner answering as the collection's profile. A
-second tenant sees none of it."""
+second tenant sees none of it. A routing chain set through one replica answers on the other."""
 
 from __future__ import annotations
 
@@ -220,7 +220,28 @@ def test_register_experiment_traffic_report_conclude(cluster: dict[str, Any], tm
         other.post("/v1/chat", json={"message": "Leave?", "collection": "handbook"}).json()["prompt"]
         == "answer@v6"
     )
+    # A routing chain set through one replica answers on the other within refresh_s (no restart).
+    chain = {"stages": [{"type": "rule", "id": "hi", "pattern": "^hello", "answer": "Hello from the chain."}]}
+    assert one.put("/v1/admin/collections/handbook/routes", json=chain).status_code == 200
+    time.sleep(0.6)
+    routed = two.post("/v1/chat", json={"message": "hello there", "collection": "handbook"}).json()
+    assert (routed["answered_by"], routed["route"], routed["answer"]) == (
+        "rule",
+        "hi",
+        "Hello from the chain.",
+    )
+    assert (
+        other.post("/v1/chat", json={"message": "hello there", "collection": "handbook"}).json()[
+            "answered_by"
+        ]
+        == "llm"
+    )  # the other tenant's handbook has no chain
     audit = one.get("/v1/admin/audit", params={"since": "1h"}).json()["entries"]
-    assert {"model.add", "experiment.create", "experiment.start", "experiment.conclude", "profile.set"} <= {
-        e["action"] for e in audit
-    }
+    assert {
+        "model.add",
+        "experiment.create",
+        "experiment.start",
+        "experiment.conclude",
+        "profile.set",
+        "routes.set",
+    } <= {e["action"] for e in audit}
