@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from app.services.answer_profiles import ProfileService
     from app.services.chat_service import ChatService
     from app.services.collection_versions import CollectionVersions
+    from app.services.document_labels import DocumentLabels
     from app.services.document_service import DocumentService
     from app.services.experiments import ExperimentService
     from app.services.metrics import Metrics
@@ -191,7 +192,13 @@ class Container:
 
         # With a feed, changes reach this process's index (and every other) through the feed.
         listener = self.bm25_feed.publisher if self.bm25_feed is not None else self.bm25
-        return IngestPipeline(self.store, self.document_embedder, self.chunker, listeners=[listener])
+        return IngestPipeline(
+            self.store,
+            self.document_embedder,
+            self.chunker,
+            listeners=[listener],
+            labeler=lambda collection, doc: self.document_labels.label(collection, doc),
+        )
 
     @cached_property
     def retriever(self) -> Retriever:
@@ -267,7 +274,11 @@ class Container:
         )
         listener = self.bm25_feed.publisher if self.bm25_feed is not None else self.bm25
         built = IngestPipeline(
-            self.store, documents, Chunker(size, overlap, embedder.count_tokens), listeners=[listener]
+            self.store,
+            documents,
+            Chunker(size, overlap, embedder.count_tokens),
+            listeners=[listener],
+            labeler=lambda collection, doc: self.document_labels.label(collection, doc),
         )
         with self._versions_lock:
             return self._version_pipelines.setdefault((key, size, overlap), built)
@@ -363,6 +374,21 @@ class Container:
             retrieval=self.retrieval,
             models=self.models,
             profiles=self.profiles,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def document_labels(self) -> DocumentLabels:
+        """Collections' document labelers (a label written into each document's metadata at ingestion)."""
+        from app.services.document_labels import DocumentLabels
+
+        return DocumentLabels(
+            self.settings,
+            self.database,
+            embed=lambda texts: self.query_embedder.embed(texts),
+            embedder_id=lambda: self.query_embedder.model_id,
+            classifier=lambda path: self.routing.classifier(path),
+            retrieval=self.retrieval,
             audit=self.audit,
         )
 

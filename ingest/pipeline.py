@@ -17,12 +17,13 @@ input again finishes the job.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -98,8 +99,12 @@ class IngestPipeline:
         lookup_batch: int = 128,
         write_batch: int = 256,
         cancel_slice: int = 64,
+        labeler: Callable[[str, SourceDocument], dict[str, Any]] | None = None,
     ):
         self.store = store
+        # Metadata to add to each new or changed document before it is chunked (a collection's document
+        # labeler: app/services/document_labels.py); a key the document has already is kept.
+        self.labeler = labeler
         self.embedder = embedder
         self.chunker = chunker
         self.listeners = list(listeners)
@@ -242,6 +247,10 @@ class IngestPipeline:
                 report.documents.append(doc.doc_id)
                 notify(doc.doc_id, "skipped", None)
                 continue
+            if self.labeler is not None:
+                added = {k: v for k, v in self.labeler(collection, doc).items() if k not in doc.metadata}
+                if added:
+                    doc = dataclasses.replace(doc, metadata={**doc.metadata, **added})
             chunks = self.chunker.chunk(doc, version=version, ingested_at=now)
             record = DocumentRecord(
                 doc_id=doc.doc_id,

@@ -378,3 +378,43 @@ def _questions(path: Path, limit: int | None) -> list[dict[str, Any]]:
     if not rows:
         fail(f"{path} has no questions")
     return rows
+
+
+@routes_app.command("labels")
+def labels(
+    collection: CollectionArg,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", exists=True, dir_okay=False, help="The labeler's YAML (field, labels/model)."
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Stop labelling the collection's documents.")] = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    tenant: TenantOpt = None,
+) -> None:
+    """Show, set (--file) or clear the collection's document labeler: a label written into each new or
+    changed document's metadata at ingestion (zero-shot from label descriptions, or a trained classifier)."""
+    from app.services.document_labels import parse_labeler
+
+    if file is not None and clear:
+        fail("give --file or --clear, not both")
+    spec = parse_file(file, parse_labeler)[1] if file is not None else None
+    path = f"/v1/admin/collections/{collection}/document-labels"
+    if url:
+        if file is not None:
+            data = call_server(
+                url, api_key, "PUT", path, spec.model_dump(exclude_none=True) if spec else None
+            )
+        else:
+            data = call_server(url, api_key, "DELETE" if clear else "GET", path)
+    else:
+
+        async def work(c: Container, p: Any) -> dict[str, Any]:
+            if file is not None or clear:
+                return await c.document_labels.set(p, collection, spec)
+            return await c.document_labels.get(p, collection)
+
+        data = run_local(tenant, work)
+    emit_json(data)

@@ -279,3 +279,13 @@ curated_answers = sa.Table(
     sa.Index("curated_answers_by_collection", "collection", "status"),
     sa.Index("curated_answers_by_source", "source_response_id"),
 )
+
+# A collection's document labeler: at ingestion, each new or changed document gets a label in a metadata
+# field (zero-shot from label descriptions, or a trained classifier), by store name.
+document_labelers = sa.Table(
+    "document_labelers",
+    metadata,
+    sa.Column("collection", sa.Text, primary_key=True),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)

@@ -265,6 +265,11 @@ def route_table(w: World) -> dict[tuple[str, str], Call]:
             "admin", 201, json={"question": "Where is Beta's office?", "answer": "Floor 2."}
         ),
         ("POST", "/v1/admin/collections/{collection}/curated/{item_id}/{action}"): Call("admin", 404),
+        ("GET", "/v1/admin/collections/{collection}/document-labels"): Call("admin", 200),
+        ("PUT", "/v1/admin/collections/{collection}/document-labels"): Call(
+            "admin", 200, json={"field": "topic", "labels": {"travel": "per-diem, trips"}}
+        ),
+        ("DELETE", "/v1/admin/collections/{collection}/document-labels"): Call("admin", 200),
     }
 
 

@@ -23,6 +23,7 @@ from app.auth.principal import Principal
 from app.container import Container, open_container
 from app.jobs.base import Job, JobStore, JobStoreUnavailable
 from app.llm.scripted_provider import ScriptedLLM
+from app.routing.classifier import RouteClassifier, train
 from app.services.answerability import STAGE_FEATURES, AnswerabilityModel, Stage
 from app.services.document_service import IncomingFile
 from app.services.uploads import PartData, PartEnd, PartEvent, PartStart
@@ -188,3 +189,40 @@ class HeldUpload:
         """Let the rest of the body arrive; the accepted job."""
         self._release.set()
         return await self.task
+
+
+# -- a routing classifier (tests of the classifier stage and of document labels) -------------------
+
+TOPICS = {
+    "leave": ["leave", "vacation", "holiday", "days off", "annual leave", "time off"],
+    "it": ["vpn", "laptop", "password", "wifi", "printer", "email account"],
+    "small_talk": ["hello", "thanks", "good morning", "how are you", "bye", "cheers"],
+}
+FRAMES = [
+    "{}",
+    "question about {}",
+    "help with {} please",
+    "I need {}",
+    "what about {}",
+    "tell me about {}",
+    "{} now",
+    "my {}",
+]
+
+
+def labelled() -> tuple[list[str], list[str]]:
+    """Questions made of each topic's words, with their topic."""
+    texts, labels = [], []
+    for label, words in TOPICS.items():
+        for word in words:
+            for frame in FRAMES:
+                texts.append(frame.format(word))
+                labels.append(label)
+    return texts, labels
+
+
+def fitted(seed: int = 0) -> RouteClassifier:
+    """A routing classifier of the three TOPICS, trained on the hashing embedder."""
+    texts, labels = labelled()
+    embedder = HashingEmbedder()
+    return train(texts, labels, embedder.embed, embedder=embedder.model_id, data_hash="x", seed=seed)

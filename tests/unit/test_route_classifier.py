@@ -18,41 +18,9 @@ from app.routing.classifier import MODEL_FILE, RouteClassifier, read_labels, rep
 from app.services.chat_types import ChatQuery
 from app.services.errors import InvalidInput
 from ingest.embedder import HashingEmbedder
-from tests.unit.fakes import ANONYMOUS, fake_container, ingest
+from tests.unit.fakes import ANONYMOUS, TOPICS, fake_container, fitted, ingest, labelled
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="module")]
-
-TOPICS = {
-    "leave": ["leave", "vacation", "holiday", "days off", "annual leave", "time off"],
-    "it": ["vpn", "laptop", "password", "wifi", "printer", "email account"],
-    "small_talk": ["hello", "thanks", "good morning", "how are you", "bye", "cheers"],
-}
-FRAMES = [
-    "{}",
-    "question about {}",
-    "help with {} please",
-    "I need {}",
-    "what about {}",
-    "tell me about {}",
-    "{} now",
-    "my {}",
-]
-
-
-def labelled() -> tuple[list[str], list[str]]:
-    texts, labels = [], []
-    for label, words in TOPICS.items():
-        for word in words:
-            for frame in FRAMES:
-                texts.append(frame.format(word))
-                labels.append(label)
-    return texts, labels
-
-
-def fitted(seed: int = 0) -> RouteClassifier:
-    texts, labels = labelled()
-    embedder = HashingEmbedder()
-    return train(texts, labels, embedder.embed, embedder=embedder.model_id, data_hash="x", seed=seed)
 
 
 async def test_training_writes_a_card_with_held_out_figures_and_fitted_thresholds() -> None:

@@ -1,5 +1,5 @@
-"""Admin endpoints of holistic answering: a collection's routing chain and its curated answers (admin
-role, the caller's tenant's collections only; docs/ROUTING.md)."""
+"""Admin endpoints of holistic answering: a collection's routing chain, its curated answers and its
+document labeler (admin role, the caller's tenant's collections only; docs/ROUTING.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Query, Request, status
 from app.api.deps import ContainerDep
 from app.api.guards import Admin
 from app.routing.chain import parse_chain
+from app.services.document_labels import parse_labeler
 from app.services.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/admin/collections/{collection}", tags=["admin"])
@@ -90,3 +91,31 @@ async def review_curated(
     if action not in ("approve", "reject"):
         raise InvalidInput("the action is approve or reject", code="invalid_action")
     return (await container.routing.review(principal, collection, item_id, action)).to_dict()
+
+
+@router.get("/document-labels")
+async def show_document_labels(collection: str, container: ContainerDep, principal: Admin) -> dict[str, Any]:
+    """The collection's document labeler (`labeler: null` when it has none)."""
+    return await container.document_labels.get(principal, collection)
+
+
+@router.put("/document-labels")
+async def set_document_labels(
+    collection: str,
+    container: ContainerDep,
+    principal: Admin,
+    body: Annotated[
+        dict[str, Any],
+        Body(examples=[{"field": "topic", "labels": {"hr": "leave, payroll", "it": "laptops, VPN"}}]),
+    ],
+) -> dict[str, Any]:
+    """Label each new or changed document at ingestion: `field` (the metadata key), and `labels`
+    (zero-shot: label -> description, the most similar at or over `min_similarity`) or `model` (a
+    classifier written by `ragserver routes train`, under collections.model_roots)."""
+    return await container.document_labels.set(principal, collection, parse_labeler(body))
+
+
+@router.delete("/document-labels")
+async def clear_document_labels(collection: str, container: ContainerDep, principal: Admin) -> dict[str, Any]:
+    """Stop labelling the collection's documents (labels already written stay)."""
+    return await container.document_labels.set(principal, collection, None)
