@@ -32,6 +32,7 @@ from app.auth.audit import audited
 from app.db.tables import llm_models as models_t
 from app.llm.base import LLM, Usage
 from app.llm.local_models import LOCAL_MODELS
+from app.services.refreshing import Refreshing
 from app.settings import LLMSettings, ModelEntry, Settings
 from ingest.errors import DomainError
 
@@ -210,7 +211,7 @@ class ModelRegistry:
         self._default_llm = default_llm
         self._llms: dict[str, LLM] = {}
         self._lock = threading.Lock()
-        self._registered: dict[str, tuple[float, dict[str, RegisteredModel]]] = {}
+        self._registered = Refreshing(self._read_registered, lambda: settings.experiments.refresh_s)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -230,39 +231,54 @@ class ModelRegistry:
         return found
 
     async def _tenant_models(self, tenant: str, *, fresh: bool = False) -> dict[str, RegisteredModel]:
-        cached = self._registered.get(tenant)
-        if (
-            cached is not None
-            and not fresh
-            and time.monotonic() - cached[0] < self.settings.experiments.refresh_s
-        ):
-            return cached[1]
-        entries = await asyncio.to_thread(self._store().list, tenant)
-        models = {e.name: RegisteredModel(e, "registered") for e in entries}
-        self._registered[tenant] = (time.monotonic(), models)
-        return models
+        if fresh:
+            self._registered.forget(tenant)
+        return await self._registered.aget(tenant)
+
+    def _read_registered(self, tenant: str) -> dict[str, RegisteredModel]:
+        return {e.name: RegisteredModel(e, "registered") for e in self._store().list(tenant)}
 
     # -- clients -------------------------------------------------------------------------------
 
-    async def llm(self, tenant: str, model: RegisteredModel) -> LLM:
-        """The client of `model` (its fallback model behind it, when it names one)."""
+    async def llm(self, tenant: str, model: RegisteredModel, *, _seen: frozenset[str] = frozenset()) -> LLM:
+        """The client of `model` (its fallback model behind it, when it names one). Clients are shared by
+        every tenant and name that point at the same endpoint: a packaged local model is loaded once per
+        process however many tenants register it (the default model's own when it is the same one)."""
         if model.default:
             return self._default_llm()
-        key = f"{tenant if model.source == 'registered' else ''}\x00{model.entry.model_dump_json()}"
-        with self._lock:
-            built = self._llms.get(key)
-        if built is not None:
-            return built
-        primary = await asyncio.to_thread(self._build, model.entry)
-        if model.entry.fallback:
-            from app.llm.fallback import FallbackLLM
+        entry, default = model.entry, self.default.entry
+        packaged_default = not self.settings.llm.local_model_dir  # a custom GGUF is no packaged model
+        if (
+            entry.provider == "local" == default.provider
+            and entry.model == default.model
+            and packaged_default
+        ):
+            client = self._default_llm()
+        else:
+            key = self._client_key(entry)
+            with self._lock:
+                found = self._llms.get(key)
+            if found is None:
+                built = await asyncio.to_thread(self._build, entry)
+                with self._lock:
+                    found = self._llms.setdefault(key, built)
+            client = found
+        if not entry.fallback:
+            return client
+        from app.llm.fallback import FallbackLLM
 
-            fallback = await self.get(tenant, model.entry.fallback)
-            if fallback.entry.fallback == model.name:
-                raise ModelConflict(f"models {model.name!r} and {fallback.name!r} are each other's fallback")
-            primary = FallbackLLM(primary, await self.llm(tenant, fallback))
-        with self._lock:
-            return self._llms.setdefault(key, primary)
+        if entry.fallback in _seen | {model.name}:
+            raise ModelConflict(f"model {model.name!r}: its fallbacks lead back to {entry.fallback!r}")
+        fallback = await self.get(tenant, entry.fallback)
+        return FallbackLLM(client, await self.llm(tenant, fallback, _seen=_seen | {model.name}))
+
+    @staticmethod
+    def _client_key(entry: ModelEntry) -> str:
+        """What a client depends on: the endpoint and model (a local one: only which packaged model)."""
+        if entry.provider == "local":
+            return f"local\x00{entry.model}"
+        parts = (entry.provider, entry.base_url or "", entry.model or entry.name, entry.api_key_env or "")
+        return "\x00".join((*parts, str(entry.context_window)))
 
     def _build(self, entry: ModelEntry) -> LLM:
         from app.llm.factory import build_llm
@@ -322,7 +338,7 @@ class ModelRegistry:
             raise ModelConflict(f"a local model is one of {', '.join(sorted(LOCAL_MODELS))}")
         if not await asyncio.to_thread(self._store().put, tenant, entry, replace=replace):
             raise ModelConflict(f"model {entry.name!r} already exists (--replace to change it)")
-        self._registered.pop(tenant, None)
+        self._registered.forget(tenant)
         return RegisteredModel(entry, "registered")
 
     async def remove(self, principal: Principal, name: str) -> None:
@@ -332,4 +348,4 @@ class ModelRegistry:
                 raise ModelConflict(f"{name!r} is a built-in model (set in the server's settings)")
             if not await asyncio.to_thread(self._store().delete, principal.tenant, name):
                 raise ModelNotFound(f"model {name!r} not found")
-            self._registered.pop(principal.tenant, None)
+            self._registered.forget(principal.tenant)

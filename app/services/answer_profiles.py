@@ -21,6 +21,7 @@ from app.auth.audit import audited
 from app.auth.principal import Principal
 from app.db.tables import answer_profiles as profiles_t
 from app.services.errors import InvalidInput
+from app.services.refreshing import Refreshing
 from app.settings import RetrievalMode, Settings
 
 if TYPE_CHECKING:
@@ -158,16 +159,11 @@ class ProfileService:
         self.prompts = prompts
         self.retrieval = retrieval
         self.audit = audit
-        self._cache: dict[str, tuple[float, AnswerProfile]] = {}
+        self._profiles = Refreshing(store.get, lambda: settings.experiments.refresh_s)
 
     async def for_store(self, store: str) -> AnswerProfile:
         """The profile of store `store` as this process last read it (at most `refresh_s` old)."""
-        cached = self._cache.get(store)
-        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
-            return cached[1]
-        profile = await asyncio.to_thread(self.store.get, store)
-        self._cache[store] = (time.monotonic(), profile)
-        return profile
+        return await self._profiles.aget(store)
 
     async def get(self, principal: Principal, collection: str) -> dict[str, Any]:
         """The collection's profile and what it makes of the server settings."""
@@ -186,7 +182,7 @@ class ProfileService:
             profile = parse_profile({k: v for k, v in merged.items() if v is not None})
             await self.check(principal, profile)
             await asyncio.to_thread(self.store.put, store, profile)
-            self._cache.pop(store, None)
+            self._profiles.forget(store)
         return self._shown(collection, profile)
 
     async def check(self, principal: Principal, profile: AnswerProfile, *, what: str = "profile") -> None:

@@ -30,6 +30,7 @@ from app.auth.audit import audited
 from app.auth.principal import Principal
 from app.db.tables import document_labelers as labelers_t
 from app.services.errors import InvalidInput, parse_model
+from app.services.refreshing import Refreshing
 from app.settings import Settings
 from ingest.types import SourceDocument
 from ingest.vector_index import base_store_name
@@ -94,14 +95,14 @@ class DocumentLabels:
         self.retrieval = retrieval
         self.audit = audit
         self._lock = threading.Lock()
-        self._specs: dict[str, tuple[float, LabelerSpec | None]] = {}
+        self._specs = Refreshing(self._read_spec, lambda: settings.experiments.refresh_s)
         self._descriptions: dict[str, tuple[list[str], np.ndarray]] = {}
 
     # -- ingestion -----------------------------------------------------------------------------
 
     def label(self, collection: str, doc: SourceDocument) -> dict[str, Any]:
         """The metadata to add to `doc` in (physical) collection `collection`: {field: label}, or nothing."""
-        spec = self._spec(base_store_name(collection))
+        spec = self._specs.get(base_store_name(collection))
         if spec is None or spec.field in doc.metadata:
             return {}
         vector = np.asarray(self.embed([f"{doc.title}\n{doc.text[:LABEL_TEXT_CHARS]}"]), dtype=np.float32)
@@ -127,24 +128,19 @@ class DocumentLabels:
                 self._descriptions[key] = found
         return found
 
-    def _spec(self, store: str) -> LabelerSpec | None:
-        cached = self._specs.get(store)
-        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
-            return cached[1]
+    def _read_spec(self, store: str) -> LabelerSpec | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(labelers_t.c.spec_json).where(labelers_t.c.collection == store)
             ).first()
-        spec = LabelerSpec.model_validate_json(row.spec_json) if row else None
-        self._specs[store] = (time.monotonic(), spec)
-        return spec
+        return LabelerSpec.model_validate_json(row.spec_json) if row else None
 
     # -- admin ---------------------------------------------------------------------------------
 
     async def get(self, principal: Principal, collection: str) -> dict[str, Any]:
         store = await self.retrieval.resolve_collection(collection, principal=principal)
-        self._specs.pop(store, None)
-        spec = await asyncio.to_thread(self._spec, store)
+        self._specs.forget(store)
+        spec = await self._specs.aget(store)
         return {"collection": collection, "labeler": spec.model_dump(exclude_none=True) if spec else None}
 
     async def set(self, principal: Principal, collection: str, spec: LabelerSpec | None) -> dict[str, Any]:
@@ -161,7 +157,7 @@ class DocumentLabels:
                         code="invalid_labeler",
                     )
             await asyncio.to_thread(self._put, store, spec)
-        self._specs.pop(store, None)
+        self._specs.forget(store)
         return {"collection": collection, "labeler": spec.model_dump(exclude_none=True) if spec else None}
 
     def _put(self, store: str, spec: LabelerSpec | None) -> None:

@@ -23,7 +23,9 @@ from app.experiments.report import build_report, guardrail_verdicts
 from app.experiments.spec import ExperimentSpec
 from app.experiments.store import Experiment, ExperimentStore
 from app.services.answer_profiles import AnswerProfile, ProfileService
+from app.services.limits import OverLimit
 from app.services.metrics import Metrics
+from app.services.refreshing import Refreshing
 from app.settings import Settings
 from app.traces.store import TraceStore
 from ingest.errors import DomainError
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from app.services.retrieval_service import RetrievalService
 
 log = logging.getLogger(__name__)
+
+# Experiments one tenant may keep (every process reads the running ones every refresh_s).
+MAX_EXPERIMENTS = 200
 
 # Which status each action may start from, and where it leads.
 TRANSITIONS = {
@@ -84,7 +89,7 @@ class ExperimentService:
         self.retrieval = retrieval
         self.metrics = metrics
         self.audit = audit
-        self._running: tuple[float, dict[str, list[Experiment]]] | None = None
+        self._running = Refreshing(self._read_running, lambda: settings.experiments.refresh_s)
         self._guard: asyncio.Task[None] | None = None
 
     # -- admin ---------------------------------------------------------------------------------
@@ -99,6 +104,12 @@ class ExperimentService:
                 old = await asyncio.to_thread(self.store.get, principal.tenant, spec.name)
                 if old is not None and old.status in ("running", "paused"):
                     raise ExperimentConflict(f"experiment {spec.name!r} is {old.status}: stop it first")
+            kept = await asyncio.to_thread(self.store.list, principal.tenant)
+            if len(kept) >= MAX_EXPERIMENTS and not (replace and any(e.name == spec.name for e in kept)):
+                raise OverLimit(
+                    f"a tenant keeps at most {MAX_EXPERIMENTS} experiments "
+                    "(--replace reuses a stopped one's name)"
+                )
             experiment = Experiment(tenant=principal.tenant, spec=spec)
             experiment.log.append({"at": time.time(), "event": "created", "by": principal.actor})
             if not await asyncio.to_thread(self.store.create, experiment, replace=replace):
@@ -139,7 +150,7 @@ class ExperimentService:
             experiment.status = target
             experiment.log.append({"at": time.time(), "event": target, "by": principal.actor})
             await asyncio.to_thread(self.store.save, experiment)
-        self._running = None  # this process sees it at once; the others within refresh_s
+        self._running.forget()  # this process sees it at once; the others within refresh_s
         return experiment
 
     async def report(self, principal: Principal, name: str) -> dict[str, Any]:
@@ -168,7 +179,7 @@ class ExperimentService:
                 {"at": time.time(), "event": "concluded", "arm": arm, "by": principal.actor}
             )
             await asyncio.to_thread(self.store.save, experiment)
-        self._running = None
+        self._running.forget()
         return {"experiment": experiment.to_dict(), "arm": arm, "profiles": profiles}
 
     async def _check(self, principal: Principal, spec: ExperimentSpec) -> None:
@@ -185,7 +196,7 @@ class ExperimentService:
         """The arm of a request over `collection` (as the caller names it) whose conversation unit is
         `conversation`; None when no running experiment of the tenant holds the collection. `count`:
         count the assignment (not for a request that is only asked whether it would have been)."""
-        for experiment in (await self._running_now()).get(principal.tenant, ()):
+        for experiment in (await self._running.aget(None)).get(principal.tenant, ()):
             spec = experiment.spec
             if collection not in spec.collections:
                 continue
@@ -198,14 +209,11 @@ class ExperimentService:
             return Enrollment(spec.name, arm.name, unit, arm.overrides)
         return None
 
-    async def _running_now(self) -> dict[str, list[Experiment]]:
-        cached = self._running
-        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
-            return cached[1]
+    def _read_running(self, _: None) -> dict[str, list[Experiment]]:
+        """Every tenant's running experiments (one query for the whole server)."""
         by_tenant: dict[str, list[Experiment]] = {}
-        for e in await asyncio.to_thread(self.store.list, status="running"):
+        for e in self.store.list(status="running"):
             by_tenant.setdefault(e.tenant, []).append(e)
-        self._running = (time.monotonic(), by_tenant)
         return by_tenant
 
     # -- guardrails ----------------------------------------------------------------------------
@@ -251,7 +259,7 @@ class ExperimentService:
                 )
         await asyncio.to_thread(self.store.save, current)
         experiment.stopped_arms = current.stopped_arms
-        self._running = None
+        self._running.forget()
         return list(fresh)
 
     async def start(self) -> None:

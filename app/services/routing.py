@@ -40,6 +40,7 @@ from app.services.answer_profiles import AnswerProfile
 from app.services.chat_types import Citation
 from app.services.errors import InvalidInput
 from app.services.metrics import Metrics
+from app.services.refreshing import Refreshing
 from app.settings import Settings
 from ingest.errors import DomainError
 
@@ -127,20 +128,16 @@ class RoutingService:
         self.models = models
         self.profiles = profiles
         self.audit = audit
-        self._chains: dict[str, tuple[float, RoutingChain | None]] = {}
-        self._approved: dict[str, tuple[float, list[CuratedAnswer], np.ndarray | None]] = {}
+        ttl = lambda: settings.experiments.refresh_s  # noqa: E731
+        self._chains = Refreshing(chains.get, ttl)
+        self._approved = Refreshing(self._read_approved, ttl)
         self._classifiers: dict[tuple[str, float], RouteClassifier] = {}
 
     # -- serving -------------------------------------------------------------------------------
 
     async def chain_for(self, store: str) -> RoutingChain | None:
         """The chain of store `store`, as this process last read it (at most `refresh_s` old)."""
-        cached = self._chains.get(store)
-        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
-            return cached[1]
-        chain = await asyncio.to_thread(self.chains.get, store)
-        self._chains[store] = (time.monotonic(), chain)
-        return chain
+        return await self._chains.aget(store)
 
     async def route(self, store: str, question: str) -> Routed:
         """Run the stages before retrieval (rules, curated answers) for `question` over store `store`."""
@@ -197,7 +194,7 @@ class RoutingService:
         return False
 
     async def _curated(self, stage: CuratedStage, store: str, question: str, routed: Routed) -> bool:
-        approved, matrix = await self._approved_for(store)
+        approved, matrix = await self._approved.aget(store)
         threshold = FITTED_THRESHOLD if stage.threshold == "auto" else float(stage.threshold)
         decision: dict[str, Any] = {"stage": "curated", "id": stage.id, "threshold": threshold}
         if matrix is None:
@@ -265,20 +262,14 @@ class RoutingService:
             return True
         item.status, item.note = "stale", f"cited documents changed since approval: {', '.join(changed)}"
         await asyncio.to_thread(self.curated.save, item)
-        self._approved.pop(store, None)
+        self._approved.forget(store)
         log.info("curated answer %s is stale (%s); not served", item.id, item.note)
         return False
 
-    async def _approved_for(self, store: str) -> tuple[list[CuratedAnswer], np.ndarray | None]:
-        cached = self._approved.get(store)
-        if cached is not None and time.monotonic() - cached[0] < self.settings.experiments.refresh_s:
-            return cached[1], cached[2]
-        items = [
-            c for c in await asyncio.to_thread(self.curated.in_collection, store, "approved") if c.embedding
-        ]
-        matrix = np.asarray([c.embedding for c in items], dtype=np.float32) if items else None
-        self._approved[store] = (time.monotonic(), items, matrix)
-        return items, matrix
+    def _read_approved(self, store: str) -> tuple[list[CuratedAnswer], np.ndarray | None]:
+        """The collection's approved curated answers and their questions' vectors, one row each."""
+        items = [c for c in self.curated.in_collection(store, "approved") if c.embedding]
+        return items, (np.asarray([c.embedding for c in items], dtype=np.float32) if items else None)
 
     def pick_model(
         self, policy: ModelPolicy | None, question: str, top_score: float | None
@@ -302,7 +293,7 @@ class RoutingService:
             if chain is not None:
                 await self._check(principal, chain)
             await asyncio.to_thread(self.chains.put, store, chain)
-            self._chains.pop(store, None)
+            self._chains.forget(store)
         return self._shown(collection, chain)
 
     async def show(self, principal: Principal, collection: str) -> dict[str, Any]:
@@ -419,5 +410,5 @@ class RoutingService:
             else:
                 raise InvalidInput("the action is approve or reject", code="invalid_action")
             await asyncio.to_thread(self.curated.save, item)
-        self._approved.pop(store, None)
+        self._approved.forget(store)
         return item

@@ -335,3 +335,37 @@ async def test_registration_can_be_turned_off(container: Container) -> None:
         await registry.add(ANONYMOUS, ModelEntry(name="z", provider="scripted"))
     public = describe(refused.value)
     assert public is not None and (public.status, public.code) == (403, "model_registration_disabled")
+
+
+async def test_clients_are_shared_by_endpoint_and_fallback_loops_are_refused(container: Container) -> None:
+    """One client per endpoint whatever the name or tenant (a packaged local model is loaded once); a
+    chain of fallbacks that comes back to its start is refused, not followed forever."""
+    other = Principal(tenant="t3", role="admin", key_id="k-t3")
+    await container.models.add(ANONYMOUS, ModelEntry(name="same-a", provider="scripted", model="shared-id"))
+    await container.models.add(other, ModelEntry(name="same-b", provider="scripted", model="shared-id"))
+    a = await container.models.llm("default", await container.models.get("default", "same-a"))
+    b = await container.models.llm("t3", await container.models.get("t3", "same-b"))
+    assert a is b
+    for name, fallback in (("loop-a", None), ("loop-b", "loop-a"), ("loop-c", "loop-b")):
+        await container.models.add(ANONYMOUS, ModelEntry(name=name, provider="scripted", fallback=fallback))
+    looped = ModelEntry(name="loop-a", provider="scripted", fallback="loop-c")
+    await container.models.add(ANONYMOUS, looped, replace=True)
+    with pytest.raises(ModelConflict, match="lead back"):
+        await container.models.llm("default", await container.models.get("default", "loop-c"))
+
+
+async def test_a_tenant_keeps_a_bounded_number_of_experiments(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import experiments as module
+    from app.services.limits import OverLimit
+
+    kept = len(await container.experiments.list_all(ANONYMOUS))
+    monkeypatch.setattr(module, "MAX_EXPERIMENTS", kept)
+    with pytest.raises(OverLimit, match="at most"):
+        await container.experiments.create(ANONYMOUS, parse_spec({**SPEC, "name": "one-too-many"}))
+    # Replacing one it has (a stopped one) is no new experiment.
+    replaced = await container.experiments.create(
+        ANONYMOUS, parse_spec({**SPEC, "name": "unit-exp"}), replace=True
+    )
+    assert replaced.status == "draft"
